@@ -1,0 +1,3 @@
+from sepdtd.cli import main
+
+raise SystemExit(main())

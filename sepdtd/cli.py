@@ -1,0 +1,52 @@
+"""Command line: ``python -m sepdtd data prepare`` and ``python -m sepdtd reproduce``.
+
+The report has its own entry point, ``python -m sepdtd.report <results dir> [--json]``.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m sepdtd", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+
+    data = sub.add_parser("data", help="data sets: fill the local cache")
+    dsub = data.add_subparsers(dest="data_command", required=True)
+    prep = dsub.add_parser("prepare", help="decode, verify and cache the data sets (fast when cached)")
+    prep.add_argument("--sets", nargs="+", default=None, metavar="SET",
+                      help="mnist fashion_mnist cifar10 (default: all)")
+
+    rep = sub.add_parser("reproduce", help="run the paper's protocol (Section 5.1) at a profile")
+    rep.add_argument("--profile", default="quick", choices=["smoke", "quick", "full"])
+    rep.add_argument("--datasets", nargs="+", default=None, metavar="SET")
+    rep.add_argument("--seeds", nargs="+", type=int, default=None, metavar="SEED")
+    rep.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:1, ...")
+    rep.add_argument("--results-dir", default=None, help="default: results/<profile>")
+    rep.add_argument("--jobs", type=int, default=1,
+                     help="independent (data set, seed) runs at once, in separate processes")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "data":
+        from sepdtd import data
+
+        paths = data.prepare(args.sets, progress=True)
+        for path in paths:
+            print(path)
+        return 0
+    if args.command == "reproduce":
+        from sepdtd import experiments, report
+
+        results = experiments.reproduce(args.profile, datasets=args.datasets, seeds=args.seeds,
+                                        device=args.device, results_dir=args.results_dir, jobs=args.jobs)
+        print(report.format_tables(report.rows(results)))
+        return 0
+    return 2  # pragma: no cover
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
