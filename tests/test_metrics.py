@@ -1,0 +1,162 @@
+"""Diffusion metric (Eq. 7), cosine similarity, normalization conventions, diffusion_variants."""
+from __future__ import annotations
+
+import importlib.util
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from sepdtd.metrics import CONVENTIONS, cosine, diffusion, diffusion_variants, frobenius, normalize, softmax_scale
+
+
+def test_identical_heatmaps_have_zero_diffusion_and_cosine_one():
+    h = torch.randn(4, 5, 6, generator=torch.Generator().manual_seed(0))
+    assert diffusion(h, h.clone()) == 0.0
+    assert cosine(h, h.clone()) == pytest.approx(1.0)
+
+
+def test_diffusion_known_frobenius_values():
+    h1 = torch.zeros(2, 2, 2)
+    h2 = torch.zeros(2, 2, 2)
+    h2[0, 0, 0], h2[0, 1, 1] = 3.0, 4.0  # ||.||_F = 5
+    h2[1] = 1.0  # ||.||_F = 2
+    assert frobenius(h1, h2).tolist() == [5.0, 2.0]
+    assert diffusion(h1, h2) == pytest.approx(3.5)
+    assert diffusion(h2, h1) == pytest.approx(3.5)
+    # (N, C, H, W) is flattened per sample; numpy works too
+    assert diffusion(np.zeros((1, 3, 2, 2)), np.ones((1, 3, 2, 2))) == pytest.approx(math.sqrt(12))
+
+
+@pytest.mark.parametrize("f", [diffusion, cosine])
+def test_shape_mismatch_and_empty_batches_raise(f):
+    with pytest.raises(ValueError, match="shapes differ"):
+        f(torch.zeros(2, 3, 3), torch.zeros(2, 3, 4))
+    with pytest.raises(ValueError, match="at least one"):
+        f(torch.zeros(0, 3, 3), torch.zeros(0, 3, 3))
+
+
+def test_cosine_hand_cases():
+    a = torch.tensor([[[1.0, 0.0]], [[1.0, 2.0]]])
+    b = torch.tensor([[[0.0, 1.0]], [[-2.0, -4.0]]])  # orthogonal (0), opposite (-1)
+    assert cosine(a, b) == pytest.approx(-0.5)
+    assert cosine(a, 7.0 * a) == pytest.approx(1.0)  # scale-free
+    z = torch.zeros(1, 2, 2)
+    assert cosine(z, z) == 0.0  # zero heatmap: 0 rather than nan (documented)
+    assert cosine(z, torch.ones(1, 2, 2)) == 0.0
+
+
+def test_normalize_conventions_per_heatmap():
+    h = torch.tensor([[[[1.0, -4.0], [2.0, 1.0]], [[0.0, 0.0], [0.0, 0.0]]]])  # (B=1, K=2, 2, 2)
+    assert normalize(h, "raw") is h
+    m = normalize(h, "max")
+    assert torch.allclose(m[0, 0], h[0, 0] / 4.0) and torch.equal(m[0, 1], h[0, 1])
+    s = normalize(h, "sum")
+    assert torch.allclose(s[0, 0], h[0, 0] / 8.0) and torch.equal(s[0, 1], h[0, 1])
+    assert s[0, 0].abs().sum().item() == pytest.approx(1.0)
+    r = torch.ones(1, 3, 2, 2)  # relevance (N, C, H, W): one map across channels
+    assert normalize(r, "sum", heatmap_dims=3).sum().item() == pytest.approx(1.0)
+
+
+def test_normalize_rejects_softmax_and_unknown():
+    assert CONVENTIONS == ("raw", "max", "sum", "softmax")
+    with pytest.raises(ValueError, match="relevance time"):
+        normalize(torch.ones(1, 2, 2), "softmax")
+    with pytest.raises(ValueError, match="unknown convention"):
+        normalize(torch.ones(1, 2, 2), "l2")
+
+
+def test_softmax_scale():
+    logits = torch.tensor([[2.0, -1.0, 0.0]])
+    p = torch.softmax(logits, 1)
+    s = softmax_scale(logits, torch.tensor([[0, 1]]))
+    assert s[0, 0].item() == pytest.approx(p[0, 0].item() / 2.0)
+    assert s[0, 1].item() == pytest.approx(p[0, 1].item() / -1.0)  # negative logit flips the sign
+    g = softmax_scale(logits, torch.tensor([[2]]), eps=1e-6)  # f_k = 0: guarded, finite
+    assert torch.isfinite(g).all() and g.item() == pytest.approx(p[0, 2].item() / 1e-6)
+
+
+class _Patterns:
+    """Fake DTD: the heatmap of class k is f_k(x) * P_k (linear in the starting relevance, as DTD is)."""
+
+    def __init__(self, n_classes: int, h: int, w: int):
+        self.p = torch.randn(n_classes, h, w, generator=torch.Generator().manual_seed(1))
+        self.calls = []
+
+    def __call__(self, model, x, classes, *, low, high):
+        assert classes.dtype == torch.int64 and classes.shape == (x.shape[0], 2)
+        assert (low, high) == (0.0, 1.0)
+        self.calls.append(x.shape[0])
+        f = model(x).gather(1, classes)
+        return f[:, :, None, None] * self.p[classes]
+
+
+def _linear_model() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Flatten(), nn.Dropout(0.5), nn.Linear(3 * 4 * 4, 5))
+
+
+def test_diffusion_variants_against_hand_computation():
+    model = _linear_model()
+    x = torch.randint(0, 256, (7, 3, 4, 4), dtype=torch.uint8, generator=torch.Generator().manual_seed(2))
+    fake = _Patterns(5, 4, 4)
+    model.train()
+    out = diffusion_variants(model, x, low=0.0, high=1.0, batch_size=3, device="cpu", heatmap_fn=fake)
+    assert model.training  # mode restored
+    assert fake.calls == [3, 3, 1]
+    assert set(out) == {"raw", "max", "sum", "softmax", "cosine", "n"} and out["n"] == 7
+
+    model.eval()
+    with torch.no_grad():
+        logits = model(x.float() / 255)
+    top = logits.topk(2, 1).indices
+    f = logits.gather(1, top)
+    p = torch.softmax(logits, 1).gather(1, top)
+    h = f[:, :, None, None] * fake.p[top]
+    hs = p[:, :, None, None] * fake.p[top]
+    raw = np.mean([torch.linalg.norm(h[n, 0] - h[n, 1]).item() for n in range(7)])
+    soft = np.mean([torch.linalg.norm(hs[n, 0] - hs[n, 1]).item() for n in range(7)])
+    mx = np.mean([torch.linalg.norm(h[n, 0] / h[n, 0].abs().max() - h[n, 1] / h[n, 1].abs().max()).item()
+                  for n in range(7)])
+    sm = np.mean([torch.linalg.norm(h[n, 0] / h[n, 0].abs().sum() - h[n, 1] / h[n, 1].abs().sum()).item()
+                  for n in range(7)])
+    assert out["raw"] == pytest.approx(raw, rel=1e-5)
+    assert out["softmax"] == pytest.approx(soft, rel=1e-4)
+    assert out["max"] == pytest.approx(mx, rel=1e-5)
+    assert out["sum"] == pytest.approx(sm, rel=1e-5)
+    assert out["cosine"] == pytest.approx(cosine(h[:, 0], h[:, 1]), rel=1e-5)
+    same = diffusion_variants(model, x, low=0.0, high=1.0, batch_size=100, device="cpu", heatmap_fn=fake)
+    assert same == pytest.approx(out)
+
+
+def test_diffusion_variants_rejects_bad_input():
+    fake = _Patterns(5, 4, 4)
+    with pytest.raises(ValueError, match="unknown conventions"):
+        diffusion_variants(_linear_model(), torch.zeros(2, 3, 4, 4), low=0.0, high=1.0, device="cpu",
+                           heatmap_fn=fake, conventions=("raw", "l2"))
+    with pytest.raises(ValueError, match=r"\(N, C, H, W\)"):
+        diffusion_variants(_linear_model(), torch.zeros(3, 4, 4), low=0.0, high=1.0, device="cpu", heatmap_fn=fake)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("sepdtd.dtd") is None, reason="sepdtd.dtd not written yet")
+def test_diffusion_variants_with_real_dtd():
+    from sepdtd import models
+
+    model = models.build("fashion_mnist", seed=0)
+    x = torch.randint(0, 256, (6, 1, 28, 28), dtype=torch.uint8, generator=torch.Generator().manual_seed(3))
+    out = diffusion_variants(model, x, low=0.0, high=1.0, batch_size=4, device="cpu")
+    assert out["n"] == 6
+    for c in CONVENTIONS:
+        assert math.isfinite(out[c]) and out[c] >= 0
+    assert -1.0 <= out["cosine"] <= 1.0
+    # DTD is linear in the starting relevance: doubling the logits (last layer x 2) doubles every heatmap,
+    # so "raw" doubles while the scale-free conventions do not move
+    with torch.no_grad():
+        model[-1].weight.mul_(2.0)
+        model[-1].bias.mul_(2.0)
+    out2 = diffusion_variants(model, x, low=0.0, high=1.0, batch_size=4, device="cpu")
+    assert out2["raw"] == pytest.approx(2 * out["raw"], rel=1e-4)
+    for c in ("max", "sum", "cosine"):
+        assert out2[c] == pytest.approx(out[c], rel=1e-4, abs=1e-7)

@@ -1,0 +1,317 @@
+"""Training loop: early stopping, augmentation, NaN detection, resume, a tiny end-to-end fit."""
+from __future__ import annotations
+
+import json
+import math
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+from sepdtd import training
+from sepdtd.regularization import block_l1, inblock_share
+from sepdtd.training import EarlyStopping, NaNLossError, augment_batch, evaluate, fit
+
+
+# ---------------------------------------------------------------- early stopping
+def test_early_stopping_sequence():
+    es = EarlyStopping(3)
+    stops = [es.step(v) for v in [5.0, 4.0, 4.0, 4.5, 4.0]]
+    assert stops == [False, False, False, False, True]
+    assert es.best == 4.0 and es.best_epoch == 2 and es.epochs == 5
+
+
+def test_early_stopping_resets_on_improvement_and_min_delta():
+    es = EarlyStopping(2)
+    assert [es.step(v) for v in [3.0, 3.1, 2.9, 3.0, 3.0]] == [False, False, False, False, True]
+    assert es.best_epoch == 3
+    es = EarlyStopping(1, min_delta=0.1)
+    assert es.step(1.0) is False and es.step(0.95) is True  # 0.95 is not below 1.0 - 0.1
+    es = EarlyStopping(2)
+    assert [es.step(v) for v in [1.0, float("nan"), float("nan")]] == [False, False, True]
+
+
+@pytest.mark.parametrize("patience", [0, -1, 1.5, True])
+def test_early_stopping_rejects_bad_patience(patience):
+    with pytest.raises(ValueError):
+        EarlyStopping(patience)
+
+
+def test_early_stopping_state_roundtrip():
+    es = EarlyStopping(3)
+    for v in [3.0, 2.0, 2.5]:
+        es.step(v)
+    es2 = EarlyStopping(3)
+    es2.load_state_dict(es.state_dict())
+    assert [es2.step(v) for v in [2.5, 2.5]] == [es.step(v) for v in [2.5, 2.5]] == [False, True]
+
+
+# ---------------------------------------------------------------- augmentation
+def _shift_oracle(size: int, dy: int, dx: int, flip: bool, fill: str) -> torch.Tensor:
+    """Explicit loops: flat source index of out[h, w] = flipped[h - dy, w - dx] (-1: zero fill)."""
+    src = torch.full((size * size,), -1, dtype=torch.long)
+    for h in range(size):
+        for w in range(size):
+            sh, sw = h - dy, w - dx
+            if fill == "zero" and not (0 <= sh < size and 0 <= sw < size):
+                continue
+            sh, sw = min(max(sh, 0), size - 1), min(max(sw, 0), size - 1)
+            src[h * size + w] = sh * size + (size - 1 - sw if flip else sw)
+    return src
+
+
+def _apply(img: torch.Tensor, src: torch.Tensor) -> torch.Tensor:
+    flat = img.flatten(1)
+    return torch.where(src >= 0, flat[:, src.clamp(min=0)], torch.zeros_like(flat[:, :1])).reshape(img.shape)
+
+
+def test_augment_flip_only():
+    x = torch.arange(2 * 3 * 4 * 5, dtype=torch.uint8).reshape(2, 3, 4, 5)
+    g = torch.Generator().manual_seed(0)
+    assert torch.equal(augment_batch(x, generator=g, flip_p=1.0, max_shift=0.0), x.flip(-1))
+    assert torch.equal(augment_batch(x, generator=g, flip_p=0.0, max_shift=0.0), x)
+
+
+@pytest.mark.parametrize("fill", ["nearest", "zero"])
+def test_augment_matches_loop_oracle(fill):
+    n, size = 200, 10  # max_shift=0.25: shifts up to floor(2.5) = 2 px
+    x = (torch.arange(n * 2 * size * size) % 251 + 1).to(torch.uint8).reshape(n, 2, size, size)
+    out = augment_batch(x, generator=torch.Generator().manual_seed(1), max_shift=0.25, fill=fill)
+    assert out.shape == x.shape and out.dtype == x.dtype
+    oracles = {(dy, dx, fl): _shift_oracle(size, dy, dx, fl, fill)
+               for dy in range(-2, 3) for dx in range(-2, 3) for fl in (False, True)}
+    seen = set()
+    for i in range(n):
+        matches = [k for k, src in oracles.items() if torch.equal(out[i], _apply(x[i], src))]
+        assert matches, f"sample {i} is no flip/shift of its input"
+        seen.update(matches)
+    assert {(dy, dx) for dy, dx, _ in seen} == {(dy, dx) for dy in range(-2, 3) for dx in range(-2, 3)}
+    assert {fl for _, _, fl in seen} == {False, True}
+
+
+def test_augment_shift_range_and_flip_rate_on_32x32():
+    x = torch.zeros(2000, 1, 32, 32)
+    x[:, 0, 16, 16] = 1.0  # one bright pixel: its new position reveals the shift
+    x[:, 0, 16, 10] = 0.5  # left of it; right of it after a flip
+    out = augment_batch(x, generator=torch.Generator().manual_seed(2), fill="zero")
+    pos = (out[:, 0] == 1.0).flatten(1).float().argmax(1)
+    dy, col = pos // 32 - 16, pos % 32
+    assert dy.min() == -3 and dy.max() == 3  # Keras' 10 % of 32 px -> up to 3 px
+    flipped = (out[:, 0] == 0.5).flatten(1).float().argmax(1) % 32 > col
+    dx = torch.where(flipped, col - 15, col - 16)  # the flip maps column 16 to 15
+    assert dx.min() == -3 and dx.max() == 3
+    assert 0.45 < flipped.float().mean().item() < 0.55
+
+
+def test_augment_is_deterministic_per_generator_state():
+    x = torch.rand(16, 3, 8, 8)
+    a = augment_batch(x, generator=torch.Generator().manual_seed(5))
+    b = augment_batch(x, generator=torch.Generator().manual_seed(5))
+    c = augment_batch(x, generator=torch.Generator().manual_seed(6))
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    with pytest.raises(ValueError):
+        augment_batch(x[0], generator=torch.Generator())
+
+
+# ---------------------------------------------------------------- synthetic data and models
+def _data(n: int, seed: int, size: int = 8):
+    """Two classes: a bright band in the top (0) or bottom (1) half, on noise."""
+    g = torch.Generator().manual_seed(seed)
+    y = torch.randint(0, 2, (n,), generator=g)
+    x = torch.randint(0, 80, (n, 1, size, size), generator=g).to(torch.uint8)
+    rows = torch.randint(0, size // 2 - 1, (n,), generator=g) + y * (size // 2)
+    x[torch.arange(n), 0, rows] = 230
+    return x, y
+
+
+def _net(seed: int = 0) -> nn.Sequential:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Dropout(0.2), nn.Linear(4 * 6 * 6, 8),
+                         nn.ReLU(), nn.Linear(8, 2))
+
+
+class _NaNAt(nn.Module):
+    """Identity that returns nan on its ``at``-th call in training mode."""
+
+    def __init__(self, at: int):
+        super().__init__()
+        self.at, self.calls = at, 0
+
+    def forward(self, x):
+        if self.training:
+            self.calls += 1
+            if self.calls == self.at:
+                return x * float("nan")
+        return x
+
+
+def _fit(model, x, y, xv, yv, **kw):
+    kw.setdefault("device", "cpu")
+    kw.setdefault("progress", False)
+    return fit(model, x, y, xv, yv, **kw)
+
+
+# ---------------------------------------------------------------- fit
+def test_tiny_fit_reaches_high_accuracy_and_restores_best_weights():
+    x, y = _data(600, 0)
+    xv, yv = _data(200, 1)
+    model = _net()
+    rng_before = torch.get_rng_state()
+    hist = _fit(model, x, y, xv, yv, lr=1e-2, batch_size=32, max_epochs=8, patience=3, lam=0.01)
+    assert torch.equal(torch.get_rng_state(), rng_before)  # the caller's RNG is untouched
+    assert max(hist.val_accuracy) >= 0.95
+    assert len(hist.train_loss) == len(hist.val_loss) == len(hist.val_accuracy) == hist.epochs
+    assert 1 <= hist.best_epoch <= hist.epochs and hist.images_per_s > 0 and hist.wall_s > 0
+    assert hist.val_loss[hist.best_epoch - 1] == min(hist.val_loss)
+    # the model holds the best epoch's weights: its validation objective is the recorded best
+    loss, acc = evaluate(model, xv, yv, device="cpu")
+    assert loss + 0.01 * block_l1(model, 2).item() == pytest.approx(hist.val_loss[hist.best_epoch - 1], rel=1e-5)
+    assert acc == hist.val_accuracy[hist.best_epoch - 1]
+    assert model.training  # mode restored
+    assert all((m.bias <= 0).all() for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear)))
+    json.dumps(hist.as_dict())
+
+
+def test_early_stop_restores_best_not_last_weights():
+    x, y = _data(300, 0)
+    xv, yv = _data(100, 1)
+    model = _net()
+    hist = _fit(model, x, y, xv, 1 - yv, lr=1e-2, max_epochs=20, patience=2)  # validation gets worse
+    assert hist.stopped_early and hist.epochs == hist.best_epoch + 2 < 20
+    loss, _ = evaluate(model, xv, 1 - yv, device="cpu")
+    assert loss == pytest.approx(hist.val_loss[hist.best_epoch - 1], rel=1e-6)
+    assert loss < hist.val_loss[-1] - 1e-3
+
+
+def test_penalty_moves_weight_mass_into_blocks():
+    x, y = _data(300, 0)
+    xv, yv = _data(100, 1)
+    base, reg = _net(), _net()
+    _fit(base, x, y, xv, yv, lr=1e-2, max_epochs=4, patience=5)
+    hist = _fit(reg, x, y, xv, yv, lr=1e-2, max_epochs=4, patience=5, lam=1.0)
+    assert hist.penalty[-1] < hist.penalty[0]
+    assert inblock_share(reg, 2)[0] > inblock_share(base, 2)[0] + 0.2
+
+
+def test_fit_and_evaluate_restore_eval_mode():
+    x, y = _data(64, 0)
+    model = _net().eval()
+    _fit(model, x, y, x, y, max_epochs=1)
+    assert not model.training
+    evaluate(model, x, y, device="cpu")
+    assert not model.training
+
+
+def test_evaluate_known_model():
+    model = nn.Sequential(nn.Flatten(), nn.Linear(4, 2, bias=False))
+    with torch.no_grad():
+        model[1].weight.copy_(torch.tensor([[1.0, 0, 0, 0], [0, 1.0, 0, 0]]))
+    x = torch.tensor([[255, 0, 0, 0], [0, 255, 0, 0], [255, 0, 0, 0]], dtype=torch.uint8).reshape(3, 1, 2, 2)
+    y = torch.tensor([0, 1, 1])
+    loss, acc = evaluate(model, x, y, device="cpu", batch_size=2)
+    ce_right, ce_wrong = math.log(1 + math.exp(-1)), math.log(1 + math.exp(1))
+    assert acc == pytest.approx(2 / 3)
+    assert loss == pytest.approx((2 * ce_right + ce_wrong) / 3, rel=1e-6)
+
+
+@pytest.mark.parametrize("lam", [-0.1, float("nan"), float("inf")])
+def test_bad_lam_raises(lam):
+    x, y = _data(16, 0)
+    with pytest.raises(ValueError, match="lam"):
+        _fit(_net(), x, y, x, y, lam=lam)
+
+
+def test_bad_data_raises():
+    x, y = _data(16, 0)
+    with pytest.raises(ValueError, match="labels in"):
+        _fit(_net(), x, y + 5, x, y)
+    with pytest.raises(ValueError, match=r"\(N, C, H, W\)"):
+        _fit(_net(), x[:, 0], y, x, y)
+    with pytest.raises(ValueError, match="n_blocks"):
+        _fit(_net(), x, y, x, y, lam=1.0, n_blocks=3)  # the last layer has 2 outputs
+
+
+def test_nan_loss_names_epoch_and_step():
+    x, y = _data(80, 0)
+    model = nn.Sequential(_NaNAt(at=5 + 3), *_net())  # 3 steps per epoch at batch 32: epoch 3, step 2
+    with pytest.raises(NaNLossError, match=r"epoch 3, step 2 of 3 .*lam=0.*lr=0.001.*lower learning rate"):
+        _fit(model, x, y, x, y, batch_size=32, max_epochs=5)
+
+
+def test_huge_learning_rate_raises_nan_error(monkeypatch):
+    monkeypatch.setattr(training, "NAN_CHECK_EVERY", 2)
+    x, y = _data(256, 0)
+    with pytest.raises(NaNLossError, match=r"epoch \d+, step \d+ .*lr=1e\+30"):
+        _fit(_net(), x, y, x, y, lr=1e30, batch_size=16, max_epochs=3)
+
+
+# ---------------------------------------------------------------- checkpoints
+def _same_state(a: nn.Module, b: nn.Module) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_resume_after_interruption_is_exact(tmp_path):
+    x, y = _data(200, 0)
+    xv, yv = _data(64, 1)
+    kw = dict(lr=3e-3, batch_size=32, patience=10, lam=0.05, augment=True, seed=3, checkpoint_key="cfg")
+    full = _net(1)
+    h_full = _fit(full, x, y, xv, yv, max_epochs=4, checkpoint=tmp_path / "a.pt", **kw)
+    plain = _net(1)
+    _fit(plain, x, y, xv, yv, max_epochs=4, **{k: v for k, v in kw.items() if k != "checkpoint_key"})
+    assert _same_state(full, plain)  # checkpointing does not perturb the run
+
+    part = _net(1)
+    h1 = _fit(part, x, y, xv, yv, max_epochs=2, checkpoint=tmp_path / "b.pt", **kw)
+    assert h1.epochs == 2 and not h1.stopped_early
+    torch.manual_seed(1234)  # whatever the caller's RNG does in between must not matter
+    resumed = _net(1)
+    h2 = _fit(resumed, x, y, xv, yv, max_epochs=4, checkpoint=tmp_path / "b.pt", **kw)
+    assert h2.resumed_from == 2 and h2.epochs == 4
+    assert h2.train_loss == h_full.train_loss and h2.val_loss == h_full.val_loss
+    assert h2.best_epoch == h_full.best_epoch
+    assert _same_state(resumed, full)
+
+    again = _net(1)  # a finished checkpoint is reused as is
+    h3 = _fit(again, x, y, xv, yv, max_epochs=4, checkpoint=tmp_path / "b.pt", **kw)
+    assert h3.resumed_from == 4 and h3.val_loss == h_full.val_loss and _same_state(again, full)
+
+
+def test_mismatched_checkpoint_warns_and_starts_over(tmp_path):
+    x, y = _data(64, 0)
+    path = tmp_path / "c.pt"
+    _fit(_net(), x, y, x, y, max_epochs=1, checkpoint=path, checkpoint_key="a")
+    with pytest.warns(RuntimeWarning, match="other settings"):
+        h = _fit(_net(), x, y, x, y, max_epochs=1, checkpoint=path, checkpoint_key="b")
+    assert h.resumed_from == 0
+    with pytest.warns(RuntimeWarning, match="other settings"):
+        h = _fit(_net(), x, y, x, y, max_epochs=1, checkpoint=path, checkpoint_key="b", lam=0.5)
+    assert h.resumed_from == 0
+    path.write_bytes(b"garbage")
+    with pytest.warns(RuntimeWarning, match="unreadable"):
+        h = _fit(_net(), x, y, x, y, max_epochs=1, checkpoint=path, checkpoint_key="b")
+    assert h.resumed_from == 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        h = _fit(_net(), x, y, x, y, max_epochs=2, checkpoint=path, checkpoint_key="b")
+    assert h.resumed_from == 1
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_fit_on_cuda_resumes_and_detects_nan(tmp_path):
+    x, y = _data(512, 0)
+    xv, yv = _data(128, 1)
+    kw = dict(lr=3e-3, batch_size=64, patience=10, lam=0.05, augment=True, seed=3, device="cuda")
+    full = _net(1)
+    h_full = _fit(full, x, y, xv, yv, max_epochs=4, **kw)
+    assert max(h_full.val_accuracy) > 0.9 and next(full.parameters()).is_cuda
+    part = _net(1)
+    _fit(part, x, y, xv, yv, max_epochs=2, checkpoint=tmp_path / "g.pt", **kw)
+    resumed = _net(1)
+    h2 = _fit(resumed, x, y, xv, yv, max_epochs=4, checkpoint=tmp_path / "g.pt", **kw)
+    assert h2.resumed_from == 2
+    assert h2.val_loss == pytest.approx(h_full.val_loss, rel=1e-4)  # cuDNN may reorder sums
+    model = nn.Sequential(_NaNAt(at=3), *_net())
+    with pytest.raises(NaNLossError, match=r"epoch 1, step 3 of 8"):
+        _fit(model, x, y, xv, yv, batch_size=64, max_epochs=2, device="cuda")
