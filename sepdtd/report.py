@@ -1,0 +1,423 @@
+r"""Tables 2 and 3 of the paper, recomputed from results files, next to the paper's values.
+
+:func:`rows` aggregates the results of :mod:`sepdtd.experiments` over seeds, one row per
+(profile, data set, λ) (λ = 0 is the baseline); :func:`format_tables` prints Table 2 (the diffusion
+of Eq. 7) and Table 3 (test accuracy) as mean ± sd over seeds beside :data:`PAPER_TABLE2` and
+:data:`PAPER_TABLE3`, and the wall time of each seed; :func:`claims` checks the paper's claims one by
+one. From the command line::
+
+    python -m sepdtd.report results/full          # tables and claims
+    python -m sepdtd.report results/full --json   # the rows as JSON
+
+The paper does not say how its heatmaps were scaled before Eq. 7, so every result carries the
+diffusion under each convention of :data:`sepdtd.metrics.CONVENTIONS`; Table 2 shows
+:data:`BOOK_CONVENTION`, and :func:`closest_convention` picks the convention whose baselines lie
+closest to the paper's.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import sys
+import warnings
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+
+from sepdtd.metrics import CONVENTIONS
+
+__all__ = ["PAPER_TABLE2", "PAPER_TABLE3", "BOOK_CONVENTION", "DATASET_LABELS", "ACCURACY_TOLERANCE",
+           "rows", "closest_convention", "convention_scores", "format_tables", "claims", "format_claims", "main"]
+
+_LAMS = (0.0, 0.1, 0.5, 1.0, 5.0)
+
+#: Table 2 of the paper: diffusion d (Eq. 7), data set -> λ -> d (λ = 0.0 is the baseline).
+PAPER_TABLE2: dict[str, dict[float, float]] = {
+    "cifar10": dict(zip(_LAMS, (0.13, 0.12, 0.59, 0.58, 0.56))),
+    "fashion_mnist": dict(zip(_LAMS, (0.42, 0.76, 1.80, 1.85, 1.72))),
+    "mnist": dict(zip(_LAMS, (0.28, 1.06, 0.98, 0.97, 1.02))),
+}
+
+#: Table 3 of the paper: test accuracy, data set -> λ -> accuracy (λ = 0.0 is the baseline).
+PAPER_TABLE3: dict[str, dict[float, float]] = {
+    "cifar10": dict(zip(_LAMS, (0.80, 0.80, 0.81, 0.81, 0.81))),
+    "fashion_mnist": dict(zip(_LAMS, (0.91,) * 5)),
+    "mnist": dict(zip(_LAMS, (0.99,) * 5)),
+}
+
+#: The diffusion convention of the book's Table 2 (see :func:`closest_convention`).
+BOOK_CONVENTION = "max"
+
+#: Column names of the paper's tables.
+DATASET_LABELS = {"cifar10": "CIFAR10", "fashion_mnist": "FASHION", "mnist": "MNIST"}
+
+#: "Within 0.01" in the accuracy claims; the paper's accuracies are rounded to two decimals, so
+#: another 0.005 is allowed when comparing with them.
+ACCURACY_TOLERANCE = 0.01
+_ROUNDING = 0.005
+
+_ORDER = {name: i for i, name in enumerate(DATASET_LABELS)}
+
+
+# ----------------------------------------------------------------------------------------- helpers
+def _mean(values: Sequence[float]) -> float | None:
+    vals = [float(v) for v in values if v is not None and math.isfinite(float(v))]
+    return statistics.fmean(vals) if vals else None
+
+
+def _sd(values: Sequence[float]) -> float | None:
+    vals = [float(v) for v in values if v is not None and math.isfinite(float(v))]
+    return statistics.stdev(vals) if len(vals) >= 2 else None
+
+
+def _stale_checker():
+    """A function result -> bool: does the current package produce another config or code for it?"""
+    from sepdtd import experiments
+
+    current = experiments.code_hash()
+    cache: dict[tuple, str | None] = {}
+
+    def stale(res: dict) -> bool:
+        key = (res.get("profile"), res.get("dataset"), res.get("seed"))
+        if key not in cache:
+            try:
+                cache[key] = experiments.config_hash(experiments.make_config(*key))
+            except (TypeError, ValueError):
+                cache[key] = None  # a profile the package does not know: cannot be reproduced as is
+        return cache[key] is None or res.get("config_hash") != cache[key] or res.get("code_hash") != current
+
+    return stale
+
+
+def _t_start(res: dict) -> float | None:
+    return res.get("provenance", {}).get("t_start")
+
+
+def _t_end(res: dict) -> float | None:
+    return res.get("provenance", {}).get("t_end")
+
+
+def _dedupe(results: Iterable[dict], stale) -> list[tuple[dict, bool]]:
+    """One result per (profile, data set, seed): the current one if any, else the latest finished."""
+    groups: dict[tuple, list[tuple[dict, bool]]] = defaultdict(list)
+    for res in results:
+        if not isinstance(res, dict) or "settings" not in res:
+            raise TypeError("rows() expects results dicts of sepdtd.experiments (with 'settings')")
+        groups[(res.get("profile"), res.get("dataset"), res.get("seed"))].append((res, stale(res)))
+    out = []
+    for key, items in groups.items():
+        items.sort(key=lambda it: (not it[1], _t_end(it[0]) or 0.0), reverse=True)
+        if len(items) > 1:
+            warnings.warn(f"{len(items)} results for profile/dataset/seed {key}: using config "
+                          f"{items[0][0].get('config_hash')}, ignoring "
+                          f"{[it[0].get('config_hash') for it in items[1:]]}", RuntimeWarning, stacklevel=3)
+        out.append(items[0])
+    return out
+
+
+def _seed_walls(kept: list[tuple[dict, bool]]) -> dict[tuple, float]:
+    """(profile, seed) -> max(t_end) - min(t_start) over that seed's units (all data sets)."""
+    spans: dict[tuple, list[float]] = {}
+    for res, _ in kept:
+        t0, t1 = _t_start(res), _t_end(res)
+        if t0 is None or t1 is None:
+            continue
+        key = (res.get("profile"), res.get("seed"))
+        lo, hi = spans.get(key, [math.inf, -math.inf])
+        spans[key] = [min(lo, t0), max(hi, t1)]
+    return {k: hi - lo for k, (lo, hi) in spans.items()}
+
+
+# -------------------------------------------------------------------------------------------- rows
+def rows(results: Iterable[dict], *, convention: str | None = None) -> list[dict]:
+    """Aggregate results over seeds: one row per (profile, data set, λ), Tables 2-3's cells.
+
+    Parameters
+    ----------
+    results : iterable of dict
+        Results of :func:`sepdtd.experiments.run` (or :func:`sepdtd.experiments.load_results`). When
+        several results exist for one (profile, data set, seed), the current one (else the latest)
+        is used, with a warning.
+    convention : str, optional
+        Diffusion convention of the ``diffusion`` column (default :data:`BOOK_CONVENTION`).
+
+    Returns
+    -------
+    list of dict
+        Sorted by profile, data set (CIFAR10, FASHION, MNIST) and λ. Keys: ``profile``, ``dataset``,
+        ``lam`` (0 = baseline), ``accuracy`` / ``accuracy_sd`` (Table 3), ``diffusion`` /
+        ``diffusion_sd`` (Eq. 7 under ``convention``, Table 2), ``convention``, ``cosine``,
+        ``variants`` (convention -> mean d), ``variants_sd``, ``inblock`` (per dense layer, mean),
+        ``n_seeds``, ``seeds``, ``n_eval``, ``n_test``, ``epochs`` (mean), ``device``, ``wall_s``
+        (the setting's own training + evaluation time, mean over seeds), ``commit``, ``stale`` (a
+        result's config or code differs from what the current package produces), ``run_wall_s``
+        (per seed, across data sets: max finish - min start), ``paper_diffusion``,
+        ``paper_accuracy``. Standard deviations are None with a single seed.
+    """
+    convention = convention or BOOK_CONVENTION
+    if convention not in CONVENTIONS:
+        raise ValueError(f"unknown convention {convention!r}: choose one of {', '.join(CONVENTIONS)}")
+    kept = _dedupe(results, _stale_checker())
+    walls = _seed_walls(kept)
+    cells: dict[tuple, list[tuple[dict, dict, bool]]] = defaultdict(list)
+    for res, is_stale in kept:
+        for s in res["settings"]:
+            cells[(res.get("profile"), res["dataset"], float(s["lam"]))].append((res, s, is_stale))
+    out = []
+    for (profile, dataset, lam), items in cells.items():
+        items.sort(key=lambda it: it[0].get("seed", 0))
+        settings = [s for _, s, _ in items]
+        seeds = [res.get("seed") for res, _, _ in items]
+        variants = {c: _mean([s["diffusion"].get(c) for s in settings]) for c in CONVENTIONS}
+        variants_sd = {c: _sd([s["diffusion"].get(c) for s in settings]) for c in CONVENTIONS}
+        n_layers = max((len(s.get("inblock") or []) for s in settings), default=0)
+        inblock = [_mean([(s.get("inblock") or [None] * n_layers)[i] for s in settings]) for i in range(n_layers)]
+        out.append({
+            "profile": profile, "dataset": dataset, "lam": lam,
+            "accuracy": _mean([s["accuracy"] for s in settings]),
+            "accuracy_sd": _sd([s["accuracy"] for s in settings]),
+            "diffusion": variants[convention], "diffusion_sd": variants_sd[convention],
+            "convention": convention,
+            "cosine": _mean([s.get("cosine") for s in settings]),
+            "variants": variants, "variants_sd": variants_sd, "inblock": inblock,
+            "n_seeds": len(settings), "seeds": seeds,
+            "n_eval": sorted({s.get("n_eval") for s in settings if s.get("n_eval") is not None}),
+            "n_test": sorted({s.get("n_test") for s in settings if s.get("n_test") is not None}),
+            "epochs": _mean([s.get("epochs") for s in settings]),
+            "device": "; ".join(sorted({str(r.get("provenance", {}).get("device")) for r, _, _ in items})),
+            "wall_s": _mean([s.get("wall_s") for s in settings]),
+            "commit": "; ".join(sorted({str(r.get("provenance", {}).get("commit")) for r, _, _ in items})),
+            "stale": any(st for _, _, st in items),
+            "run_wall_s": [walls.get((profile, sd)) for sd in seeds],
+            "paper_diffusion": PAPER_TABLE2.get(dataset, {}).get(lam),
+            "paper_accuracy": PAPER_TABLE3.get(dataset, {}).get(lam),
+        })
+    out.sort(key=lambda r: (str(r["profile"]), _ORDER.get(r["dataset"], 99), r["dataset"], r["lam"]))
+    return out
+
+
+def convention_scores(rows_: Sequence[dict]) -> dict[str, float]:
+    """Mean ``|log(d_ours / d_paper)|`` over the baselines, per convention (lower = closer to Table 2).
+
+    Raises
+    ------
+    ValueError
+        If no baseline row of a data set of Table 2 has a positive diffusion.
+    """
+    scores = {}
+    for c in CONVENTIONS:
+        logs = []
+        for r in rows_:
+            paper = PAPER_TABLE2.get(r["dataset"], {}).get(0.0)
+            ours = r["variants"].get(c) if r["lam"] == 0 else None
+            if paper and ours is not None and ours > 0:
+                logs.append(abs(math.log(ours / paper)))
+        if logs:
+            scores[c] = statistics.fmean(logs)
+    if not scores:
+        raise ValueError("no baseline rows of MNIST, Fashion-MNIST or CIFAR-10 with positive diffusion")
+    return scores
+
+
+def closest_convention(rows_: Sequence[dict]) -> str:
+    """The convention that puts the baselines on the paper's scale (Table 2).
+
+    Minimises the mean ``|log(d_ours / d_paper)|`` over the baseline rows (λ = 0) of the data sets in
+    :data:`PAPER_TABLE2`; see :func:`convention_scores`. Used to choose :data:`BOOK_CONVENTION`.
+    """
+    scores = convention_scores(rows_)
+    return min(scores, key=scores.get)
+
+
+# ------------------------------------------------------------------------------------------ claims
+def claims(rows_: Sequence[dict], *, convention: str | None = None) -> list[dict]:
+    """Check the claims of Section 5.2 on aggregated rows, one entry per claim instance.
+
+    Claims (per profile and data set):
+
+    - ``diffusion``: regularization raises d (Eq. 7) above the baseline's, for every λ (Table 2: "applying
+      L1 regularization almost always results in decreased diffusion"), under the book convention and,
+      as ``diffusion[<convention>]``, under every convention;
+    - ``accuracy``: the fine-tuned accuracy is not more than 0.01 below the baseline's (Table 3: "the
+      accuracy does not decrease notably");
+    - ``baseline_accuracy``: the baseline accuracy is within 0.01 of the paper's (plus 0.005 for the
+      paper's rounding).
+
+    Returns
+    -------
+    list of dict
+        Keys ``claim``, ``profile``, ``dataset``, ``lam``, ``convention``, ``held`` (bool), ``ours``,
+        ``reference`` (the baseline's or the paper's value) and ``text`` (one line with the numbers).
+    """
+    book = convention or BOOK_CONVENTION
+    base = {(r["profile"], r["dataset"]): r for r in rows_ if r["lam"] == 0}
+    out = []
+    for r in rows_:
+        b = base.get((r["profile"], r["dataset"]))
+        label = DATASET_LABELS.get(r["dataset"], r["dataset"])
+        if r["lam"] == 0:
+            paper = PAPER_TABLE3.get(r["dataset"], {}).get(0.0)
+            if paper is not None and r["accuracy"] is not None:
+                held = abs(r["accuracy"] - paper) <= ACCURACY_TOLERANCE + _ROUNDING
+                out.append({"claim": "baseline_accuracy", "profile": r["profile"], "dataset": r["dataset"],
+                            "lam": 0.0, "convention": None, "held": held, "ours": r["accuracy"],
+                            "reference": paper,
+                            "text": f"{label}: baseline accuracy {r['accuracy']:.3f} within {ACCURACY_TOLERANCE} of "
+                                    f"the paper's {paper:.2f}"})
+            continue
+        if b is None:
+            continue
+        for conv in (book, *[c for c in CONVENTIONS if c != book]):
+            ours, ref = r["variants"].get(conv), b["variants"].get(conv)
+            if ours is None or ref is None:
+                continue
+            name = "diffusion" if conv == book else f"diffusion[{conv}]"
+            out.append({"claim": name, "profile": r["profile"], "dataset": r["dataset"], "lam": r["lam"],
+                        "convention": conv, "held": ours > ref, "ours": ours, "reference": ref,
+                        "text": f"{label} λ={r['lam']:g}: d[{conv}] {ours:.4g} > baseline {ref:.4g}"})
+        if r["accuracy"] is not None and b["accuracy"] is not None:
+            out.append({"claim": "accuracy", "profile": r["profile"], "dataset": r["dataset"], "lam": r["lam"],
+                        "convention": None, "held": r["accuracy"] >= b["accuracy"] - ACCURACY_TOLERANCE,
+                        "ours": r["accuracy"], "reference": b["accuracy"],
+                        "text": f"{label} λ={r['lam']:g}: accuracy {r['accuracy']:.3f} not below baseline "
+                                f"{b['accuracy']:.3f} - {ACCURACY_TOLERANCE}"})
+    return out
+
+
+def format_claims(claims_: Sequence[dict]) -> str:
+    """One line per claim: ``held`` / ``NOT held`` and the numbers."""
+    return "\n".join(f"{'held    ' if c['held'] else 'NOT held'}  {c['text']}" for c in claims_)
+
+
+def _claims_summary(claims_: Sequence[dict]) -> list[str]:
+    counts: dict[str, list[int]] = {}
+    for c in claims_:
+        n = counts.setdefault(c["claim"], [0, 0])
+        n[0] += bool(c["held"])
+        n[1] += 1
+    names = {"diffusion": "d(λ) > d(baseline), book convention", "accuracy": "accuracy within 0.01 of baseline",
+             "baseline_accuracy": "baseline accuracy within 0.01 of the paper"}
+    lines = []
+    for key, (held, total) in counts.items():
+        label = names.get(key, key.replace("diffusion[", "d(λ) > d(baseline) under ").rstrip("]"))
+        failed = [f"{DATASET_LABELS.get(c['dataset'], c['dataset'])}"
+                  + (f" λ={c['lam']:g}" if c["claim"] != "baseline_accuracy" else "")
+                  for c in claims_ if c["claim"] == key and not c["held"]]
+        lines.append(f"  {label}: {held}/{total} held" + (f" (not: {', '.join(failed)})" if failed else ""))
+    return lines
+
+
+# ------------------------------------------------------------------------------------------ tables
+def _cell(mean: float | None, sd: float | None, paper: float | None, digits: int) -> str:
+    if mean is None:
+        s = "—"
+    else:
+        s = f"{mean:.{digits}f}" + (f" ± {sd:.{digits}f}" if sd is not None else "")
+    return s + (f" [{paper:.2f}]" if paper is not None else "")
+
+
+def _table(rs: list[dict], key: str, title: str, digits: int, convention: str | None = None) -> list[str]:
+    datasets = sorted({r["dataset"] for r in rs}, key=lambda d: (_ORDER.get(d, 99), d))
+    lams = sorted({r["lam"] for r in rs})
+    by = {(r["dataset"], r["lam"]): r for r in rs}
+    head = ["λ"] + [DATASET_LABELS.get(d, d) for d in datasets]
+    body = []
+    for lam in lams:
+        line = ["Baseline" if lam == 0 else (f"{lam:.1f}" if round(lam, 1) == lam else f"{lam:g}")]
+        for d in datasets:
+            r = by.get((d, lam))
+            if r is None:
+                line.append("—")
+            elif key == "diffusion":
+                conv = convention or r["convention"]
+                line.append(_cell(r["variants"][conv], r["variants_sd"][conv], r["paper_diffusion"], digits)
+                            + (" *" if r["stale"] else ""))
+            else:
+                line.append(_cell(r["accuracy"], r["accuracy_sd"], r["paper_accuracy"], digits)
+                            + (" *" if r["stale"] else ""))
+        body.append(line)
+    widths = [max(len(row[i]) for row in [head, *body]) for i in range(len(head))]
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+    return [title, fmt.format(*head), fmt.format(*["-" * w for w in widths]), *(fmt.format(*b) for b in body)]
+
+
+def format_tables(rows_: Sequence[dict], *, convention: str | None = None, all_conventions: bool = False) -> str:
+    """Tables 2 and 3 (mean ± sd over seeds, the paper's value in brackets) and the wall time per seed.
+
+    Parameters
+    ----------
+    rows_ : sequence of dict
+        Output of :func:`rows`.
+    convention : str, optional
+        Convention of Table 2 (default: the one the rows were made with, :data:`BOOK_CONVENTION`).
+    all_conventions : bool, optional
+        Also print Table 2 under every other convention.
+
+    Returns
+    -------
+    str
+        Plain text; a ``*`` marks a cell with a stale result (config or code changed since).
+    """
+    if not rows_:
+        return "no results"
+    lines: list[str] = []
+    for profile in sorted({str(r["profile"]) for r in rows_}):
+        rs = [r for r in rows_ if str(r["profile"]) == profile]
+        conv = convention or rs[0]["convention"]
+        n_seeds = sorted({r["n_seeds"] for r in rs})
+        n_eval = sorted({n for r in rs for n in r["n_eval"]})
+        n_test = sorted({n for r in rs for n in r["n_test"]})
+        lines.append(f"== profile {profile}: seeds per cell {n_seeds}, diffusion on {n_eval} and accuracy on "
+                     f"{n_test} test images; device {'; '.join(sorted({r['device'] for r in rs}))}")
+        lines += _table(rs, "diffusion", f"Table 2: diffusion d (Eq. 7, convention {conv!r}), mean ± sd over "
+                        "seeds [paper]", 3, conv)
+        if all_conventions:
+            for other in CONVENTIONS:
+                if other != conv:
+                    lines += [""] + _table(rs, "diffusion", f"Table 2 under convention {other!r}", 4, other)
+        lines += [""] + _table(rs, "accuracy", "Table 3: test accuracy, mean ± sd over seeds [paper]", 3)
+        seeds: dict[int, float | None] = {}
+        for r in rs:
+            for s, w in zip(r["seeds"], r["run_wall_s"]):
+                seeds[s] = w
+        lines += ["", "Wall time per seed (all data sets: last finish - first start): " + ", ".join(
+            f"seed {s}: {w:.1f} s" if w is not None else f"seed {s}: ?" for s, w in sorted(seeds.items()))]
+        lines += ["Claims (Section 5.2):", *_claims_summary(claims(rs, convention=conv))]
+        if any(r["stale"] for r in rs):
+            lines.append("* stale: produced by another configuration or other code than the current package's")
+        lines.append("")
+    return "\n".join(lines).rstrip() + "\n"
+
+
+# ------------------------------------------------------------------------------------------- main
+def main(argv: list[str] | None = None) -> int:
+    """``python -m sepdtd.report <results dir> [--json] [--convention C] [--all-conventions]``."""
+    from sepdtd.experiments import load_results
+
+    p = argparse.ArgumentParser(prog="python -m sepdtd.report", description="Tables 2-3 from results files")
+    p.add_argument("results_dir", help="e.g. results/full")
+    p.add_argument("--json", action="store_true", help="print the rows as JSON")
+    p.add_argument("--convention", default=None, choices=CONVENTIONS, help=f"default {BOOK_CONVENTION}")
+    p.add_argument("--all-conventions", action="store_true", help="Table 2 under every convention")
+    args = p.parse_args(argv)
+    try:
+        results = load_results(args.results_dir)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if not results:
+        print(f"error: no results files under {args.results_dir}", file=sys.stderr)
+        return 1
+    rs = rows(results, convention=args.convention)
+    if args.json:
+        print(json.dumps(rs, indent=2))
+        return 0
+    print(format_tables(rs, all_conventions=args.all_conventions))
+    print("Claims, one by one:")
+    print(format_claims(claims(rs)))
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,171 @@
+"""Tests of sepdtd.report (Tables 2-3, claims) on synthetic results dicts."""
+from __future__ import annotations
+
+import json
+import statistics
+import subprocess
+import sys
+import warnings
+
+import pytest
+
+from sepdtd import experiments, report
+from sepdtd.metrics import CONVENTIONS
+
+LAMS = (0.0, 0.1, 0.5, 1.0, 5.0)
+
+
+def result(dataset: str, seed: int, *, d: dict[float, float], acc: dict[float, float], t: tuple[float, float],
+           profile: str = "smoke", scale: dict[str, float] | None = None, current: bool = True,
+           inblock: float = 0.1) -> dict:
+    """A results dict: diffusion under convention c is ``d[lam] * scale[c]`` ("max" scale 1)."""
+    scale = scale or {"raw": 10.0, "max": 1.0, "sum": 0.01, "softmax": 0.5}
+    cfg = experiments.make_config(profile, dataset, seed) if profile in experiments.PROFILES else None
+    return {
+        "schema": 1, "profile": profile, "dataset": dataset, "seed": seed,
+        "config": cfg.as_dict() if cfg else {}, "config_hash": experiments.config_hash(cfg) if cfg else "x" * 12,
+        "code_hash": experiments.code_hash() if current else "0" * 12,
+        "provenance": {"commit": "abc", "device": "cpu", "t_start": t[0], "t_end": t[1]},
+        "run_wall_s": t[1] - t[0],
+        "settings": [{"lam": lam, "accuracy": acc[lam], "test_loss": 0.5, "epochs": 3, "best_epoch": 2,
+                      "wall_s": 10.0 + lam, "diffusion": {c: d[lam] * scale[c] for c in CONVENTIONS},
+                      "cosine": 0.9 - 0.01 * lam, "inblock": [inblock + lam / 10, 0.2], "n_eval": 100,
+                      "n_test": 200, "history": {}} for lam in LAMS],
+    }
+
+
+def flat(v: float) -> dict[float, float]:
+    return dict.fromkeys(LAMS, v)
+
+
+def rising(base: float) -> dict[float, float]:
+    return {lam: base + lam for lam in LAMS}
+
+
+@pytest.fixture
+def results() -> list[dict]:
+    return [
+        result("mnist", 0, d=rising(0.3), acc=flat(0.98), t=(100.0, 150.0)),
+        result("mnist", 1, d=rising(0.5), acc=flat(0.96), t=(200.0, 230.0), inblock=0.3),
+        result("cifar10", 0, d=rising(0.1), acc=flat(0.80), t=(110.0, 190.0)),
+    ]
+
+
+@pytest.fixture(autouse=True)
+def fixed_code(monkeypatch):
+    """Pin code_hash: other people may edit the sources while the tests run."""
+    monkeypatch.setattr(experiments, "code_hash", lambda: "c0dec0dec0de")
+
+
+def test_paper_tables():
+    assert report.PAPER_TABLE2["cifar10"] == {0.0: 0.13, 0.1: 0.12, 0.5: 0.59, 1.0: 0.58, 5.0: 0.56}
+    assert report.PAPER_TABLE2["fashion_mnist"][1.0] == 1.85 and report.PAPER_TABLE2["mnist"][0.1] == 1.06
+    assert report.PAPER_TABLE3["cifar10"][0.5] == 0.81 and set(report.PAPER_TABLE3["mnist"].values()) == {0.99}
+    assert report.BOOK_CONVENTION in CONVENTIONS
+
+
+def test_rows_aggregate_over_seeds(results):
+    rs = report.rows(results)
+    assert [(r["dataset"], r["lam"]) for r in rs] == [("cifar10", lam) for lam in LAMS] + [("mnist", lam) for lam in LAMS]
+    m = next(r for r in rs if r["dataset"] == "mnist" and r["lam"] == 0.5)
+    assert m["n_seeds"] == 2 and m["seeds"] == [0, 1]
+    assert m["accuracy"] == pytest.approx(0.97)
+    assert m["accuracy_sd"] == pytest.approx(statistics.stdev([0.98, 0.96]))
+    assert m["diffusion"] == pytest.approx(((0.3 + 0.5) + (0.5 + 0.5)) / 2)          # "max" scale 1
+    assert m["convention"] == report.BOOK_CONVENTION
+    assert m["variants"]["raw"] == pytest.approx(10 * m["diffusion"])
+    assert m["diffusion_sd"] == pytest.approx(statistics.stdev([0.8, 1.0]))
+    assert m["inblock"] == pytest.approx([(0.15 + 0.35) / 2, 0.2])
+    assert m["wall_s"] == pytest.approx(10.5) and m["cosine"] == pytest.approx(0.895)
+    assert m["paper_diffusion"] == 0.98 and m["paper_accuracy"] == 0.99
+    assert m["stale"] is False and m["device"] == "cpu" and m["commit"] == "abc"
+    # per seed, across data sets: seed 0 spans mnist (100-150) and cifar10 (110-190)
+    assert m["run_wall_s"] == pytest.approx([90.0, 30.0])
+    c = next(r for r in rs if r["dataset"] == "cifar10" and r["lam"] == 0)
+    assert c["n_seeds"] == 1 and c["accuracy_sd"] is None and c["run_wall_s"] == pytest.approx([90.0])
+    assert report.rows(results, convention="sum")[0]["diffusion"] == pytest.approx(0.1 * 0.01)
+    with pytest.raises(ValueError, match="unknown convention"):
+        report.rows(results, convention="median")
+
+
+def test_stale_results_are_marked_and_superseded(results):
+    old = result("mnist", 0, d=flat(9.0), acc=flat(0.1), t=(0.0, 1.0), current=False)
+    assert all(r["stale"] for r in report.rows([old]))
+    with pytest.warns(RuntimeWarning, match="2 results"):
+        rs = report.rows(results + [old])                # the current result of mnist seed 0 wins
+    m = next(r for r in rs if r["dataset"] == "mnist" and r["lam"] == 0)
+    assert m["accuracy"] == pytest.approx(0.97) and not m["stale"]
+    foreign = result("mnist", 0, d=flat(1.0), acc=flat(0.9), t=(0.0, 1.0), profile="mine")
+    assert all(r["stale"] for r in report.rows([foreign]))     # a profile the package does not know
+    edited = result("mnist", 0, d=flat(1.0), acc=flat(0.9), t=(0.0, 1.0))
+    edited["config_hash"] = "f" * 12
+    assert all(r["stale"] for r in report.rows([edited]))
+
+
+def test_closest_convention():
+    paper = {ds: report.PAPER_TABLE2[ds][0.0] for ds in ("mnist", "cifar10")}
+    res = [result(ds, 0, d=flat(paper[ds] / 0.01), acc=flat(0.9), t=(0.0, 1.0)) for ds in paper]
+    rs = report.rows(res)                                  # "sum" (scale 0.01) equals the paper exactly
+    assert report.closest_convention(rs) == "sum"
+    scores = report.convention_scores(rs)
+    assert scores["sum"] == pytest.approx(0.0, abs=1e-12) and set(scores) == set(CONVENTIONS)
+    with pytest.raises(ValueError):
+        report.closest_convention([])
+
+
+def test_claims():
+    d = {0.0: 0.5, 0.1: 0.6, 0.5: 0.7, 1.0: 0.8, 5.0: 0.4}             # λ = 5 falls below the baseline
+    acc = {0.0: 0.985, 0.1: 0.99, 0.5: 0.98, 1.0: 0.97, 5.0: 0.96}     # λ = 1: -0.015, λ = 5: -0.025
+    cs = report.claims(report.rows([result("mnist", 0, d=d, acc=acc, t=(0.0, 1.0))]))
+    by = {(c["claim"], c["lam"]): c for c in cs}
+    assert by[("diffusion", 0.1)]["held"] and not by[("diffusion", 5.0)]["held"]
+    assert by[("diffusion", 5.0)]["ours"] == pytest.approx(0.4) and by[("diffusion", 5.0)]["reference"] == 0.5
+    for conv in CONVENTIONS:
+        if conv != report.BOOK_CONVENTION:
+            assert not by[(f"diffusion[{conv}]", 5.0)]["held"] and by[(f"diffusion[{conv}]", 1.0)]["held"]
+    assert by[("accuracy", 0.5)]["held"] and not by[("accuracy", 1.0)]["held"]
+    assert not by[("accuracy", 5.0)]["held"]
+    assert by[("baseline_accuracy", 0.0)]["held"]                                      # 0.985 vs 0.99
+    low = report.claims(report.rows([result("mnist", 0, d=d, acc=flat(0.95), t=(0.0, 1.0))]))
+    assert not next(c for c in low if c["claim"] == "baseline_accuracy")["held"]
+    text = report.format_claims(cs)
+    assert "NOT held" in text and "MNIST λ=5: d[max] 0.4 > baseline 0.5" in text
+    assert len(cs) == 1 + 4 * (len(CONVENTIONS) + 1)
+
+
+def test_format_tables(results):
+    old = result("cifar10", 1, d=rising(0.1), acc=flat(0.7), t=(300.0, 310.0), current=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        text = report.format_tables(report.rows(results + [old]))
+    assert "Table 2" in text and "Table 3" in text and "CIFAR10" in text and "MNIST" in text
+    assert "0.900 ± 0.141 [0.98]" in text          # mnist λ=0.5: mean of 0.8 and 1.0, paper 0.98
+    assert "0.750 ± 0.071 [0.80] *" in text        # cifar10 accuracy with a stale seed
+    assert "seed 0: 90.0 s" in text and "seed 1: 30.0 s" not in text  # seed 1 spans mnist and cifar10
+    assert "seed 1: 110.0 s" in text
+    assert "Baseline" in text and "5.0" in text and "stale" in text
+    assert report.format_tables([]) == "no results"
+    assert "'raw'" in report.format_tables(report.rows(results), all_conventions=True)
+
+
+def _write(results: list[dict], root) -> None:
+    for r in results:
+        path = root / r["dataset"] / f"seed{r['seed']}-{r['config_hash']}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(r))
+
+
+def test_module_main_json_in_a_subprocess(results, tmp_path):
+    _write([dict(r, code_hash=experiments.code_hash()) for r in results], tmp_path)
+    out = subprocess.run([sys.executable, "-m", "sepdtd.report", str(tmp_path), "--json"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    got = json.loads(out.stdout)
+    want = json.loads(json.dumps(report.rows(experiments.load_results(tmp_path))))
+    for g, w in zip(got, want):
+        g.pop("stale"), w.pop("stale")        # the subprocess sees the real code hash
+    assert got == want and len(got) == 10
+    assert report.main([str(tmp_path)]) == 0
+    assert report.main([str(tmp_path / "nothing")]) == 2
+    (tmp_path / "empty").mkdir()
+    assert report.main([str(tmp_path / "empty")]) == 1
