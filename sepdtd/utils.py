@@ -72,7 +72,10 @@ def atomic_torch_save(path: str | os.PathLike, obj: Any) -> Path:
 
 
 def git_commit(repo: str | os.PathLike | None = None) -> str:
-    """The commit of the code (``git rev-parse HEAD``) with ``-dirty`` if tracked files changed; ``"unknown"`` outside git."""
+    """The commit of the code: ``$SEPDTD_COMMIT`` if set, else ``git rev-parse HEAD`` with ``-dirty`` if
+    the package's tracked files changed; ``"unknown"`` outside git."""
+    if os.environ.get("SEPDTD_COMMIT"):  # set where the code runs from a copy without .git (the GPU runner)
+        return os.environ["SEPDTD_COMMIT"]
     repo = Path(repo) if repo else Path(__file__).resolve().parent.parent
     try:
         sha = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True,

@@ -1,0 +1,371 @@
+"""Glue for the companion book: provenance lines, running notebooks with papermill, picking sources.
+
+The notebooks live as Jupytext ``py:percent`` files in ``notebooks/``. The book is built in one of two
+ways (see the book's *Reproducing this book* page):
+
+1. ``jupyter-book build .`` reads the ``.py`` files (``nb_custom_formats``) and executes them at their
+   default parameters, through the Jupyter cache, so that only changed notebooks run again.
+2. ``papermill`` runs a notebook with parameters (``-p profile full``) into ``notebooks/<name>.ipynb``;
+   ``make book`` does this for every notebook, then builds the book without executing anything.
+
+Both files of a pair have the same document name, which Sphinx refuses. The Sphinx extension in this
+module (``sphinx: extra_extensions: [sepdtd.book]`` in ``_config.yml``) therefore picks one source per
+notebook when the build starts: the ``.ipynb`` if it is a successful papermill run of the *current*
+``.py`` (same cells, apart from papermill's injected parameters), else the ``.py``. A stale or failed
+executed copy is never shown by accident.
+
+Nothing here imports torch; :func:`provenance` imports :mod:`sepdtd.utils` lazily.
+"""
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "NOTEBOOK_DIR", "provenance", "provenance_line", "show_provenance", "setup_notebook", "book_root",
+    "markdown_table", "show_markdown", "plausible_examples",
+    "source_cells", "is_executed_copy", "choose_sources", "execute", "setup",
+]
+
+NOTEBOOK_DIR = "notebooks"
+"""Folder (relative to the book root) holding the ``.py`` notebooks and their executed copies."""
+
+
+# --------------------------------------------------------------------------------------------------
+# Provenance
+# --------------------------------------------------------------------------------------------------
+def _unique(values: Iterable[Any]) -> list[Any]:
+    out: list[Any] = []
+    for v in values:
+        if v is not None and v not in out:
+            out.append(v)
+    return out
+
+
+def provenance(results: Mapping | Iterable[Mapping] | None = None, *, profile: str | None = None,
+               seed: int | None = None, device: str | None = "auto") -> dict:
+    """What produced the numbers on a page: profile, seeds, commits and devices.
+
+    Parameters
+    ----------
+    results : dict or iterable of dict, optional
+        Results dicts of :mod:`sepdtd.experiments` (schema in ``CONTRIBUTING.md``) whose numbers the
+        page shows; their profile, seeds, data sets, config hashes, commit and device are collected.
+    profile, seed : optional
+        The notebook's parameters (used when no results are given, and recorded anyway).
+    device : str, optional
+        The device the notebook computes on now (``"auto"`` is resolved); ``None`` to leave it out.
+
+    Returns
+    -------
+    dict
+        JSON-serialisable: ``profile``, ``seeds``, ``datasets``, ``config_hashes``, ``configs`` (the
+        full configuration of each result), ``results_commits``, ``results_devices`` (from the results)
+        and ``commit``, ``device`` (of this execution).
+    """
+    from sepdtd.utils import device_name, git_commit, resolve_device
+
+    if results is None:
+        results = []
+    elif isinstance(results, Mapping):
+        results = [results]
+    results = list(results)
+    profiles = _unique(r.get("profile") for r in results) or _unique([profile])
+    prov = {
+        "profile": ", ".join(map(str, profiles)) or None,
+        "seeds": _unique(r.get("seed") for r in results) or _unique([seed]),
+        "datasets": _unique(r.get("dataset") for r in results),
+        "config_hashes": _unique(r.get("config_hash") for r in results),
+        "configs": {f"{r.get('dataset')}/seed{r.get('seed')}": r.get("config") for r in results},
+        "results_commits": _unique(r.get("provenance", {}).get("commit") for r in results),
+        "results_devices": _unique(r.get("provenance", {}).get("device") for r in results),
+        "commit": git_commit(),
+    }
+    if device is not None:
+        prov["device"] = device_name(resolve_device(device))
+    return prov
+
+
+def provenance_line(prov: Mapping) -> str:
+    """One line of Markdown saying which profile, seed(s), commit and device produced a page."""
+    parts = [f"profile **{prov.get('profile')}**"]
+    seeds = prov.get("seeds") or []
+    if seeds:
+        parts.append(("seed " if len(seeds) == 1 else "seeds ") + ", ".join(str(s) for s in seeds))
+    if prov.get("results_commits"):
+        results = ", ".join(f"`{c[:12]}`" for c in prov["results_commits"])
+        devices = "; ".join(prov.get("results_devices") or ["unknown device"])
+        parts.append(f"results computed by commit {results} on {devices}")
+    executed = f"page executed by commit `{str(prov.get('commit'))[:12]}`"
+    if prov.get("device"):
+        executed += f" on {prov['device']}"
+    parts.append(executed)
+    return "**Provenance:** " + " · ".join(parts)
+
+
+def show_provenance(prov: Mapping) -> None:
+    """Display :func:`provenance_line` as Markdown in a notebook (plain text elsewhere)."""
+    show_markdown(provenance_line(prov))
+
+
+def setup_notebook(data_dir: str | os.PathLike | None = None) -> None:
+    """First call of every notebook: where the data is, and no progress-bar noise.
+
+    Parameters
+    ----------
+    data_dir : path, optional
+        A folder with the data sets in the layout of ``shared/data`` (``mnist/``, ``fashion-mnist/``,
+        ``cifar10/``); it becomes ``$SEPDTD_DATA_MIRROR`` (see :mod:`sepdtd.data`). None keeps the
+        defaults of :mod:`sepdtd.data`.
+
+    Notes
+    -----
+    Call it before importing :mod:`sepdtd.experiments`: it also silences tqdm's warning that Jupyter
+    widgets are missing (the notebooks run without progress bars).
+    """
+    import warnings
+
+    if data_dir is not None:
+        os.environ["SEPDTD_DATA_MIRROR"] = str(Path(data_dir).expanduser().resolve())
+    warnings.filterwarnings("ignore", message="IProgress not found")
+
+
+def book_root(start: str | os.PathLike | None = None) -> Path:
+    """The book's root: the nearest folder at or above ``start`` (default: cwd) holding ``_toc.yml``.
+
+    Falls back to ``start`` itself when there is none (e.g. a notebook copied elsewhere).
+    """
+    start = Path(start or Path.cwd()).resolve()
+    for folder in (start, *start.parents):
+        if (folder / "_toc.yml").is_file():
+            return folder
+    return start
+
+
+def markdown_table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+    """A Markdown (GFM) table; cells are written with ``str``, ``|`` escaped."""
+    def cell(v: Any) -> str:
+        return str(v).replace("|", "\\|").replace("\n", " ")
+
+    lines = ["| " + " | ".join(cell(h) for h in header) + " |",
+             "| " + " | ".join("---" for _ in header) + " |"]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def show_markdown(text: str) -> None:
+    """Display Markdown in a notebook (plain text elsewhere)."""
+    try:
+        from IPython.display import Markdown, display
+    except ImportError:  # pragma: no cover
+        print(text)
+        return
+    display(Markdown(text))
+
+
+def plausible_examples(nets: Mapping[str, Any], x: Any, y: Any, *, n: int = 2,
+                       prefer: Sequence[tuple[int, int]] = (), min_second: float = 0.1,
+                       batch_size: int = 500) -> list[dict]:
+    """Test images whose two most likely classes form a plausible pair (how Figures 4-5 pick theirs).
+
+    A *candidate* is classified correctly by every network in ``nets``, all networks agree on its
+    top-2 classes, and the first network gives the second class a probability of at least
+    ``min_second``. Candidates whose (unordered) pair is in ``prefer`` come first (e.g. plane/car),
+    then the most ambiguous ones (highest second probability); at most one image per class pair. If
+    fewer than ``n`` candidates exist (e.g. barely trained networks), the remaining images are the most
+    ambiguous ones for the first network, without the other conditions.
+
+    Parameters
+    ----------
+    nets : dict
+        Label -> model in eval mode (the first is the reference, e.g. the baseline).
+    x : torch.Tensor
+        ``uint8`` images ``(N, C, H, W)``.
+    y : torch.Tensor
+        Labels ``(N,)``.
+    n : int
+        Number of images.
+    prefer : sequence of (int, int)
+        Preferred class pairs.
+    min_second : float
+        Smallest second-class probability of a candidate.
+    batch_size : int
+        Images per forward pass.
+
+    Returns
+    -------
+    list of dict
+        ``index`` (into ``x``), ``classes`` (top-1, top-2 of the reference network), ``label``,
+        ``probabilities`` (label -> (p1, p2) of those two classes), ``criteria_met`` (bool).
+    """
+    import torch
+
+    from sepdtd.data import to_float
+
+    probs = {}
+    with torch.no_grad():
+        for label, net in nets.items():
+            dev = next(net.parameters()).device
+            parts = [torch.softmax(net(to_float(x[i:i + batch_size]).to(dev)).double(), dim=1).cpu()
+                     for i in range(0, x.shape[0], batch_size)]
+            probs[label] = torch.cat(parts)
+    ref = next(iter(probs))
+    top2 = {k: p.topk(2, dim=1).indices for k, p in probs.items()}
+    y = torch.as_tensor(y).cpu()
+    ok = torch.ones(x.shape[0], dtype=torch.bool)
+    for k in probs:
+        ok &= top2[k][:, 0] == y
+        ok &= (top2[k] == top2[ref]).all(dim=1)
+    second = probs[ref].gather(1, top2[ref][:, 1:]).squeeze(1)
+    ok &= second >= min_second
+    preferred = {frozenset(p) for p in prefer}
+
+    def order(mask: Any) -> list[int]:
+        idx = torch.nonzero(mask).flatten().tolist()
+        return sorted(idx, key=lambda i: (frozenset(top2[ref][i].tolist()) not in preferred, -float(second[i])))
+
+    chosen: list[dict] = []
+    pairs: set = set()
+    for criteria, candidates in ((True, order(ok)), (False, order(~ok))):
+        for i in candidates:
+            pair = frozenset(top2[ref][i].tolist())
+            if len(chosen) == n:
+                break
+            if pair in pairs:
+                continue
+            pairs.add(pair)
+            c1, c2 = (int(c) for c in top2[ref][i])
+            chosen.append({"index": i, "classes": (c1, c2), "label": int(y[i]), "criteria_met": criteria,
+                           "probabilities": {k: (float(p[i, c1]), float(p[i, c2])) for k, p in probs.items()}})
+    return chosen
+
+
+# --------------------------------------------------------------------------------------------------
+# Executed copies and source selection
+# --------------------------------------------------------------------------------------------------
+def source_cells(nb: Any) -> list[tuple[str, str]]:
+    """``(cell_type, source)`` of a notebook's cells, without papermill's injected-parameters cell."""
+    cells = []
+    for cell in nb.cells:
+        if "injected-parameters" in cell.get("metadata", {}).get("tags", []):
+            continue
+        cells.append((cell.cell_type, cell.source.strip()))
+    return cells
+
+
+def is_executed_copy(ipynb: str | os.PathLike, source: str | os.PathLike) -> tuple[bool, str]:
+    """Whether ``ipynb`` is a successful papermill run of the current text notebook ``source``.
+
+    Returns
+    -------
+    ok : bool
+    reason : str
+        Why not (or which parameters it ran with), for the build log.
+    """
+    import jupytext
+    import nbformat
+
+    try:
+        executed = nbformat.read(ipynb, as_version=4)
+    except Exception as exc:  # noqa: BLE001 - any unreadable file is "not an executed copy"
+        return False, f"unreadable ({exc})"
+    pm = executed.metadata.get("papermill")
+    if not pm or not pm.get("end_time"):
+        return False, "not a finished papermill run"
+    if pm.get("exception"):
+        return False, "its papermill run raised an exception"
+    if source_cells(executed) != source_cells(jupytext.read(source)):
+        return False, f"stale: {Path(source).name} changed since it was executed"
+    return True, "parameters " + json.dumps(pm.get("parameters", {}), sort_keys=True)
+
+
+def choose_sources(srcdir: str | os.PathLike, notebook_dir: str = NOTEBOOK_DIR) -> dict[str, list[str]]:
+    """Pick the executed ``.ipynb`` or the ``.py`` source of each notebook in ``srcdir/notebook_dir``.
+
+    Returns
+    -------
+    dict
+        ``{"executed": [...], "source": [...], "exclude": [...], "notes": [...]}``: document paths
+        (relative to ``srcdir``) of the chosen executed copies and text sources, the Sphinx
+        ``exclude_patterns`` that hide the other file of each pair, and one note per decision.
+    """
+    srcdir = Path(srcdir)
+    out: dict[str, list[str]] = {"executed": [], "source": [], "exclude": [], "notes": []}
+    folder = srcdir / notebook_dir
+    if not folder.is_dir():
+        return out
+    for py in sorted(folder.glob("*.py")):
+        ipynb = py.with_suffix(".ipynb")
+        rel_py, rel_nb = (p.relative_to(srcdir).as_posix() for p in (py, ipynb))
+        if ipynb.exists():
+            ok, why = is_executed_copy(ipynb, py)
+            if ok:
+                out["executed"].append(rel_nb)
+                out["exclude"].append(rel_py)
+                out["notes"].append(f"{rel_nb}: showing the executed copy ({why})")
+                continue
+            out["exclude"].append(rel_nb)
+            out["notes"].append(f"{rel_nb} ignored ({why}); building from {rel_py}")
+        out["source"].append(rel_py)
+    return out
+
+
+def execute(source: str | os.PathLike, output: str | os.PathLike | None,
+            parameters: Mapping[str, Any] | None = None, *, cwd: str | os.PathLike | None = None,
+            kernel_name: str = "python3", timeout: float | None = None) -> Any:
+    """Run a text notebook with papermill, converting it with Jupytext in memory.
+
+    This is what ``jupytext --to ipynb -o - <source> | papermill - <output> -p ...`` does in ``make book``.
+
+    Parameters
+    ----------
+    source : path
+        A Jupytext notebook (``notebooks/*.py``).
+    output : path or None
+        Where the executed ``.ipynb`` goes (None: not written).
+    parameters : dict, optional
+        Values for the cell tagged ``parameters``.
+    cwd : path, optional
+        Working directory of the kernel (default: the source's folder, as in ``jupyter-book build``).
+    kernel_name : str
+        Jupyter kernel.
+    timeout : float, optional
+        Per-cell timeout in seconds.
+
+    Returns
+    -------
+    nbformat.NotebookNode
+        The executed notebook. Raises :class:`papermill.PapermillExecutionError` if a cell fails.
+    """
+    import jupytext
+    import papermill
+
+    nb = jupytext.read(source)
+    return papermill.execute_notebook(
+        nb, None if output is None else str(output), parameters=dict(parameters or {}),
+        cwd=str(cwd or Path(source).resolve().parent), kernel_name=kernel_name,
+        progress_bar=False, execution_timeout=timeout,
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# Sphinx extension
+# --------------------------------------------------------------------------------------------------
+def _on_config_inited(app: Any, config: Any) -> None:
+    from sphinx.util import logging
+
+    logger = logging.getLogger(__name__)
+    chosen = choose_sources(app.srcdir, config.sepdtd_notebook_dir)
+    config.exclude_patterns = list(config.exclude_patterns) + chosen["exclude"]
+    for note in chosen["notes"]:
+        logger.info("[sepdtd.book] %s", note)
+
+
+def setup(app: Any) -> dict:
+    """Sphinx entry point: choose each notebook's source before Sphinx looks for documents."""
+    app.add_config_value("sepdtd_notebook_dir", NOTEBOOK_DIR, "env")
+    app.connect("config-inited", _on_config_inited, priority=900)
+    return {"parallel_read_safe": True, "parallel_write_safe": True}

@@ -1,0 +1,278 @@
+"""The companion book: every notebook runs, the book builds with -W, its pages render.
+
+The notebooks run with papermill at the ``smoke`` profile (converted by Jupytext in memory), in a copy
+of the book's sources in a temporary folder; the book is then built from those executed copies (so
+nothing is executed at the default profile) and its HTML checked; headless Chromium takes screenshots
+of two pages. Chromium is installed by ``make test`` (the ``chromium`` target); without it the
+screenshot test skips, except under ``CI=true``, where it fails.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from html.parser import HTMLParser
+from pathlib import Path
+
+import jupytext
+import nbformat
+import numpy as np
+import pytest
+import yaml
+
+from sepdtd import book
+
+pytestmark = pytest.mark.book
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.py"))
+PARAMETERS = {"profile": "quick", "seed": 0, "device": "auto", "data_dir": None}
+SMOKE = {"profile": "smoke", "device": "cpu"}
+
+
+def _toc_files() -> list[str]:
+    toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
+    files = [toc["root"]]
+    for part in toc.get("parts", [{"chapters": toc.get("chapters", [])}]):
+        files += [ch["file"] for ch in part["chapters"]]
+    return files
+
+
+# ------------------------------------------------------------------------------- the sources (fast)
+def test_toc_lists_every_notebook_in_order():
+    listed = [f for f in _toc_files() if f.startswith("notebooks/")]
+    assert listed == [f"notebooks/{p.stem}" for p in NOTEBOOKS]
+    for f in _toc_files():
+        assert (ROOT / f"{f}.md").exists() or (ROOT / f"{f}.py").exists(), f
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebook_has_parameters_and_colab_cell(path):
+    nb = jupytext.read(path)
+    tagged = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+    assert len(tagged) == 1, "exactly one cell tagged 'parameters'"
+    values: dict = {}
+    exec(tagged[0].source, {}, values)  # noqa: S102 - our own notebook's parameter cell
+    assert values == PARAMETERS
+    colab = [c for c in nb.cells if "remove-cell" in c.metadata.get("tags", []) and "google.colab" in c.source]
+    assert len(colab) == 1, "one hidden cell that installs the package on Colab"
+    url = yaml.safe_load((ROOT / "_config.yml").read_text())["repository"]["url"]
+    assert f"git+{url}" in colab[0].source, "the Colab cell installs from _config.yml's repository.url"
+    assert nb.cells[0].cell_type == "markdown" and nb.cells[0].source.startswith("# "), "starts with a title"
+
+
+def test_config_reads_py_notebooks_and_excludes_package_sources():
+    cfg = yaml.safe_load((ROOT / "_config.yml").read_text())
+    assert cfg["sphinx"]["config"]["nb_custom_formats"][".py"][0] == "jupytext.reads"
+    assert cfg["execute"]["execute_notebooks"] == "cache"
+    for folder in ("sepdtd", "tests", "benchmarks"):
+        assert folder in cfg["exclude_patterns"]
+    assert "sepdtd.book" in cfg["sphinx"]["extra_extensions"]
+
+
+# ---------------------------------------------------------------------- source selection (fast)
+def _fake_run(py: Path, *, exception: bool = False, finished: bool = True) -> Path:
+    """What papermill writes for ``py``: its cells, an injected-parameters cell and papermill metadata."""
+    nb = jupytext.read(py)
+    injected = nbformat.v4.new_code_cell('profile = "smoke"', metadata={"tags": ["injected-parameters"]})
+    nb.cells.insert(1, injected)
+    nb.metadata["papermill"] = {"parameters": {"profile": "smoke"}, "exception": exception,
+                                "end_time": "2025-01-01T00:00:00" if finished else None}
+    out = py.with_suffix(".ipynb")
+    nbformat.write(nb, out)
+    return out
+
+
+def test_choose_sources(tmp_path):
+    folder = tmp_path / "notebooks"
+    folder.mkdir()
+    a, b, c, d = (folder / f"{n}.py" for n in "abcd")
+    for p in (a, b, c, d):
+        p.write_text(f"# %% [markdown]\n# # {p.stem}\n\n# %%\nx = 1\n")
+    _fake_run(a)                                   # current papermill run: shown
+    _fake_run(b)
+    b.write_text(b.read_text() + "\n# %%\ny = 2\n")  # source changed since: stale
+    _fake_run(c, exception=True)                   # failed run
+    chosen = book.choose_sources(tmp_path)
+    assert chosen["executed"] == ["notebooks/a.ipynb"]
+    assert chosen["source"] == ["notebooks/b.py", "notebooks/c.py", "notebooks/d.py"]
+    assert sorted(chosen["exclude"]) == ["notebooks/a.py", "notebooks/b.ipynb", "notebooks/c.ipynb"]
+    assert any("stale" in n for n in chosen["notes"])
+    ok, why = book.is_executed_copy(folder / "c.ipynb", c)
+    assert not ok and "exception" in why
+
+
+def test_provenance_line_names_profile_seed_commit_device():
+    res = {"profile": "full", "seed": 2, "dataset": "mnist", "config_hash": "abc",
+           "provenance": {"commit": "0123456789abcdef", "device": "NVIDIA H200"}}
+    prov = book.provenance([res, {**res, "seed": 1}], device="cpu")
+    line = book.provenance_line(prov)
+    assert "profile **full**" in line and "seeds 2, 1" in line
+    assert "`0123456789ab`" in line and "NVIDIA H200" in line and "page executed by commit" in line
+    json.dumps(prov)  # goes into PNG metadata
+
+
+def test_markdown_table_escapes_pipes():
+    text = book.markdown_table(["a", "b"], [(1, "x|y")])
+    assert text.splitlines() == ["| a | b |", "| --- | --- |", "| 1 | x\\|y |"]
+
+
+# ------------------------------------------------------------------ notebooks and the built book
+@pytest.fixture(scope="session")
+def book_src(tmp_path_factory) -> Path:
+    """A copy of the book's sources; the smoke runs are written there, not into notebooks/."""
+    src = tmp_path_factory.mktemp("book-src")
+    for name in ("_config.yml", "_toc.yml", "references.bib", "jupytext.toml"):
+        shutil.copy(ROOT / name, src / name)
+    shutil.copytree(ROOT / "book", src / "book")
+    (src / "notebooks").mkdir()
+    for path in NOTEBOOKS:
+        shutil.copy(path, src / "notebooks" / path.name)
+    return src
+
+
+_RUNS: dict[str, BaseException | None] = {}
+
+
+def _execute(src: Path, name: str) -> BaseException | None:
+    """Run notebook ``name`` at the smoke profile into ``src/notebooks/<name>.ipynb`` (once)."""
+    if name not in _RUNS:
+        try:
+            book.execute(src / "notebooks" / f"{name}.py", src / "notebooks" / f"{name}.ipynb", SMOKE,
+                         timeout=600)
+            _RUNS[name] = None
+        except Exception as exc:  # noqa: BLE001 - reported by the test of that notebook
+            _RUNS[name] = exc
+    return _RUNS[name]
+
+
+def _outputs(nb, kind: str) -> list:
+    return [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.output_type == kind]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebook_runs_at_smoke_profile(book_src, path):
+    error = _execute(book_src, path.stem)
+    if error is not None:
+        raise error
+    nb = nbformat.read(book_src / "notebooks" / f"{path.stem}.ipynb", as_version=4)
+    assert nb.metadata["papermill"]["parameters"] == SMOKE
+    assert not _outputs(nb, "error")
+    texts = [o["data"].get("text/markdown", "") for o in _outputs(nb, "display_data")]
+    assert any(t.startswith("**Provenance:** profile **smoke**") for t in texts), "no provenance line"
+    for o in _outputs(nb, "stream"):
+        assert "Traceback" not in o["text"], o["text"]
+
+
+@pytest.fixture(scope="session")
+def built_book(book_src, tmp_path_factory) -> tuple[Path, str]:
+    """Build the book from the smoke runs (every notebook executed first, if the tests did not)."""
+    failed = {p.stem: e for p in NOTEBOOKS if (e := _execute(book_src, p.stem)) is not None}
+    if failed:
+        pytest.fail(f"notebooks failed at the smoke profile: {sorted(failed)}")
+    out = tmp_path_factory.mktemp("book-out")
+    jb = Path(sys.executable).with_name("jupyter-book")
+    proc = subprocess.run([str(jb), "build", str(book_src), "--path-output", str(out), "-W", "-n",
+                           "--keep-going"], capture_output=True, text=True, timeout=600)
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log[-6000:]
+    return out / "_build" / "html", log
+
+
+class _Images(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.sources: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "img":
+            self.sources.append(dict(attrs).get("src", ""))
+
+
+@pytest.mark.slow
+def test_book_builds_from_the_executed_copies(built_book):
+    _, log = built_book
+    for path in NOTEBOOKS:
+        assert f"notebooks/{path.stem}.ipynb: showing the executed copy" in log, path.stem
+    assert "Executing notebook" not in log, "the build executed a notebook"
+
+
+@pytest.mark.slow
+def test_every_toc_page_and_figure_is_in_the_html(built_book, book_src):
+    html_dir, _ = built_book
+    for f in _toc_files():
+        assert (html_dir / f"{f}.html").is_file(), f"page {f} missing"
+    for path in NOTEBOOKS:
+        page = html_dir / "notebooks" / f"{path.stem}.html"
+        parser = _Images()
+        parser.feed(page.read_text())
+        figures = [s for s in parser.sources if "_images/" in s]
+        nb = nbformat.read(book_src / "notebooks" / f"{path.stem}.ipynb", as_version=4)
+        n_png = sum("image/png" in o.get("data", {}) for o in _outputs(nb, "display_data"))
+        assert len(figures) == n_png, f"{path.stem}: {len(figures)} images in the HTML, {n_png} in the notebook"
+        for src in figures:
+            assert (page.parent / src).resolve().is_file(), f"{path.stem}: image {src} missing"
+    total = sum(len(re.findall(r'<img[^>]+_images/', (html_dir / "notebooks" / f"{p.stem}.html").read_text()))
+                for p in NOTEBOOKS)
+    assert total >= 10
+
+
+@pytest.mark.slow
+def test_no_error_output_in_the_html(built_book):
+    html_dir, _ = built_book
+    for f in _toc_files():
+        text = (html_dir / f"{f}.html").read_text()
+        assert "Traceback" not in text, f
+        assert 'class="output traceback' not in text and "cell_output error" not in text, f
+
+
+@pytest.mark.slow
+def test_figures_are_saved_with_provenance(built_book, book_src):
+    from PIL import Image
+
+    figures = sorted((book_src / "_build" / "figures").glob("*.png"))
+    names = {p.stem for p in figures}
+    for expected in ("figure1_diffusion", "figure2_toy", "figure3_block_mask", "figure4_cifar10_1",
+                     "figure5_fashion_mnist_1", "figure6_weights_output"):
+        assert expected in names, expected
+    for path in figures:
+        with Image.open(path) as im:
+            meta = json.loads(im.text["Description"])
+            assert im.text["Title"] == path.stem
+        assert meta["profile"] == "smoke" and meta["commit"], path.name
+
+
+def _chromium() -> str | None:
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        if exe := shutil.which(name):
+            return exe
+    return None
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("page", ["book/intro", "notebooks/03_diffusion"])
+def test_screenshot_is_not_blank(built_book, page, tmp_path):
+    exe = _chromium()
+    if exe is None:
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail("CI is set but chromium is missing: run `make chromium` (apt-get install chromium)")
+        pytest.skip("chromium is not installed (make chromium)")
+    from PIL import Image
+
+    html_dir, _ = built_book
+    png = tmp_path / "shot.png"
+    cmd = [exe, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+           "--disable-background-networking", "--disable-component-update", "--disable-sync",
+           f"--user-data-dir={tmp_path / 'profile'}", f"--screenshot={png}", "--window-size=1200,900",
+           "--hide-scrollbars", "--virtual-time-budget=5000", (html_dir / f"{page}.html").as_uri()]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert png.is_file(), proc.stderr[-3000:]
+    with Image.open(png) as im:
+        pixels = np.asarray(im.convert("L"), dtype=np.float64)
+    assert pixels.shape == (900, 1200)
+    assert pixels.std() > 15, f"screenshot of {page} looks blank (pixel std {pixels.std():.1f})"
+    assert (pixels < 200).mean() > 0.02, f"screenshot of {page} has almost no dark pixels"
