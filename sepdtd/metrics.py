@@ -32,6 +32,7 @@ from torch import nn
 
 __all__ = [
     "CONVENTIONS", "diffusion", "frobenius", "cosine", "normalize", "softmax_scale", "diffusion_variants",
+    "relevance_mass_accuracy", "pointing_game",
 ]
 
 #: Heatmap scaling conventions of :func:`diffusion_variants`; ``"softmax"`` acts at relevance time.
@@ -282,3 +283,114 @@ def diffusion_variants(
     out["cosine"] = float(cos_sum) / n
     out["n"] = n
     return out
+
+
+# ----------------------------------------------------------------------------------------------------
+# Ground-truth metrics for images with known object regions (see sepdtd.twoobject)
+# ----------------------------------------------------------------------------------------------------
+def _region_args(h: _ArrayLike, mask_own: _ArrayLike, mask_other: _ArrayLike | None, objects_only: bool = False
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(h, own, allowed)`` as float64 ``(N, D)`` / bool ``(N, D)``, after checking the shapes."""
+    a = torch.as_tensor(h)
+    own = torch.as_tensor(mask_own, device=a.device)
+    if a.ndim < 2 or a.shape[0] == 0:
+        raise ValueError(f"need a batch of heatmaps (N, H, W), got shape {tuple(a.shape)}")
+    if own.dtype != torch.bool:
+        raise TypeError(f"mask_own must be a bool tensor, got {own.dtype}")
+    if own.shape != a.shape:
+        raise ValueError(f"mask_own has shape {tuple(own.shape)} but the heatmaps {tuple(a.shape)}: pass one "
+                         "mask per heatmap, (N, H, W)")
+    allowed = torch.ones_like(own)
+    if mask_other is not None:
+        other = torch.as_tensor(mask_other, device=a.device)
+        if other.dtype != torch.bool:
+            raise TypeError(f"mask_other must be a bool tensor, got {other.dtype}")
+        if other.shape != a.shape:
+            raise ValueError(f"mask_other has shape {tuple(other.shape)} but the heatmaps {tuple(a.shape)}")
+        allowed = ~(own & other)
+        if objects_only:
+            allowed &= own | other
+    elif objects_only:
+        raise ValueError("objects_only=True needs mask_other (the pixels of the other object)")
+    n = a.shape[0]
+    return a.reshape(n, -1).double(), own.reshape(n, -1), allowed.reshape(n, -1)
+
+
+def relevance_mass_accuracy(h: _ArrayLike, mask_own: _ArrayLike, mask_other: _ArrayLike | None = None, *,
+                            objects_only: bool = False) -> torch.Tensor:
+    r"""Share of a heatmap's positive relevance that lies on the explained object (relevance mass accuracy).
+
+    For the heatmap :math:`R` of class :math:`c` and the pixels :math:`O_c` of the object of class
+    :math:`c` (Arras, Osman and Samek 2022, "CLEVR-XAI: a benchmark dataset for the ground truth
+    evaluation of neural network explanations", Information Fusion 81; here with positive relevance only,
+    as a share):
+
+    .. math:: \mathrm{mass}(R, O_c) = \frac{\sum_{p \in O_c \setminus B} R_p^+}{\sum_{p \notin B} R_p^+}
+
+    where :math:`B = O_c \cap O_{c'}` are the pixels that belong to *both* objects (left out of the
+    numerator and the denominator: no explanation can be right or wrong there). Pixels of neither object
+    (background) stay in the denominator. 1 means all positive evidence lies on the object of class c.
+
+    Parameters
+    ----------
+    h : torch.Tensor or numpy.ndarray
+        Heatmaps ``(N, H, W)`` (any ``(N, ...)``).
+    mask_own : bool tensor
+        Pixels of the explained object, same shape as ``h``.
+    mask_other : bool tensor, optional
+        Pixels of the other object; None leaves no pixel out.
+    objects_only : bool, optional
+        Also leave out the background (pixels of neither object): the share of the positive relevance
+        on the two objects that goes to the right one, :math:`\sum_{O_c \setminus B} R^+ /
+        \sum_{(O_c \cup O_{c'}) \setminus B} R^+`. Rules that give relevance to black background pixels
+        (:math:`z^B` does, gradient × input cannot) are then compared on the objects alone.
+
+    Returns
+    -------
+    torch.Tensor
+        float64 ``(N,)``; ``nan`` for a heatmap without positive relevance outside ``B`` (aggregate with
+        :func:`torch.nanmean` and report how many were ``nan``).
+
+    Raises
+    ------
+    TypeError, ValueError
+        For non-bool masks or shapes that differ from ``h``'s.
+    """
+    a, own, allowed = _region_args(h, mask_own, mask_other, objects_only)
+    pos = a.clamp(min=0) * allowed
+    num = (pos * own).sum(dim=1)
+    den = pos.sum(dim=1)
+    return torch.where(den > 0, num / torch.where(den > 0, den, torch.ones_like(den)),
+                       torch.full_like(den, float("nan")))
+
+
+def pointing_game(h: _ArrayLike, mask_own: _ArrayLike, mask_other: _ArrayLike | None = None, *,
+                  objects_only: bool = False) -> torch.Tensor:
+    r"""Does the heatmap's maximum lie on the explained object? (the pointing game)
+
+    The pointing game of Zhang et al. 2018 ("Top-down neural attention by excitation backprop", IJCV;
+    the paper's reference [13]), as used for LRP by Kohlbrenner et al. 2020 ("Towards best practice in
+    explaining neural network decisions with LRP", IJCNN): a *hit* when the largest relevance lies on
+    the object of the explained class. Pixels of both objects are left out, as in
+    :func:`relevance_mass_accuracy`. To be well defined with ties (e.g. an all-zero heatmap), a hit
+    needs the maximum over the object's own pixels to be *strictly* larger than the maximum over every
+    other pixel left in.
+
+    Parameters
+    ----------
+    h, mask_own, mask_other, objects_only
+        As for :func:`relevance_mass_accuracy`.
+
+    Returns
+    -------
+    torch.Tensor
+        float64 ``(N,)`` of 1.0 (hit) and 0.0 (miss); ``nan`` where the object has no pixel outside ``B``.
+    """
+    a, own, allowed = _region_args(h, mask_own, mask_other, objects_only)
+    inside = own & allowed
+    rest = allowed & ~own
+    neg_inf = torch.tensor(float("-inf"), dtype=a.dtype, device=a.device)
+    best_in = torch.where(inside, a, neg_inf).amax(dim=1)
+    best_out = torch.where(rest, a, neg_inf).amax(dim=1)
+    hit = (best_in > best_out).double()
+    return torch.where(inside.any(dim=1), hit, torch.full_like(hit, float("nan")))

@@ -23,7 +23,8 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
-__all__ = ["MODELS", "PaperNet", "build", "clamp_biases_", "dense_layers", "table1", "init_keras_"]
+__all__ = ["MODELS", "PaperNet", "build", "clamp_biases_", "dense_layers", "table1", "init_keras_",
+           "BlockDiagonalLinear", "SEPARATE_WIDTHS", "build_separate", "TABLE1_CONV", "conv_layers", "build_depth"]
 
 MODELS = ("mnist", "fashion_mnist", "cifar10")
 
@@ -176,3 +177,195 @@ def table1(model: PaperNet) -> list[dict]:
             })
     model.train(was_training)
     return rows
+
+
+# ----------------------------------------------------------------------------------------------------
+# Beyond the paper: separate dense layers per class (Section 4's "intuitive approach") and depth
+# ----------------------------------------------------------------------------------------------------
+class BlockDiagonalLinear(nn.Linear):
+    """A dense layer whose weights are zero off the diagonal blocks, and stay zero during training.
+
+    Output neuron ``j`` may only read inputs of its own block (the blocks of
+    :func:`sepdtd.regularization.block_mask`: ``floor(j * n / out) == floor(i * n / in)``). The
+    off-block weights are set to 0 at construction and a gradient hook zeroes their gradient, so any
+    optimizer without weight decay leaves them at exactly 0 (Adam: zero gradient, zero update). It keeps
+    :meth:`torch.nn.Linear.forward`, so :mod:`sepdtd.dtd` and zennit treat it as a Linear layer.
+
+    Parameters
+    ----------
+    in_features, out_features : int
+        Layer size.
+    n_blocks : int
+        Number of diagonal blocks (the number of classes).
+    bias : bool, optional
+        With a bias (the default).
+    """
+
+    def __init__(self, in_features: int, out_features: int, n_blocks: int, bias: bool = True):
+        super().__init__(in_features, out_features, bias=bias)
+        from sepdtd.regularization import block_mask
+
+        self.n_blocks = int(n_blocks)
+        self.register_buffer("keep", (~block_mask(out_features, in_features, self.n_blocks)).to(self.weight.dtype))
+        self.weight.register_hook(self._mask_grad)
+        self.project_()
+
+    def _mask_grad(self, grad: torch.Tensor) -> torch.Tensor:
+        return grad * self.keep.to(grad.dtype)
+
+    @torch.no_grad()
+    def project_(self) -> BlockDiagonalLinear:
+        """Zero the off-block weights in place (e.g. after loading foreign weights)."""
+        self.weight.mul_(self.keep.to(self.weight.dtype))
+        return self
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", n_blocks={self.n_blocks}"
+
+
+#: Hidden widths of :func:`build_separate`: ``"split"`` divides Table 1's hidden layer among the classes
+#: (about ``width / C`` neurons per class, the same total), ``"full"`` gives every class Table 1's width.
+SEPARATE_WIDTHS = ("split", "full")
+
+
+def build_separate(name: str, *, width: str = "split", seed: int | None = None) -> PaperNet:
+    """Table 1's network with *separate dense layers per class* (the "intuitive approach" of Section 4).
+
+    The convolutional trunk is Table 1's and shared by all classes; above it, every class ``c`` has its
+    own dense stack ``features -> hidden_c -> f_c`` and no weight connects class ``c``'s hidden
+    neurons to another class's output. It is written as one :class:`torch.nn.Linear` (the
+    concatenation of the C hidden layers: each reads every feature) followed by a
+    :class:`BlockDiagonalLinear` output layer, so it is a plain :class:`PaperNet` that DTD explains. It
+    is the hard limit of Eq. 6 on the output layer: the flow of relevance from output ``c`` to the
+    features is completely separated from the other classes' (Section 4), while the shared trunk is not.
+
+    Parameters
+    ----------
+    name : str
+        Data set / Table 1 model.
+    width : {"split", "full"}
+        ``"split"`` (the book's default): Table 1's hidden width divided among the classes (512 ->
+        blocks of 51-52 neurons for 10 classes), i.e. the same neurons and about the same parameters and
+        training cost as Table 1, only the output layer separated. ``"full"``: every class gets
+        Table 1's width (``C x 512`` hidden neurons), what the paper means by "one version of the dense
+        layers for each class" — about C times the dense parameters.
+    seed : int, optional
+        As for :func:`build`.
+
+    Returns
+    -------
+    PaperNet
+        With ``variant`` set to ``"separate-<width>"``.
+    """
+    if width not in SEPARATE_WIDTHS:
+        raise ValueError(f"unknown width {width!r}: choose one of {', '.join(SEPARATE_WIDTHS)}")
+
+    key = name.replace("-", "_").lower()
+    if key not in _BUILDERS:
+        raise ValueError(f"unknown model {name!r}: choose one of {', '.join(MODELS)}")
+
+    def make() -> PaperNet:
+        base = _BUILDERS[key]()
+        layers = list(base)
+        dense = [i for i, m in enumerate(layers) if isinstance(m, nn.Linear)]
+        if len(dense) != 2:  # pragma: no cover - every Table 1 network has one hidden dense layer
+            raise ValueError(f"{name}: expected one hidden dense layer and the output layer")
+        hid, out = layers[dense[0]], layers[dense[1]]
+        c = out.out_features
+        hidden = hid.out_features if width == "split" else hid.out_features * c
+        layers[dense[0]] = nn.Linear(hid.in_features, hidden)
+        layers[dense[1]] = BlockDiagonalLinear(hidden, c, n_blocks=c)
+        net = PaperNet(base.name, base.input_shape, layers)
+        init_keras_(net)
+        layers[dense[1]].project_()
+        net.variant = f"separate-{width}"
+        return net
+
+    if seed is None:
+        return make()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return make()
+
+
+#: Convolutional layers of each Table 1 network.
+TABLE1_CONV = {"mnist": 2, "fashion_mnist": 1, "cifar10": 4}
+
+
+def conv_layers(model: nn.Module) -> int:
+    """Number of :class:`torch.nn.Conv2d` layers of ``model``."""
+    return sum(isinstance(m, nn.Conv2d) for m in model.modules())
+
+
+def build_depth(name: str, n_conv: int, *, seed: int | None = None) -> PaperNet:
+    """Table 1's network with fewer or more convolutional layers (the depth study of the book).
+
+    - ``n_conv`` equal to Table 1's count (:data:`TABLE1_CONV`) gives exactly :func:`build`'s network.
+    - Fewer: the top convolutions are removed one by one (with their ReLU); a pooling stage left
+      without a convolution is removed with its pooling and dropout. ``n_conv = 0`` is a dense network
+      on the pixels (Table 1's dense layers on the flattened image).
+    - More: ``n_conv - T`` extra 3x3 convolutions with 'same' padding (+ ReLU), with the channels of
+      Table 1's last convolution, are inserted after the last pooling stage, just below the dense
+      layers. The dense layers' input size is unchanged, and the added layers work at the smallest
+      resolution, so they are cheap; they deepen the trunk exactly where the relevance enters it.
+
+    Parameters
+    ----------
+    name : str
+        Data set / Table 1 model.
+    n_conv : int
+        Number of convolutional layers, ``>= 0``.
+    seed : int, optional
+        As for :func:`build`.
+
+    Returns
+    -------
+    PaperNet
+        With ``variant`` set to ``"depth-<n_conv>"``. Dense layers are resized to the new feature count.
+    """
+    key = name.replace("-", "_").lower()
+    if key not in TABLE1_CONV:
+        raise ValueError(f"unknown model {name!r}: choose one of {', '.join(MODELS)}")
+    if isinstance(n_conv, bool) or not isinstance(n_conv, int) or n_conv < 0:
+        raise ValueError(f"n_conv must be an int >= 0, got {n_conv!r}")
+
+    def make() -> PaperNet:
+        base = _BUILDERS[key]()
+        layers = list(base)
+        flat = next(i for i, m in enumerate(layers) if isinstance(m, nn.Flatten))
+        stages: list[list[nn.Module]] = [[]]          # each: convs (+ReLU), then pooling (+dropout)
+        for m in layers[:flat]:
+            closed = stages[-1] and isinstance(stages[-1][-1], (nn.MaxPool2d, nn.AvgPool2d, nn.Dropout))
+            if closed and not isinstance(m, nn.Dropout):
+                stages.append([])
+            stages[-1].append(m)
+        head = layers[flat:]
+        t = TABLE1_CONV[key]
+        if n_conv > t:
+            ch = [m for m in layers[:flat] if isinstance(m, nn.Conv2d)][-1].out_channels
+            stages.append([mod for _ in range(n_conv - t) for mod in (nn.Conv2d(ch, ch, 3, padding=1), nn.ReLU())])
+        for _ in range(t - n_conv):
+            top = max(k for k, st in enumerate(stages) if any(isinstance(m, nn.Conv2d) for m in st))
+            st = stages[top]
+            i = max(k for k, m in enumerate(st) if isinstance(m, nn.Conv2d))
+            del st[i:i + 2]                                      # the convolution and its ReLU
+            if not any(isinstance(m, nn.Conv2d) for m in st):    # an empty stage goes with its pooling
+                del stages[top]
+        trunk = [m for st in stages for m in st]
+        with torch.no_grad():
+            feats = nn.Sequential(*trunk, nn.Flatten())(torch.zeros(1, *base.input_shape)).shape[1]
+        dense = [k for k, m in enumerate(head) if isinstance(m, nn.Linear)]
+        head[dense[0]] = nn.Linear(feats, head[dense[0]].out_features)
+        net = PaperNet(base.name, base.input_shape, trunk + head)
+        net.variant = f"depth-{n_conv}"
+        return init_keras_(net)
+
+    if n_conv == TABLE1_CONV[key]:
+        net = build(key, seed=seed)
+        net.variant = f"depth-{n_conv}"
+        return net
+    if seed is None:
+        return make()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return make()

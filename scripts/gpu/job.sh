@@ -6,23 +6,31 @@ set -uo pipefail
 OUT=${OUT:-$PWD/gpu-out}
 mkdir -p "$OUT"
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
+PY=${PYTHON:-python3}
 export SEPDTD_CACHE=/root/cache SEPDTD_DATA_MIRROR=/root/gpu/data
 if [ ! -d /root/gpu/data ]; then
   cat /root/gpu/data.zip.* > /tmp/data.zip && python3 -m zipfile -e /tmp/data.zip /root/gpu/ && rm /tmp/data.zip
 fi
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
-python3 -c "import torch, sys; print(sys.version, torch.__version__, torch.cuda.get_device_name())" | tee -a "$OUT/gpu.txt"
+command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
+$PY -c "import torch, sys; print(sys.version, torch.__version__, torch.cuda.get_device_name() if torch.cuda.is_available() else 'cpu')" | tee -a "$OUT/gpu.txt"
 SECONDS=0
-python3 -m sepdtd data prepare 2>&1 | tail -5 | tee "$OUT/prepare.log"
+$PY -m sepdtd data prepare 2>&1 | tail -5 | tee "$OUT/prepare.log"
 echo "data prepare: ${SECONDS} s" | tee -a "$OUT/prepare.log"
-res=results/full
-seeds=("${@:-0 1 2}")
-for s in ${seeds[@]}; do
-  # one seed at a time: the three data sets run concurrently, so run_wall_s is the paper's wall time per seed
-  python3 -m sepdtd reproduce --profile full --device cuda --seeds "$s" --jobs 3 --results-dir "$res" \
-    > "$OUT/reproduce-seed$s.log" 2>&1
-  echo "seed $s: exit $?"
-  tail -30 "$OUT/reproduce-seed$s.log"
-  tar czf "$OUT/results-full.tar.gz" "$res"
+PROFILE=${PROFILE:-full} DEVICE=${DEVICE:-cuda}
+res=${RESULTS:-results/$PROFILE}
+# Seed groups, ';'-separated: the first seed alone, so that its run_wall_s is the paper's wall time on
+# an otherwise idle GPU; the others together (their run_wall_s then includes each other's load).
+IFS=';' read -ra groups <<< "${SEED_GROUPS:-0;1 2}"
+deadline=${DEADLINE_S:-100000}
+for g in "${groups[@]}"; do
+  read -ra seeds <<< "$g"
+  left=$((deadline - SECONDS))
+  [ "$left" -gt 20 ] || { echo "no time left for seeds $g"; break; }
+  tag=$(echo "$g" | tr ' ' '-')
+  timeout "$left" $PY -m sepdtd reproduce --profile "$PROFILE" --device "$DEVICE" --seeds ${seeds[@]} \
+    --jobs $((3 * ${#seeds[@]})) --results-dir "$res" > "$OUT/reproduce-seed$tag.log" 2>&1
+  echo "seeds $g: exit $? at ${SECONDS} s"
+  grep -a -v "it/s\|s/it\|epoch/s\|s/epoch\|setting/s\|s/setting" "$OUT/reproduce-seed$tag.log" | tail -40
+  tar czf "$OUT/results-$PROFILE.tar.gz" "$res"
 done
-python3 -m sepdtd.report "$res" | tee "$OUT/report.txt"
+$PY -m sepdtd.report "$res" > "$OUT/report.txt" 2>&1; head -n 40 "$OUT/report.txt"

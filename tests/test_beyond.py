@@ -1,0 +1,149 @@
+"""The extra networks of chapter 10 (sepdtd.models) and the runner of chapters 9-10 (sepdtd.beyond)."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from sepdtd import attribution, beyond, dtd, experiments, models, training
+
+
+# ------------------------------------------------------------------------------------------- models
+@pytest.mark.parametrize("name", models.MODELS)
+def test_depth_at_table1_count_is_table1(name):
+    t = models.TABLE1_CONV[name]
+    a, b = models.build(name, seed=3), models.build_depth(name, t, seed=3)
+    assert [type(m) for m in a] == [type(m) for m in b]
+    assert all(torch.equal(v, b.state_dict()[k]) for k, v in a.state_dict().items())
+
+
+@pytest.mark.parametrize("name", models.MODELS)
+def test_depth_variants_have_the_asked_conv_layers(name):
+    t = models.TABLE1_CONV[name]
+    for n in range(0, t + 3):
+        net = models.build_depth(name, n, seed=0)
+        dtd.check_model(net)
+        assert models.conv_layers(net) == n and net.variant == f"depth-{n}"
+        assert net(torch.zeros(2, *net.input_shape)).shape == (2, 10)
+        if n > t:   # the added 3x3 'same' convolutions keep the dense layers' input size
+            assert net[-4].in_features == models.build(name)[-4].in_features
+
+
+def test_depth_errors():
+    with pytest.raises(ValueError, match="n_conv"):
+        models.build_depth("mnist", -1)
+    with pytest.raises(ValueError, match="unknown model"):
+        models.build_depth("svhn", 2)
+
+
+@pytest.mark.parametrize("width", models.SEPARATE_WIDTHS)
+def test_separate_dense_layers_stay_separate_through_training(width):
+    net = models.build_separate("fashion_mnist", width=width, seed=0)
+    dtd.check_model(net)
+    out = net[-1]
+    assert isinstance(out, models.BlockDiagonalLinear) and net.variant == f"separate-{width}"
+    hidden = 256 if width == "split" else 2560
+    assert out.in_features == hidden and net[-4].out_features == hidden
+    off = out.keep == 0
+    assert (out.weight[off] == 0).all() and (out.weight[~off] != 0).any()
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (64, 1, 28, 28), dtype=torch.uint8, generator=g)
+    y = torch.randint(0, 10, (64,), generator=g)
+    training.fit(net, x, y, x[:16], y[:16], lr=1e-2, batch_size=16, max_epochs=2, device="cpu", progress=False)
+    assert (out.weight[off] == 0).all(), "an off-block weight moved during training"
+    # class c's output reads only its own block of hidden neurons: its DTD relevance at the hidden
+    # layer is zero outside that block
+    net.eval()
+    xf = x[:4].float() / 255
+    feats = torch.nn.Sequential(*list(net)[:-1])(xf)
+    r = attribution._propagate([attribution._Weighted.of(out, feats, "zplus", eps=1e-9)],
+                               attribution._onehot_start(net(xf), torch.full((4, 1), 3), net(xf)[:, 3:4]))
+    blocks = torch.arange(hidden) * 10 // hidden
+    assert (r[:, 0, blocks != 3] == 0).all() and (r[:, 0, blocks == 3] != 0).any()
+
+
+# ---------------------------------------------------------------------------------------- the runner
+def test_configs():
+    c = beyond.make_config("quick", "mnist", 0)
+    assert c.depths == (1, 4) and c.extra and c.method_lams == (0.0, 1.0) and c.methods == tuple(attribution.METHODS)
+    assert c.base_config_hash == experiments.config_hash(experiments.make_config("quick", "mnist", 0))
+    assert beyond.make_config("quick", "cifar10", 0).extra is False
+    assert beyond.make_config("full", "fashion_mnist", 1).depths == (0, 3, 5)
+    assert beyond.config_hash(c) == beyond.config_hash(beyond.make_config("quick", "mnist", 0))
+    assert beyond.config_hash(c) != beyond.config_hash(beyond.make_config("quick", "mnist", 1))
+    with pytest.raises(ValueError, match="unknown profile"):
+        beyond.make_config("huge", "mnist")
+
+
+@pytest.fixture(scope="module")
+def smoke_unit(tmp_path_factory):
+    """The smoke unit of MNIST, in temporary results and checkpoint folders (about 15 s on 2 cores)."""
+    root = tmp_path_factory.mktemp("beyond")
+    res = beyond.ensure("smoke", "mnist", 0, "cpu", results_dir=root / "results", checkpoints_dir=root / "ck",
+                        progress=False)
+    return root, res
+
+
+def test_unit_results(smoke_unit):
+    root, res = smoke_unit
+    tags = [e["model"] for e in res["entries"]]
+    assert tags == ["baseline", "lam0.1", "lam0.5", "lam1.0", "lam5.0", "separate-split", "depth-1", "depth-4"]
+    for e in res["entries"]:
+        expect = set(attribution.METHODS) if e["model"] in ("baseline", "lam1.0") or e["family"] != "lambda" \
+            else {"dtd"}
+        assert set(e["methods"]) == expect
+        assert 0 <= e["recognized"] <= 1 and e["params"] > 0 and 0 <= e["accuracy"] <= 1
+        for m in e["methods"].values():
+            assert set(m["diffusion"]) == set(beyond.DIFFUSION_CONVENTIONS) and -1 <= m["cosine"] <= 1
+            assert m["n_eval"] == 32 and m["n_scored"] <= 32
+            for v in m["mass"] + m["pointing"]:
+                assert v is None or 0 <= v <= 1
+    sep = next(e for e in res["entries"] if e["family"] == "separate")
+    assert sep["trained_here"] and sep["epochs"] == 1 and sep["params"] < res["entries"][0]["params"]
+    # written atomically at the documented place, found by load_results, ignored by experiments.load_results
+    path = beyond.result_path(beyond.make_config("smoke", "mnist", 0), root / "results")
+    assert path.is_file() and json.loads(path.read_text())["config_hash"] == res["config_hash"]
+    assert [r["dataset"] for r in beyond.load_results("smoke", results_dir=root / "results")] == ["mnist"]
+    assert all("entries" not in r for r in experiments.load_results(root / "results"))
+    assert res["provenance"]["commit"] and res["provenance"]["device"].startswith("cpu")
+
+
+def test_unit_is_loaded_not_recomputed(smoke_unit, monkeypatch):
+    root, res = smoke_unit
+
+    def boom(*a, **k):
+        raise AssertionError("recomputed")
+
+    monkeypatch.setattr(beyond, "_compute", boom)
+    again = beyond.ensure("smoke", "mnist", 0, "cpu", results_dir=root / "results", checkpoints_dir=root / "ck",
+                          progress=False)
+    assert again == json.loads(json.dumps(res))
+
+
+def test_foreign_results_are_refused(smoke_unit):
+    root, _ = smoke_unit
+    config = beyond.make_config("smoke", "mnist", 0)
+    path = beyond.result_path(config, root / "results")
+    other = root / "other"
+    target = beyond.result_path(config, other)
+    target.parent.mkdir(parents=True)
+    data = json.loads(path.read_text())
+    data["config_hash"] = "0" * 12
+    target.write_text(json.dumps(data))
+    with pytest.raises(ValueError, match="another configuration"):
+        beyond.run(config, device="cpu", results_dir=other, checkpoints_dir=root / "ck", progress=False)
+
+
+def test_summary_and_factors(smoke_unit):
+    _, res = smoke_unit
+    rows = beyond.summary([res, {**res, "seed": 1}])
+    base = next(r for r in rows if r["model"] == "baseline" and r["method"] == "dtd")
+    assert base["n_seeds"] == 2 and base["cosine"][1] == 0.0
+    assert base["cosine"][0] == pytest.approx(res["entries"][0]["methods"]["dtd"]["cosine"])
+    f = beyond.factors(rows)
+    kinds = {(r["factor"], r["change"]) for r in f}
+    assert {k for k, _ in kinds} == {"rule", "dense", "depth"} and len(f) == 5 + 2 + 2
+    eps = next(r for r in f if r["change"] == attribution.LABELS["epsilon"])
+    want = res["entries"][0]["methods"]["epsilon"]["cosine"] - res["entries"][0]["methods"]["dtd"]["cosine"]
+    assert eps["d_cosine"] == pytest.approx(want)
