@@ -1,4 +1,4 @@
-"""Command line: ``python -m sepdtd data prepare`` and ``python -m sepdtd reproduce``.
+"""Command line: ``python -m sepdtd data prepare``, ``python -m sepdtd reproduce`` and ``python -m sepdtd beyond``.
 
 The report has its own entry point, ``python -m sepdtd.report <results dir> [--json]``.
 """
@@ -26,6 +26,12 @@ def _parser() -> argparse.ArgumentParser:
     rep.add_argument("--results-dir", default=None, help="default: results/<profile>")
     rep.add_argument("--jobs", type=int, default=1,
                      help="independent (data set, seed) runs at once, in separate processes")
+
+    bey = sub.add_parser("beyond", help="the chapters beyond the paper (ground truth, causes of diffusion)")
+    bey.add_argument("--profile", default="quick", choices=["smoke", "quick", "full"])
+    bey.add_argument("--datasets", nargs="+", default=None, metavar="SET")
+    bey.add_argument("--seeds", nargs="+", type=int, default=None, metavar="SEED")
+    bey.add_argument("--device", default="auto", help="auto (default), cpu, cuda, ...")
     return p
 
 
@@ -44,6 +50,13 @@ def main(argv: list[str] | None = None) -> int:
         results = experiments.reproduce(args.profile, datasets=args.datasets, seeds=args.seeds,
                                         device=args.device, results_dir=args.results_dir, jobs=args.jobs)
         print(report.format_tables(report.rows(results)))
+        return 0
+    if args.command == "beyond":
+        from sepdtd import beyond
+
+        results = beyond.reproduce(args.profile, datasets=args.datasets, seeds=args.seeds, device=args.device)
+        for r in results:
+            print(f"{r['dataset']} seed {r['seed']}: {r.get('run_wall_s', float('nan')):.1f} s")
         return 0
     return 2  # pragma: no cover
 
