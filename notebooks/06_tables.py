@@ -58,8 +58,9 @@ if full:
     sources["committed results of the full profile (`results/full/`)"] = full
     if profile == "full":
         del sources[next(iter(sources))]  # the committed full results include this build's
-prov = book.provenance([r for rs in sources.values() for r in rs], profile=profile, seed=seed, device=device)
-book.show_provenance(prov)
+for rs in sources.values():  # one provenance line per set of results: this build's, then the committed ones
+    prov = book.provenance(rs, profile=profile, seed=seed, device=device)
+    book.show_provenance(prov)
 if not full:
     book.show_markdown("*No committed full-profile results (`results/full/`) in this checkout: the tables "
                        "below are this build's only.*")

@@ -63,7 +63,8 @@ ran = [beyond.ensure(profile, name, seed, device, progress=False) for name in DA
 units = {(r["dataset"], r["seed"]): r for r in beyond.load_results(profile)}
 units.update({(r["dataset"], r["seed"]): r for r in ran})
 results = [units[k] for k in sorted(units, key=lambda k: (DATASETS.index(k[0]), k[1]))]
-rows = beyond.summary(results, convention=report.BOOK_CONVENTION)
+CONVENTION = "max"  # scale-free d, comparable across methods and networks
+rows = beyond.summary(results, convention=CONVENTION)
 by = {(r["dataset"], r["model"], r["method"]): r for r in rows}
 prov = book.provenance(results, profile=profile, seed=seed, device=device)
 book.show_provenance(prov)
@@ -108,7 +109,7 @@ def cell(pair, digits=2, pct=False):
 # ## Factor 1: the rule
 #
 # The baseline network and the network fine-tuned with λ = 1.0, explained by every method. $d$ is Eq. 7
-# under the book's convention (`max`, as in Table 2), *cos* the cosine similarity of the top-1 and top-2
+# with each heatmap divided by its largest $|R|$ (convention `max`: the methods' heatmaps have different scales, so raw $d$, Table 2's convention, would compare scales, not shapes), *cos* the cosine similarity of the top-1 and top-2
 # heatmaps of real test images (1: identical explanations); *mass* and *pointing* are the ground-truth
 # metrics of {doc}`09_ground_truth` on the recognised composites, *on objects* the mass accuracy counted
 # on the two objects' pixels only (a rule that gives relevance to the black background of an overlay is
@@ -123,7 +124,7 @@ def method_table(name, model):
             continue
         body.append([attribution.LABELS[method], cell(r["diffusion"]), cell(r["cosine"], 3), cell(r["mass1"]),
                      cell(r["mass2"]), cell(r["mass_obj2"]), cell(r["point1"], pct=True), cell(r["point2"], pct=True)])
-    return book.markdown_table(["method", f"d [{report.BOOK_CONVENTION}]", "cos", "mass top-1", "mass top-2",
+    return book.markdown_table(["method", f"d [{CONVENTION}]", "cos", "mass top-1", "mass top-2",
                                 "top-2 on objects", "pointing top-1", "pointing top-2"], body)
 
 

@@ -18,8 +18,10 @@ LAMS = (0.0, 0.1, 0.5, 1.0, 5.0)
 def result(dataset: str, seed: int, *, d: dict[float, float], acc: dict[float, float], t: tuple[float, float],
            profile: str = "smoke", scale: dict[str, float] | None = None, current: bool = True,
            inblock: float = 0.1) -> dict:
-    """A results dict: diffusion under convention c is ``d[lam] * scale[c]`` ("max" scale 1)."""
-    scale = scale or {"raw": 10.0, "max": 1.0, "sum": 0.01, "softmax": 0.5}
+    """A results dict: diffusion under convention c is ``d[lam] * scale[c]`` (the book's convention scale 1)."""
+    if scale is None:
+        scale = {"raw": 10.0, "max": 1.0, "sum": 0.01, "softmax": 0.5}
+        scale["max"], scale[report.BOOK_CONVENTION] = scale[report.BOOK_CONVENTION], 1.0
     cfg = experiments.make_config(profile, dataset, seed) if profile in experiments.PROFILES else None
     return {
         "schema": 1, "profile": profile, "dataset": dataset, "seed": seed,
@@ -71,9 +73,9 @@ def test_rows_aggregate_over_seeds(results):
     assert m["n_seeds"] == 2 and m["seeds"] == [0, 1]
     assert m["accuracy"] == pytest.approx(0.97)
     assert m["accuracy_sd"] == pytest.approx(statistics.stdev([0.98, 0.96]))
-    assert m["diffusion"] == pytest.approx(((0.3 + 0.5) + (0.5 + 0.5)) / 2)          # "max" scale 1
+    assert m["diffusion"] == pytest.approx(((0.3 + 0.5) + (0.5 + 0.5)) / 2)          # book convention, scale 1
     assert m["convention"] == report.BOOK_CONVENTION
-    assert m["variants"]["raw"] == pytest.approx(10 * m["diffusion"])
+    assert m["variants"]["sum"] == pytest.approx(0.01 * m["diffusion"])
     assert m["diffusion_sd"] == pytest.approx(statistics.stdev([0.8, 1.0]))
     assert m["inblock"] == pytest.approx([(0.15 + 0.35) / 2, 0.2])
     assert m["wall_s"] == pytest.approx(10.5) and m["cosine"] == pytest.approx(0.895)
@@ -129,7 +131,7 @@ def test_claims():
     low = report.claims(report.rows([result("mnist", 0, d=d, acc=flat(0.95), t=(0.0, 1.0))]))
     assert not next(c for c in low if c["claim"] == "baseline_accuracy")["held"]
     text = report.format_claims(cs)
-    assert "NOT held" in text and "MNIST λ=5: d[max] 0.4 > baseline 0.5" in text
+    assert "NOT held" in text and f"MNIST λ=5: d[{report.BOOK_CONVENTION}] 0.4 > baseline 0.5" in text
     assert len(cs) == 1 + 4 * (len(CONVENTIONS) + 1)
 
 
