@@ -56,11 +56,8 @@ from sepdtd import beyond, data, dtd, experiments, metrics, plots, report, twoob
 DATASETS = ("mnist", "fashion_mnist", "cifar10")
 LABELS = report.DATASET_LABELS
 dev = utils.resolve_device(device)
-ran = [beyond.ensure(profile, name, seed, device, progress=False) for name in DATASETS]
 # every seed of this profile that has been run (the full profile has three), this build's included
-units = {(r["dataset"], r["seed"]): r for r in beyond.load_results(profile)}
-units.update({(r["dataset"], r["seed"]): r for r in ran})
-results = [units[k] for k in sorted(units, key=lambda k: (DATASETS.index(k[0]), k[1]))]
+results = book.beyond_results(profile, seed, device, DATASETS)
 CONVENTION = "max"  # scale-free d, comparable across methods and networks
 rows = beyond.summary(results, convention=CONVENTION)
 prov = book.provenance(results, profile=profile, seed=seed, device=device)
@@ -122,7 +119,7 @@ def lam_label(entry):
 
 
 body = []
-for res in ran:
+for res in (r for r in results if r["seed"] == seed):  # this build's units
     two = res["two_object"]
     for e in res["entries"]:
         if e["family"] != "lambda":

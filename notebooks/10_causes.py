@@ -59,10 +59,8 @@ DATASETS = ("mnist", "fashion_mnist", "cifar10")
 LABELS = report.DATASET_LABELS
 METHODS = list(attribution.METHODS)
 dev = utils.resolve_device(device)
-ran = [beyond.ensure(profile, name, seed, device, progress=False) for name in DATASETS]
-units = {(r["dataset"], r["seed"]): r for r in beyond.load_results(profile)}
-units.update({(r["dataset"], r["seed"]): r for r in ran})
-results = [units[k] for k in sorted(units, key=lambda k: (DATASETS.index(k[0]), k[1]))]
+# every seed of this profile that has been run (the full profile has three), this build's included
+results = book.beyond_results(profile, seed, device, DATASETS)
 CONVENTION = "max"  # scale-free d, comparable across methods and networks
 rows = beyond.summary(results, convention=CONVENTION)
 by = {(r["dataset"], r["model"], r["method"]): r for r in rows}

@@ -98,39 +98,16 @@ def _flat_layers(model: nn.Module) -> list[nn.Module]:
 
 def _check_inputs(x: Tensor, classes: Tensor, low: Bound | None, high: Bound | None,
                   need_box: bool) -> tuple[Tensor, Tensor | None, Tensor | None]:
-    if not isinstance(x, Tensor):
-        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
-    if not x.is_floating_point():
-        raise TypeError(f"x must be a floating point tensor (float32 or float64), got {x.dtype}")
-    if x.ndim < 2 or x.shape[0] == 0:
-        raise ValueError(f"x must be a non-empty batch (B, C, H, W) or (B, D), got shape {tuple(x.shape)}")
-    c = torch.as_tensor(classes, device=x.device)
-    if c.dtype == torch.bool or c.is_floating_point() or c.is_complex():
-        raise TypeError(f"classes must hold integer class indices, got dtype {c.dtype}")
-    if c.ndim != 2 or c.shape[0] != x.shape[0] or c.shape[1] == 0:
-        raise ValueError(f"classes must have shape (B, K) = ({x.shape[0]}, K>=1), e.g. logits.topk(2).indices; "
-                         f"got {tuple(c.shape)}")
+    """The engine's checks (:mod:`sepdtd.dtd`): ``x``, ``classes`` and, where a rule needs it, the box."""
+    dtd._check_x(x)
+    c = dtd._check_classes(classes, x.shape[0], x.device)
     if not need_box:
-        return c.long(), None, None
+        return c, None, None
     if low is None or high is None:
         raise ValueError("low and high (the input box of the zB rule, Eq. 4) are required; images in [0, 1] "
                          "use low=0.0, high=1.0")
-    bounds = []
-    for label, value in (("low", low), ("high", high)):
-        t = torch.as_tensor(value, dtype=x.dtype, device=x.device)
-        try:
-            bounds.append(torch.broadcast_to(t, x.shape[1:]))
-        except RuntimeError:
-            raise ValueError(f"{label} of shape {tuple(t.shape)} does not broadcast to one input "
-                             f"{tuple(x.shape[1:])}") from None
-    lo, hi = bounds
-    if (lo > hi).any() or torch.isnan(lo).any() or torch.isnan(hi).any():
-        raise ValueError("the box must satisfy low <= high everywhere (and contain no NaN)")
-    below, above = float((lo - x).max()), float((x - hi).max())
-    if below > 0 or above > 0:
-        raise ValueError(f"x lies outside the box [low, high] of the zB rule (Eq. 4): up to {max(below, 0):.6g} "
-                         f"below low, {max(above, 0):.6g} above high; clip x or widen the box")
-    return c.long(), lo, hi
+    lo, hi = dtd._box(x, low, high)
+    return c, lo, hi
 
 
 def _check_classes_range(classes: Tensor, n_out: int) -> None:

@@ -166,6 +166,17 @@ def show_markdown(text: str) -> None:
     display(Markdown(text))
 
 
+def beyond_results(profile: str, seed: int, device: str, datasets: Sequence[str]) -> list[dict]:
+    """Results of chapters 9-10: this build's units (run or loaded by :func:`sepdtd.beyond.ensure`) and
+    every other seed of ``profile`` already run, ordered by data set (as in ``datasets``), then seed."""
+    from sepdtd import beyond
+
+    ran = [beyond.ensure(profile, name, seed, device, progress=False) for name in datasets]
+    units = {(r["dataset"], r["seed"]): r for r in beyond.load_results(profile)}
+    units.update({(r["dataset"], r["seed"]): r for r in ran})
+    return [units[k] for k in sorted(units, key=lambda k: (list(datasets).index(k[0]), k[1]))]
+
+
 def plausible_examples(nets: Mapping[str, Any], x: Any, y: Any, *, n: int = 2,
                        prefer: Sequence[tuple[int, int]] = (), min_second: float = 0.1,
                        batch_size: int = 500) -> list[dict]:
