@@ -6,6 +6,9 @@ Eq. 5-6, with the b <= 0 projection), it times:
 - ``sepdtd``: :func:`sepdtd.training.fit` for one epoch of ``steps`` batches (data on the device once,
   index-slice batches, on-device augmentation, no per-step sync); its ``History.images_per_s`` counts
   the training steps only;
+- ``sepdtd(no graph)`` (CUDA only): the same without the CUDA graph of the training step;
+- ``stacked xG``: :func:`sepdtd.training.fit_stacked` training G networks at once (the fine-tunes of
+  a unit), in member-images/s (each image passes through all G members);
 - ``dataloader(wK)``: the textbook loop — a :class:`torch.utils.data.Dataset` over uint8 HWC arrays with
   per-sample torchvision transforms (``RandomHorizontalFlip`` + ``RandomCrop(32, padding=3,
   padding_mode="edge")`` for CIFAR-10, i.e. the same flips and up-to-3-px nearest-fill shifts; then
@@ -34,7 +37,7 @@ from torch import nn
 
 from sepdtd import models
 from sepdtd.regularization import block_l1
-from sepdtd.training import fit
+from sepdtd.training import fit, fit_stacked
 from sepdtd.utils import device_name, resolve_device
 
 
@@ -99,13 +102,26 @@ def _time_dataloader(name: str, x: torch.Tensor, y: torch.Tensor, *, batch_size:
 
 
 def _time_fit(name: str, x: torch.Tensor, y: torch.Tensor, *, batch_size: int, steps: int, warmup: int,
-              lam: float, device: torch.device, channels_last: bool = False) -> float:
+              lam: float, device: torch.device, channels_last: bool = False, cuda_graph: bool = True) -> float:
     kw = dict(lam=lam, batch_size=batch_size, max_epochs=1, augment=name == "cifar10", device=device,
-              progress=False, channels_last=channels_last)
+              progress=False, channels_last=channels_last, cuda_graph=cuda_graph)
     xv, yv = x[:batch_size], y[:batch_size]
     fit(models.build(name, seed=0), x[:warmup * batch_size], y[:warmup * batch_size], xv, yv, **kw)
     hist = fit(models.build(name, seed=0), x[:steps * batch_size], y[:steps * batch_size], xv, yv, **kw)
     return hist.images_per_s
+
+
+def _time_stacked(name: str, x: torch.Tensor, y: torch.Tensor, *, batch_size: int, steps: int, warmup: int,
+                  lam: float, device: torch.device, members: int) -> float:
+    """Member-images/s of :func:`sepdtd.training.fit_stacked` (``members`` fine-tunes in one stack)."""
+    kw = dict(batch_size=batch_size, max_epochs=1, augment=name == "cifar10", device=device, progress=False)
+    xv, yv = x[:batch_size], y[:batch_size]
+    lams = [lam] * members
+    fit_stacked([models.build(name, seed=0) for _ in lams], lams, x[:warmup * batch_size], y[:warmup * batch_size],
+                xv, yv, **kw)
+    hists = fit_stacked([models.build(name, seed=0) for _ in lams], lams, x[:steps * batch_size],
+                        y[:steps * batch_size], xv, yv, **kw)
+    return hists[0].images_per_s * members
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -118,6 +134,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--workers", type=int, nargs="+", default=[0, 2], help="DataLoader num_workers to try")
     ap.add_argument("--lam", type=float, default=0.1, help="lambda of Eq. 5 in both loops")
     ap.add_argument("--channels-last", action="store_true", help="also time fit(..., channels_last=True)")
+    ap.add_argument("--stack", type=int, default=4, help="members of the fit_stacked measurement (0: skip)")
     ap.add_argument("--json", default=None, help="also write the rows to this file")
     args = ap.parse_args(argv)
     dev = resolve_device(args.device)
@@ -135,6 +152,16 @@ def main(argv: list[str] | None = None) -> list[dict]:
                          device=dev)
         row = {"model": name, "device": device_name(dev), "sepdtd_images_per_s": ours, "baselines": {}}
         print(f"{name:14s} sepdtd          {ours:12,.0f} images/s")
+        if cuda:
+            ng = _time_fit(name, x, y, batch_size=args.batch_size, steps=steps, warmup=warmup, lam=args.lam,
+                           device=dev, cuda_graph=False)
+            row["sepdtd_no_graph_images_per_s"] = ng
+            print(f"{name:14s} sepdtd(no graph) {ng:11,.0f} images/s   CUDA graph speed-up {ours / ng:5.2f}x")
+        if args.stack:
+            st = _time_stacked(name, x, y, batch_size=args.batch_size, steps=steps, warmup=warmup, lam=args.lam,
+                               device=dev, members=args.stack)
+            row[f"stacked{args.stack}_member_images_per_s"] = st
+            print(f"{name:14s} stacked x{args.stack}     {st:12,.0f} member-images/s  ({st / ours:5.2f}x one fit)")
         if args.channels_last:
             cl = _time_fit(name, x, y, batch_size=args.batch_size, steps=steps, warmup=warmup, lam=args.lam,
                            device=dev, channels_last=True)

@@ -118,8 +118,11 @@ for name in ("fashion_mnist",):                            # the smallest dense 
 #
 # Each baseline is fine-tuned from a copy of its weights with the objective of Eq. 5, for
 # $\lambda \in \{0.1, 0.5, 1.0, 5.0\}$, with a fresh optimizer (Adam, learning rate $10^{-4}$) and the
-# same stopping rule. The curves show the objective on the validation set (cross-entropy
-# $+\,\lambda S(W)$), the penalty $S(W)$ itself, and the validation accuracy.
+# same stopping rule. The four fine-tunes of a data set see the same batches in the same order, so
+# that they differ only in λ (and in their dropout masks); `sepdtd` trains them together as one stacked
+# network (`training.fit_stacked`), each with its own early stopping and best weights. The curves show
+# the objective on the validation set (cross-entropy $+\,\lambda S(W)$), the penalty $S(W)$ itself,
+# and the validation accuracy.
 
 # %%
 curves = {report.DATASET_LABELS[name]: {f"λ = {s['lam']:.1f}": s["history"] for s in res["settings"] if s["lam"] > 0}

@@ -18,14 +18,17 @@ Files (see ``CONTRIBUTING.md``): the results of a unit go to
 ``results/<profile>/<dataset>/seed<seed>-<config_hash>.json``, written atomically once everything is
 done; a results file that exists is loaded, never recomputed, and one written for another
 configuration is refused. Checkpoints live under
-``$SEPDTD_CACHE/checkpoints/<profile>/<dataset>/seed<seed>-<config_hash>/``: per setting the resumable
-training state of :func:`sepdtd.training.fit` (``<tag>.pt``) and the best weights
-(``<tag>.state.pt``), plus ``partial.json``, the finished settings of an interrupted run. Rerunning
-an interrupted unit skips the finished settings and resumes unfinished trainings from their last epoch.
+``$SEPDTD_CACHE/checkpoints/<profile>/<dataset>/seed<seed>-<config_hash>/``: the resumable training
+states of the baseline (``baseline.pt``) and of the stacked fine-tunes (``finetunes.pt``), the best
+weights of every setting (``<tag>.state.pt``) and ``partial.json``, the finished settings of an
+interrupted run. Rerunning an interrupted unit skips the finished settings and resumes unfinished
+trainings from their last checkpoint.
 
-The four fine-tunes of a unit share their start; with ``parallel_finetune`` (on in ``full``) they run
-as concurrent processes on a CUDA device (on a CPU they run one after the other). Every fine-tune is
-seeded by ``(seed, λ)`` (:func:`finetune_seed`), so its numbers do not depend on that choice.
+The four fine-tunes of a unit share their start, their data and their batch order: they are trained
+together as one stacked network (:func:`sepdtd.training.fit_stacked`, :mod:`sepdtd.stacked`), each
+with its own λ, early stopping and best weights, in the kernels of one network. On a GPU, where these
+small networks leave the device mostly idle, this costs about what one fine-tune costs; the shuffling,
+augmentation and dropout of the stack are seeded by :func:`finetune_seed`.
 """
 from __future__ import annotations
 
@@ -64,7 +67,7 @@ SCHEMA = 1
 LAMBDAS: tuple[float, ...] = (0.1, 0.5, 1.0, 5.0)
 
 #: The modules whose source determines the numbers; :func:`code_hash` covers them.
-SOURCES = ("data", "models", "dtd", "regularization", "metrics", "training", "experiments")
+SOURCES = ("data", "models", "dtd", "regularization", "metrics", "training", "stacked", "experiments")
 
 _REPO = Path(__file__).resolve().parent.parent
 _NAME_RE = re.compile(r"^[A-Za-z0-9_-]+$")
@@ -140,8 +143,6 @@ class Profile:
         Share of the training set held out for early stopping.
     augment : tuple of str
         Data sets trained with random flips and shifts (CIFAR-10, Section 5.1).
-    parallel_finetune : bool
-        Run a unit's fine-tunes as concurrent processes on CUDA devices (no effect on the numbers).
     eval_batch_size : int
         Images per DTD / evaluation pass (no effect on the numbers).
     """
@@ -159,7 +160,6 @@ class Profile:
     finetune: Stage
     val_fraction: float = 0.1
     augment: tuple[str, ...] = ("cifar10",)
-    parallel_finetune: bool = False
     eval_batch_size: int = 500
 
 
@@ -199,7 +199,7 @@ PROFILES: dict[str, Profile] = {
         n_train=None, n_val=None, n_test=None, n_eval=None,
         pretrain=Stage(lr=1e-3, batch_size=128, max_epochs=200),
         finetune=Stage(lr=1e-4, batch_size=128, max_epochs=200),
-        parallel_finetune=True, eval_batch_size=1000),
+        eval_batch_size=1000),
 }
 
 
@@ -220,7 +220,7 @@ class Config:
     """Every setting of one unit (profile, data set, seed) that changes its numbers.
 
     :func:`config_hash` covers all fields except those marked ``metadata={"hash": False}``
-    (``parallel_finetune`` and ``eval_batch_size``: how the work is scheduled, not what is computed).
+    (``eval_batch_size``: how the work is scheduled, not what is computed).
     Use :func:`make_config` to get the configuration of a profile.
 
     Attributes
@@ -257,7 +257,6 @@ class Config:
     n_blocks: int | None = None
     pretrain: Stage = Stage(lr=1e-3, batch_size=128, max_epochs=200)
     finetune: Stage = Stage(lr=1e-4, batch_size=128, max_epochs=200)
-    parallel_finetune: bool = field(default=False, metadata={"hash": False})
     eval_batch_size: int = field(default=500, metadata={"hash": False})
 
     def __post_init__(self) -> None:
@@ -302,6 +301,8 @@ class Config:
     def from_dict(cls, d: dict) -> Config:
         """Inverse of :meth:`as_dict` (unknown keys are an error)."""
         d = dict(d)
+        for k in _LEGACY_UNHASHED:
+            d.pop(k, None)
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - names
         if unknown:
@@ -311,8 +312,13 @@ class Config:
         return cls(**d)
 
 
+#: Scheduling-only fields of earlier versions, still found in older results files (never hashed).
+_LEGACY_UNHASHED = ("parallel_finetune",)
+
+
 def _hashed_fields(d: dict) -> dict:
     skip = {f.name for f in dataclasses.fields(Config) if not f.metadata.get("hash", True)}
+    skip.update(_LEGACY_UNHASHED)
     return {k: v for k, v in d.items() if k not in skip}
 
 
@@ -376,17 +382,16 @@ def make_config(profile: str, dataset: str, seed: int = 0) -> Config:
     ds = _dataset_name(dataset)
     return Config(profile=p.name, dataset=ds, seed=seed, lams=p.lams, n_train=p.n_train, n_val=p.n_val,
                   n_test=p.n_test, n_eval=p.n_eval, val_fraction=p.val_fraction, augment=ds in p.augment,
-                  pretrain=p.pretrain, finetune=p.finetune, parallel_finetune=p.parallel_finetune,
-                  eval_batch_size=p.eval_batch_size)
+                  pretrain=p.pretrain, finetune=p.finetune, eval_batch_size=p.eval_batch_size)
 
 
-def finetune_seed(seed: int, lam: float) -> int:
-    """Seed of the fine-tune with rate ``lam`` of a unit with ``seed`` (the baseline uses ``seed``).
+def finetune_seed(seed: int) -> int:
+    """Seed of the stacked fine-tunes of a unit with ``seed`` (the baseline uses ``seed`` itself).
 
-    Derived from ``(seed, float(lam))`` by sha256, so every fine-tune has its own, reproducible random
-    stream whichever order or process it runs in.
+    Derived from ``seed`` by sha256, so that the fine-tunes' stream of shuffles, augmentations and
+    dropout masks differs from the baseline's.
     """
-    digest = hashlib.sha256(f"finetune/{int(seed)}/{float(lam)!r}".encode()).digest()
+    digest = hashlib.sha256(f"finetune/{int(seed)}".encode()).digest()
     return int.from_bytes(digest[:4], "big") % 2**31
 
 
@@ -473,27 +478,13 @@ def _finite_or_none(v: float) -> float | None:
     return v if math.isfinite(v) else None
 
 
-def _train_and_measure(config: Config, lam: float, arrays: dict, init_state: dict | None, ckdir: Path,
-                       dev: torch.device, progress: bool, ckey: str) -> dict:
-    """Fit one setting (baseline when ``lam == 0``), save its best weights, measure it; return its entry."""
+def _measure(config: Config, lam: float, model: models.PaperNet, hist, arrays: dict, ckdir: Path,
+             dev: torch.device, seed: int, t_start: float, t_trained: float) -> dict:
+    """Save the trained weights of one setting, measure them (Tables 2-3, Figure 6); return its entry."""
     from sepdtd import metrics, regularization, training
 
-    t_start = time.time()
-    stage = config.pretrain if lam == 0 else config.finetune
-    seed = config.seed if lam == 0 else finetune_seed(config.seed, lam)
-    tag = _tag(lam)
-    model = models.build(config.dataset, seed=config.seed)
-    if init_state is not None:
-        model.load_state_dict(init_state)
-    hist = training.fit(
-        model, arrays["x_train"], arrays["y_train"], arrays["x_val"], arrays["y_val"],
-        lam=float(lam), n_blocks=config.n_blocks, lr=stage.lr, batch_size=stage.batch_size,
-        max_epochs=stage.max_epochs, patience=stage.patience, augment=config.augment,
-        clamp_bias=config.clamp_bias, device=dev, seed=seed, checkpoint=ckdir / f"{tag}.pt",
-        checkpoint_key=f"{ckey}/{tag}", progress=progress, optimizer=stage.optimizer,
-        weight_decay=stage.weight_decay, eval_batch_size=1000)
-    t_trained = time.time()
-    utils.atomic_torch_save(ckdir / f"{tag}.state.pt",
+    t0 = time.time()
+    utils.atomic_torch_save(ckdir / f"{_tag(lam)}.state.pt",
                             {k: v.detach().cpu() for k, v in model.state_dict().items()})
     model.eval()
     test_loss, accuracy = training.evaluate(model, arrays["x_test"], arrays["y_test"], device=dev,
@@ -510,8 +501,8 @@ def _train_and_measure(config: Config, lam: float, arrays: dict, init_state: dic
         "n_test": int(arrays["y_test"].shape[0]),
         "epochs": int(hist.epochs), "best_epoch": int(hist.best_epoch),
         "stopped_early": bool(hist.stopped_early), "resumed_from": int(h.get("resumed_from", 0)),
-        "images_per_s": float(hist.images_per_s),
-        "train_wall_s": t_trained - t_start, "eval_wall_s": t_end - t_trained, "wall_s": t_end - t_start,
+        "images_per_s": float(hist.images_per_s), "cuda_graph": bool(h.get("cuda_graph", False)),
+        "train_wall_s": t_trained - t_start, "eval_wall_s": t_end - t0, "wall_s": t_end - t_start,
         "t_start": t_start, "t_end": t_end,
         "diffusion": {c: float(dv[c]) for c in metrics.CONVENTIONS},
         "cosine": float(dv["cosine"]), "inblock": [_finite_or_none(s) for s in inblock],
@@ -521,46 +512,53 @@ def _train_and_measure(config: Config, lam: float, arrays: dict, init_state: dic
     }
 
 
-_WORKER: dict[str, Any] = {}
+def _train_baseline(config: Config, arrays: dict, ckdir: Path, dev: torch.device, progress: bool,
+                    ckey: str) -> dict:
+    """Pre-train the baseline (λ = 0) until early stopping, save and measure it."""
+    from sepdtd import training
+
+    t_start = time.time()
+    stage = config.pretrain
+    model = models.build(config.dataset, seed=config.seed)
+    hist = training.fit(
+        model, arrays["x_train"], arrays["y_train"], arrays["x_val"], arrays["y_val"],
+        lam=0.0, n_blocks=config.n_blocks, lr=stage.lr, batch_size=stage.batch_size,
+        max_epochs=stage.max_epochs, patience=stage.patience, augment=config.augment,
+        clamp_bias=config.clamp_bias, device=dev, seed=config.seed, checkpoint=ckdir / "baseline.pt",
+        checkpoint_key=f"{ckey}/baseline", progress=progress, optimizer=stage.optimizer,
+        weight_decay=stage.weight_decay, eval_batch_size=1000)
+    return _measure(config, 0.0, model, hist, arrays, ckdir, dev, config.seed, t_start, time.time())
 
 
-def _init_finetune_worker(device: str, threads: int, arrays: dict) -> None:
-    """Start a fine-tune worker: threads, imports, CUDA context and the data on the device.
+def _train_finetunes(config: Config, todo: list[float], arrays: dict, ckdir: Path, dev: torch.device,
+                     progress: bool, ckey: str, finish) -> None:
+    """Fine-tune copies of the baseline for every λ of the unit as one stack (Eq. 5); measure those in ``todo``.
 
-    Runs when the pool starts, i.e. while the parent still trains the baseline, so none of it is on
-    the critical path.
+    The stack always holds all of ``config.lams`` (the members share batches and the dropout stream,
+    so a stack of fewer λ would give other numbers); its checkpoint makes a rerun after an interruption
+    resume it, or load it when it had finished.
     """
-    torch.set_num_threads(threads)
-    dev = torch.device(device)
-    from sepdtd import metrics, regularization, training  # noqa: F401 - import now, not on the critical path
+    from sepdtd import training
 
-    try:
-        from sepdtd import dtd  # noqa: F401
-    except ImportError:  # pragma: no cover - only while sepdtd.dtd is missing
-        pass
-    _WORKER["device"] = dev
-    _WORKER["arrays"] = _to_device({k: torch.from_numpy(v) for k, v in arrays.items()}, dev)
-
-
-def _warm_up() -> None:
-    """No-op task: submitting one per worker makes the pool start all its processes now."""
-
-
-def _finetune_job(payload: dict) -> dict:
-    """Worker of the parallel fine-tunes: one λ in its own process (spawned, own CUDA context)."""
-    state = torch.load(payload["baseline_state"], map_location="cpu", weights_only=True)
-    return _train_and_measure(payload["config"], payload["lam"], _WORKER["arrays"], state,
-                              Path(payload["ckdir"]), _WORKER["device"], False, payload["ckey"])
-
-
-def _start_pool(n: int, arrays_cpu: dict, dev: torch.device) -> ProcessPoolExecutor:
-    threads = max(1, torch.get_num_threads() // n)
-    np_arrays = {k: arrays_cpu[k].numpy() for k in _TENSORS}
-    pool = ProcessPoolExecutor(max_workers=n, mp_context=multiprocessing.get_context("spawn"),
-                               initializer=_init_finetune_worker, initargs=(str(dev), threads, np_arrays))
-    for _ in range(n):
-        pool.submit(_warm_up)
-    return pool
+    t_start = time.time()
+    stage = config.finetune
+    base = torch.load(ckdir / "baseline.state.pt", map_location="cpu", weights_only=True)
+    nets = []
+    for _ in config.lams:
+        m = models.build(config.dataset, seed=config.seed)
+        m.load_state_dict(base)
+        nets.append(m)
+    seed = finetune_seed(config.seed)
+    hists = training.fit_stacked(
+        nets, list(config.lams), arrays["x_train"], arrays["y_train"], arrays["x_val"], arrays["y_val"],
+        n_blocks=config.n_blocks, lr=stage.lr, batch_size=stage.batch_size, max_epochs=stage.max_epochs,
+        patience=stage.patience, augment=config.augment, clamp_bias=config.clamp_bias, device=dev, seed=seed,
+        checkpoint=ckdir / "finetunes.pt", checkpoint_key=f"{ckey}/finetunes", progress=progress,
+        optimizer=stage.optimizer, weight_decay=stage.weight_decay, eval_batch_size=1000)
+    t_trained = time.time()
+    for lam, net, hist in zip(config.lams, nets, hists):
+        if lam in todo:
+            finish(_measure(config, lam, net, hist, arrays, ckdir, dev, seed, t_start, t_trained))
 
 
 # ------------------------------------------------------------------------------------- partial state
@@ -620,7 +618,7 @@ def _iso(t: float) -> str:
 
 
 def _compute(config: Config, *, device: str | torch.device, results_path: Path | None, progress: bool,
-             checkpoints_dir: str | os.PathLike | None, force_parallel: bool = False) -> dict:
+             checkpoints_dir: str | os.PathLike | None) -> dict:
     """Run (or resume) the unit; write the results file when ``results_path`` is given."""
     t_start = time.time()
     dev = utils.resolve_device(device)
@@ -635,7 +633,6 @@ def _compute(config: Config, *, device: str | torch.device, results_path: Path |
     arrays = _to_device(arrays_cpu, dev)
     tags = ["baseline"] + [_tag(lam) for lam in config.lams]
     todo = [lam for lam in config.lams if _tag(lam) not in done]
-    parallel = bool(config.parallel_finetune and (dev.type == "cuda" or force_parallel) and len(todo) > 1)
     bar = tqdm(total=len(tags), initial=len(done), disable=not progress, unit="setting",
                desc=f"{config.profile} {config.dataset} seed{config.seed}")
 
@@ -645,21 +642,13 @@ def _compute(config: Config, *, device: str | torch.device, results_path: Path |
         bar.update(1)
         bar.set_postfix(lam=entry["lam"], acc=f"{entry['accuracy']:.3f}")
 
-    pool = _start_pool(len(todo), arrays_cpu, dev) if parallel else None
     try:
         if "baseline" not in done:
-            finish(_train_and_measure(config, 0.0, arrays, None, ckdir, dev, progress, ckey))
-        base_path = ckdir / "baseline.state.pt"
-        if pool is not None:
-            _parallel_finetunes(pool, config, todo, base_path, ckdir, ckey, finish)
-        else:
-            base_state = torch.load(base_path, map_location="cpu", weights_only=True)
-            for lam in todo:
-                finish(_train_and_measure(config, lam, arrays, base_state, ckdir, dev, progress, ckey))
+            finish(_train_baseline(config, arrays, ckdir, dev, progress, ckey))
+        if todo:
+            _train_finetunes(config, todo, arrays, ckdir, dev, progress, ckey, finish)
     finally:
         bar.close()
-        if pool is not None:
-            pool.shutdown(wait=True, cancel_futures=True)
 
     t_end = time.time()
     settings = [done[t] for t in tags]
@@ -675,7 +664,7 @@ def _compute(config: Config, *, device: str | torch.device, results_path: Path |
         "provenance": {
             "commit": utils.git_commit(), "versions": utils.package_versions(), "device": utils.device_name(dev),
             "started": _iso(t_start), "finished": _iso(t_end), "t_start": t_start, "t_end": t_end,
-            "host": platform.node(), "threads": torch.get_num_threads(), "parallel_finetune": parallel,
+            "host": platform.node(), "threads": torch.get_num_threads(), "finetunes": "stacked",
             "resumed_settings": resumed,
         },
         "run_wall_s": t_end - t_start,
@@ -698,24 +687,6 @@ def _description(config: Config) -> str:
     if same:
         return PROFILES[config.profile].description
     return f"custom configuration (not the {config.profile!r} profile's settings); see 'config'"
-
-
-def _parallel_finetunes(pool: ProcessPoolExecutor, config: Config, todo: list[float], base_path: Path,
-                        ckdir: Path, ckey: str, finish) -> None:
-    """The fine-tunes of ``todo`` as concurrent processes of ``pool``; ``finish`` records each as it ends.
-
-    Every finished fine-tune is recorded even if another fails; the first failure is raised afterwards.
-    """
-    futures = [pool.submit(_finetune_job, {"config": config, "lam": lam, "baseline_state": str(base_path),
-                                           "ckdir": str(ckdir), "ckey": ckey}) for lam in todo]
-    error: BaseException | None = None
-    for fut in as_completed(futures):
-        try:
-            finish(fut.result())
-        except BaseException as e:  # noqa: BLE001 - keep the others' work, re-raise below
-            error = error or e
-    if error is not None:
-        raise error
 
 
 # --------------------------------------------------------------------------------------- public API

@@ -38,7 +38,7 @@ from sepdtd.models import clamp_biases_, dense_layers
 from sepdtd.regularization import block_l1, block_mask
 from sepdtd.utils import atomic_torch_save, resolve_device
 
-__all__ = ["fit", "evaluate", "augment_batch", "EarlyStopping", "History", "NaNLossError", "OPTIMIZERS"]
+__all__ = ["fit", "fit_stacked", "evaluate", "augment_batch", "EarlyStopping", "History", "NaNLossError", "OPTIMIZERS"]
 
 #: Optimizers :func:`fit` knows.
 OPTIMIZERS = ("adam", "sgd", "rmsprop")
@@ -146,6 +146,8 @@ class History:
         True if early stopping ended training before ``max_epochs``.
     resumed_from : int
         Epochs loaded from a checkpoint (0 for a fresh run).
+    cuda_graph : bool
+        Whether the full batches' steps were replayed from a CUDA graph (the last part, for a resumed run).
     """
 
     train_loss: list[float] = field(default_factory=list)
@@ -158,6 +160,7 @@ class History:
     images_per_s: float = 0.0
     stopped_early: bool = False
     resumed_from: int = 0
+    cuda_graph: bool = False
     _train_s: float = field(default=0.0, repr=False)
     _train_images: int = field(default=0, repr=False)
 
@@ -294,10 +297,12 @@ def _check_data(x: torch.Tensor, y: torch.Tensor, what: str) -> None:
 
 
 def _make_optimizer(name: str, params: list, lr: float, weight_decay: float,
-                    dev: torch.device) -> torch.optim.Optimizer:
+                    dev: torch.device, capturable: bool = False) -> torch.optim.Optimizer:
     cuda = dev.type == "cuda"
     speed = {"fused": True} if cuda else {"foreach": True}
     if name == "adam":
+        if cuda and capturable:
+            speed["capturable"] = True
         return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, **speed)
     if name == "sgd":
         return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay, **speed)
@@ -349,6 +354,130 @@ def _load_checkpoint(path: Path, fingerprint: str, key: str | None, dev: torch.d
     return ckpt
 
 
+class _Step:
+    """One optimisation step of Eq. 5: forward, backward, optimizer step, projection of the biases onto b <= 0.
+
+    ``objective(xb, yb)`` returns the objective (a scalar, or one value per member of a stack) whose
+    sum is minimised. On a CUDA device with ``graph=True`` the step is captured once as a CUDA graph
+    (forward, backward, Adam and the projection) and then replayed for every full batch: the Table 1
+    networks are so small that launching their kernels one by one from Python, not computing them, is
+    what limits a step. The step is captured from the real training state, and before it is used,
+    one replay is checked against one ordinary step from the same parameters, optimizer state and
+    random numbers (dropout); if they disagree or the capture fails, a :class:`RuntimeWarning` says so
+    and every step runs the ordinary way. Either way the training state is left exactly as it was
+    before the capture. Batches of another size (an epoch's last) always run the ordinary way.
+    """
+
+    def __init__(self, objective, opt: torch.optim.Optimizer, params: list[torch.Tensor],
+                 biases: list[torch.Tensor], graph: bool):
+        self.objective, self.opt, self.params, self.biases = objective, opt, params, biases
+        self.graph_wanted = graph
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.graph_shape: tuple | None = None
+        self.graph_failed = False
+        self.replays = 0
+
+    def eager(self, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
+        obj = self.objective(xb, yb)
+        self.opt.zero_grad(set_to_none=True)
+        obj.sum().backward()
+        self.opt.step()
+        if self.biases:
+            with torch.no_grad():
+                torch._foreach_clamp_max_(self.biases, 0.0)
+        return obj.detach()
+
+    def __call__(self, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
+        if self.graph is None and self.graph_wanted and not self.graph_failed and xb.is_cuda:
+            self._capture(xb, yb)
+        if self.graph is not None and tuple(xb.shape) == self.graph_shape:
+            self.static_x.copy_(xb)
+            self.static_y.copy_(yb)
+            self.graph.replay()
+            self.replays += 1
+            return self.static_obj
+        return self.eager(xb, yb)
+
+    # -- capture ---------------------------------------------------------------------------------
+    def _snapshot(self) -> tuple:
+        params = [p.detach().clone() for p in self.params]
+        state = {}
+        for i, p in enumerate(self.params):
+            st = self.opt.state.get(p)
+            if st:
+                state[i] = {k: (v.clone() if torch.is_tensor(v) else v) for k, v in st.items()}
+        return params, state
+
+    @torch.no_grad()
+    def _restore(self, snap: tuple) -> None:
+        params, state = snap
+        for p, v in zip(self.params, params):
+            p.copy_(v)
+        for i, p in enumerate(self.params):
+            st = self.opt.state.get(p)
+            if not st:
+                continue
+            saved = state.get(i)
+            for k, v in st.items():  # in place: the graph holds these tensors
+                if torch.is_tensor(v):
+                    v.copy_(saved[k]) if saved is not None else v.zero_()
+                elif saved is not None:
+                    st[k] = saved[k]
+
+    def _capture(self, xb: torch.Tensor, yb: torch.Tensor) -> None:
+        dev = xb.device
+        snap = self._snapshot()
+        rng = torch.cuda.get_rng_state(dev)
+        try:
+            self.static_x, self.static_y = xb.clone(), yb.clone()
+            side = torch.cuda.Stream(dev)
+            side.wait_stream(torch.cuda.current_stream(dev))
+            with torch.cuda.stream(side):  # warm-up: lazy optimizer state, library handles
+                for _ in range(3):
+                    self.eager(self.static_x, self.static_y)
+            torch.cuda.current_stream(dev).wait_stream(side)
+            self.opt.zero_grad(set_to_none=True)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                obj = self.objective(self.static_x, self.static_y)
+                obj.sum().backward()
+                self.opt.step()
+                if self.biases:
+                    with torch.no_grad():
+                        torch._foreach_clamp_max_(self.biases, 0.0)
+                self.static_obj = obj.detach()
+            # check one replay against one ordinary step from the same state and random numbers
+            self._restore(snap)
+            torch.cuda.set_rng_state(rng, dev)
+            before = torch.cat([p.detach().reshape(-1) for p in self.params])
+            want = self.eager(xb, yb).clone()
+            after_eager = torch.cat([p.detach().reshape(-1) for p in self.params])
+            self._restore(snap)
+            torch.cuda.set_rng_state(rng, dev)
+            self.static_x.copy_(xb)
+            self.static_y.copy_(yb)
+            graph.replay()
+            got = self.static_obj.clone()
+            after_graph = torch.cat([p.detach().reshape(-1) for p in self.params])
+            step = (after_eager - before).norm()
+            ok = bool(torch.isfinite(got).all()) and bool(torch.allclose(got, want, rtol=1e-4, atol=1e-6)) \
+                and float((after_graph - after_eager).norm()) <= 1e-2 * float(step) + 1e-12
+            if not ok:
+                raise RuntimeError(f"the replayed step disagrees with the ordinary one (objective {got.tolist()} "
+                                   f"vs {want.tolist()}, parameter change differs by "
+                                   f"{float((after_graph - after_eager).norm()):.3g} of {float(step):.3g})")
+            self.graph, self.graph_shape = graph, tuple(xb.shape)
+        except Exception as e:  # noqa: BLE001 - any failure means: run the ordinary way
+            self.graph_failed = True
+            self.graph = None
+            warnings.warn(f"CUDA graph of the training step not used ({type(e).__name__}: {e}); "
+                          "running ordinary steps", RuntimeWarning, stacklevel=3)
+        finally:
+            self._restore(snap)
+            torch.cuda.set_rng_state(rng, dev)
+            self.opt.zero_grad(set_to_none=self.graph is None)
+
+
 def fit(
     model: nn.Module,
     x_train: torch.Tensor,
@@ -374,6 +503,7 @@ def fit(
     lr_schedule: Callable[[int], float] | None = None,
     channels_last: bool = False,
     eval_batch_size: int = 1000,
+    cuda_graph: bool = True,
 ) -> History:
     """Train ``model`` on the objective of Eq. 5 with early stopping; restore the best weights.
 
@@ -435,6 +565,10 @@ def fit(
         ``benchmarks/bench_train.py --channels-last`` measures it.
     eval_batch_size : int, optional
         Batch size of the validation passes.
+    cuda_graph : bool, optional
+        On a CUDA device, replay the training step from a CUDA graph (see :class:`_Step`; checked
+        against an ordinary step before use). Used with Adam, no ``lr_schedule`` and no
+        ``channels_last``; it changes how the step is launched, not what it computes.
 
     Returns
     -------
@@ -492,9 +626,19 @@ def fit(
     n_train = x_tr.shape[0]
     steps_per_epoch = math.ceil(n_train / batch_size)
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = _make_optimizer(optimizer, params, lr, weight_decay, dev)
+    graph = bool(cuda_graph and dev.type == "cuda" and optimizer == "adam" and lr_schedule is None
+                 and not channels_last)
+    opt = _make_optimizer(optimizer, params, lr, weight_decay, dev, capturable=graph)
     biases = [m.bias for m in model.modules()
               if isinstance(m, (nn.Conv2d, nn.Linear)) and m.bias is not None] if clamp_bias else []
+
+    def objective(xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
+        loss = F.cross_entropy(model(xb), yb)
+        if lam > 0:
+            loss = loss + lam * block_l1(model, n_blocks)
+        return loss
+
+    train_step = _Step(objective, opt, params, biases, graph)
 
     settings = {"lam": float(lam), "n_blocks": n_blocks, "lr": float(lr), "batch_size": batch_size,
                 "augment": augment, "clamp_bias": clamp_bias, "seed": seed, "optimizer": optimizer,
@@ -554,16 +698,7 @@ def fit(
                     xb = xb / 255.0 if xb.dtype == torch.uint8 else xb.float()  # one kernel
                     if channels_last:
                         xb = xb.contiguous(memory_format=torch.channels_last)
-                    loss = F.cross_entropy(model(xb), y_ep[step * batch_size:(step + 1) * batch_size])
-                    if lam > 0:
-                        loss = loss + lam * block_l1(model, n_blocks)
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    opt.step()
-                    if biases:
-                        with torch.no_grad():
-                            torch._foreach_clamp_max_(biases, 0.0)
-                    losses[step] = loss.detach()  # stays on the device: no sync
+                    losses[step] = train_step(xb, y_ep[step * batch_size:(step + 1) * batch_size])  # no sync
                     if (step + 1) % NAN_CHECK_EVERY == 0 and not bool(torch.isfinite(losses[:step + 1]).all()):
                         steps_run = step + 1
                         break
@@ -613,7 +748,315 @@ def fit(
             bar.close()
         model.load_state_dict(best_state)
         model.train(was_training)
+    hist.cuda_graph = train_step.graph is not None
     hist.epochs = len(hist.train_loss)
     hist.best_epoch = stopper.best_epoch
     hist.wall_s += time.perf_counter() - t_start
     return hist
+
+
+def _stacked_penalty(weights: list[torch.Tensor], masks: list[torch.Tensor]) -> torch.Tensor:
+    """S(W) of Eq. 6 for every member of a stack: ``(G,)`` from the ``(G, out, in)`` dense weights."""
+    total = None
+    for w, m in zip(weights, masks):
+        term = (torch.relu(w) * m).sum(dim=(1, 2))
+        total = term if total is None else total + term
+    return total
+
+
+@torch.no_grad()
+def _evaluate_stacked(stack: nn.Module, x: torch.Tensor, y: torch.Tensor, dev: torch.device,
+                      batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed cross-entropy and number correct per member, ``(G,)`` device tensors (no sync)."""
+    G = stack.n_members
+    loss = torch.zeros(G, dtype=torch.float64, device=dev)
+    correct = torch.zeros(G, dtype=torch.int64, device=dev)
+    for s in range(0, x.shape[0], batch_size):
+        xb = _to_float(x[s:s + batch_size].to(dev, non_blocking=True))
+        yb = y[s:s + batch_size].to(dev, non_blocking=True)
+        logits = stack(xb)                                                   # (G, B, K)
+        ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), yb.repeat(G), reduction="none")
+        loss += ce.view(G, -1).sum(1)
+        correct += (logits.argmax(-1) == yb).sum(1)
+    return loss, correct
+
+
+def fit_stacked(
+    models: list[nn.Module],
+    lams: list[float],
+    x_train: torch.Tensor,
+    y_train: torch.Tensor,
+    x_val: torch.Tensor,
+    y_val: torch.Tensor,
+    *,
+    n_blocks: int | None = None,
+    lr: float = 1e-4,
+    batch_size: int = 128,
+    max_epochs: int = 100,
+    patience: int = 3,
+    augment: bool = False,
+    clamp_bias: bool = True,
+    device: str | torch.device = "auto",
+    seed: int = 0,
+    checkpoint: str | Path | None = None,
+    checkpoint_key: str | None = None,
+    checkpoint_every_s: float = 30.0,
+    progress: bool = True,
+    optimizer: str = "adam",
+    weight_decay: float = 0.0,
+    eval_batch_size: int = 1000,
+    cuda_graph: bool = True,
+) -> list[History]:
+    """Train several networks of one architecture on Eq. 5, each with its own λ, as one stacked network.
+
+    What :func:`fit` does for one network, done for ``G`` networks at once through
+    :class:`sepdtd.stacked.StackedSequential`: member ``g`` minimises cross-entropy + ``lams[g] * S(W)``
+    (Eq. 5-6), has its own early stopping on its validation objective and gets its own best weights
+    back. The members see the same batches in the same order (one shuffle and augmentation per epoch,
+    from ``seed``), so the fine-tunes of a unit differ only in λ and in their dropout masks. With
+    dropout off, member ``g`` follows the trajectory of ``fit(models[g], lam=lams[g], seed=seed)`` up to
+    floating-point summation order. The stack trains until every member has stopped (or
+    ``max_epochs``); a member that has stopped is still computed (its later weights are discarded), so
+    the cost is that of the longest member, in the kernels of one network.
+
+    Parameters
+    ----------
+    models : list of torch.nn.Module
+        ``G >= 1`` networks of one architecture (:data:`sepdtd.stacked.SUPPORTED` layers, e.g. copies
+        of the baseline). Trained "in place": on return each holds the weights of its best validation
+        epoch, is on ``device`` and has its original train/eval mode.
+    lams : list of float
+        λ of Eq. 5 per member (``>= 0``).
+    x_train, y_train, x_val, y_val, n_blocks, lr, batch_size, max_epochs, patience, augment, clamp_bias, \
+device, seed, progress, optimizer, weight_decay, eval_batch_size, cuda_graph
+        As for :func:`fit` (``lr`` and the optimizer are shared; element-wise optimizers such as Adam
+        update every member exactly as its own optimizer would).
+    checkpoint : str or Path, optional
+        File of the resumable state of the whole stack (as :func:`fit`'s), written atomically when
+        ``checkpoint_every_s`` seconds have passed since the last write and when training ends.
+    checkpoint_key : str, optional
+        See :func:`fit`.
+    checkpoint_every_s : float, optional
+        Least seconds between two checkpoint writes (0: after every epoch).
+
+    Returns
+    -------
+    list of History
+        One per member: its own losses, accuracy, penalty, epochs (until it stopped) and best epoch;
+        ``wall_s`` and ``images_per_s`` are the stack's (training images per second, each image
+        passing through all members).
+
+    Raises
+    ------
+    ValueError, TypeError
+        For invalid settings, data or architectures.
+    NaNLossError
+        When a member that is still training gets a non-finite loss (the message names its λ).
+    """
+    from sepdtd.stacked import StackedSequential
+
+    t_start = time.perf_counter()
+    models, lams = list(models), [float(v) if not isinstance(v, bool) else v for v in lams]
+    if not models or len(models) != len(lams):
+        raise ValueError(f"need one λ per model and at least one model, got {len(models)} models, {len(lams)} λ")
+    for lam in lams:
+        if not isinstance(lam, float) or not math.isfinite(lam) or lam < 0:
+            raise ValueError(f"every λ must be a finite number >= 0 (Eq. 5), got {lam!r}")
+    if not (isinstance(lr, (int, float)) and lr > 0 and math.isfinite(lr)):
+        raise ValueError(f"lr must be a positive number, got {lr!r}")
+    for name, v in (("batch_size", batch_size), ("max_epochs", max_epochs), ("eval_batch_size", eval_batch_size)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"{name} must be an int >= 1, got {v!r}")
+    if not checkpoint_every_s >= 0:
+        raise ValueError(f"checkpoint_every_s must be >= 0, got {checkpoint_every_s!r}")
+    if weight_decay < 0:
+        raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
+    if optimizer not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {optimizer!r}: choose one of {', '.join(OPTIMIZERS)}")
+    _check_data(x_train, y_train, "train")
+    _check_data(x_val, y_val, "val")
+    G = len(models)
+    dense = list(dense_layers(models[0]))
+    if n_blocks is None:
+        n_blocks = getattr(models[0], "n_classes", None) or (dense[-1].out_features if dense else 1)
+    if any(lam > 0 for lam in lams):
+        if not dense:
+            raise ValueError("λ > 0 but the models have no dense layers for Eq. 6 to regularize")
+    for layer in dense:
+        block_mask(layer.out_features, layer.in_features, n_blocks)  # validates n_blocks
+    n_out = getattr(models[0], "n_classes", None) or (dense[-1].out_features if dense else None)
+    if n_out is not None:
+        for what, y in (("train", y_train), ("val", y_val)):
+            lo, hi = int(y.min()), int(y.max())
+            if lo < 0 or hi >= n_out:
+                raise ValueError(f"y_{what} holds labels in [{lo}, {hi}] but the models have {n_out} outputs")
+
+    dev = resolve_device(device)
+    was_training = [m.training for m in models]
+    for m in models:
+        if clamp_bias:
+            clamp_biases_(m)
+    stack = StackedSequential(models).to(dev)
+    x_tr, y_tr = x_train.to(dev), y_train.to(dev).long()
+    x_va, y_va = x_val.to(dev), y_val.to(dev).long()
+    n_train = x_tr.shape[0]
+    steps_per_epoch = math.ceil(n_train / batch_size)
+    graph = bool(cuda_graph and dev.type == "cuda" and optimizer == "adam")
+    params = list(stack.parameters())
+    opt = _make_optimizer(optimizer, params, lr, weight_decay, dev, capturable=graph)
+    weights = stack.dense_weights()
+    masks = [_mask_like(w, n_blocks) for w in weights]
+    lam_t = torch.tensor(lams, dtype=torch.float32, device=dev)
+    regularize = any(lam > 0 for lam in lams)
+    biases = list(stack.biases) if clamp_bias else []
+
+    def objective(xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
+        logits = stack(xb)
+        obj = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), yb.repeat(G), reduction="none").view(G, -1).mean(1)
+        if regularize:
+            obj = obj + lam_t * _stacked_penalty(weights, masks)
+        return obj
+
+    train_step = _Step(objective, opt, params, biases, graph)
+
+    settings = {"lams": lams, "n_blocks": n_blocks, "lr": float(lr), "batch_size": batch_size, "augment": augment,
+                "clamp_bias": clamp_bias, "seed": seed, "optimizer": optimizer, "weight_decay": float(weight_decay),
+                "device_type": dev.type, "stacked": G}
+    path = Path(checkpoint) if checkpoint is not None else None
+    fingerprint = _fingerprint(stack, x_tr, y_tr, x_va, y_va, settings) if path is not None else ""
+
+    hists = [History() for _ in range(G)]
+    stoppers = [EarlyStopping(patience) for _ in range(G)]
+    active = [True] * G
+    cuda_index = (dev.index if dev.index is not None else torch.cuda.current_device()) if dev.type == "cuda" else None
+    with torch.random.fork_rng(devices=[] if cuda_index is None else [cuda_index]):
+        gen = torch.Generator(device=dev).manual_seed(seed)
+        dropout_seed = (seed * 0x9E3779B1 + 0x7F4A7C15) % 2**63
+        torch.default_generator.manual_seed(dropout_seed)
+        if cuda_index is not None:
+            torch.cuda.default_generators[cuda_index].manual_seed(dropout_seed)
+        best = [stack.member_state_dict(g) for g in range(G)]
+        start_epoch, done, train_s, train_images = 0, False, 0.0, 0
+        ckpt = _load_checkpoint(path, fingerprint, checkpoint_key, dev) if path is not None else None
+        if ckpt is not None:
+            stack.load_state_dict(ckpt["model"])
+            opt.load_state_dict(ckpt["optimizer"])
+            best = ckpt["best_state"]
+            for s, st in zip(stoppers, ckpt["early_stopping"]):
+                s.load_state_dict(st)
+                s.patience = patience
+            for h, hd in zip(hists, ckpt["history"]):
+                for k, v in hd.items():
+                    setattr(h, k, v)
+            active = list(ckpt["active"])
+            train_s, train_images = ckpt["train_s"], ckpt["train_images"]
+            _set_rng_state(ckpt["rng"], gen, dev)
+            start_epoch, done = int(ckpt["epoch"]), bool(ckpt["done"])
+            for g, (h, s) in enumerate(zip(hists, stoppers)):
+                h.resumed_from = start_epoch
+                if active[g] and start_epoch > 0 and s.bad_epochs >= patience:
+                    active[g], h.stopped_early = False, True  # a smaller patience already stops here
+            done = done or not any(active)
+
+        def save(epoch: int) -> None:
+            hs = []
+            for h in hists:
+                d = dataclasses.asdict(h)
+                d["wall_s"] = h.wall_s + (time.perf_counter() - t_start)
+                hs.append(d)
+            atomic_torch_save(path, {
+                "format": _CHECKPOINT_FORMAT, "key": checkpoint_key, "fingerprint": fingerprint,
+                "model": stack.state_dict(), "optimizer": opt.state_dict(), "best_state": best,
+                "early_stopping": [s.state_dict() for s in stoppers], "history": hs, "active": active,
+                "train_s": train_s, "train_images": train_images, "epoch": epoch, "done": done,
+                "rng": _rng_state(gen, dev)})
+
+        bar = tqdm(total=max_epochs, initial=min(start_epoch, max_epochs), disable=not progress,
+                   desc=f"fit {G} stacked", unit="epoch", leave=False)
+        last_save = time.perf_counter()
+        try:
+            epoch = start_epoch
+            while not done and epoch < max_epochs:
+                stack.train()
+                t0 = time.perf_counter()
+                losses = torch.empty(steps_per_epoch, G, dtype=torch.float32, device=dev)
+                perm = torch.randperm(n_train, device=dev, generator=gen)
+                x_ep, y_ep = x_tr[perm], y_tr[perm]
+                if augment:
+                    for s in range(0, n_train, AUGMENT_CHUNK):
+                        x_ep[s:s + AUGMENT_CHUNK] = augment_batch(x_ep[s:s + AUGMENT_CHUNK], generator=gen)
+                act = torch.tensor(active, device=dev)
+                steps_run = steps_per_epoch
+                for step in range(steps_per_epoch):
+                    xb = x_ep[step * batch_size:(step + 1) * batch_size]
+                    xb = xb / 255.0 if xb.dtype == torch.uint8 else xb.float()
+                    losses[step] = train_step(xb, y_ep[step * batch_size:(step + 1) * batch_size])
+                    if (step + 1) % NAN_CHECK_EVERY == 0 and \
+                            not bool((torch.isfinite(losses[:step + 1]) | ~act).all()):
+                        steps_run = step + 1
+                        break
+                finite = torch.isfinite(losses[:steps_run]) | ~act
+                if not bool(finite.all()):
+                    bad_step, g = (int(v) for v in (~finite).nonzero()[0])
+                    raise NaNLossError(
+                        f"training loss became nan/inf at epoch {epoch + 1}, step {bad_step + 1} of {steps_per_epoch} "
+                        f"for the member with lam={lams[g]:g} (lr={lr:g}, batch_size={batch_size}); "
+                        f"try a lower learning rate, e.g. lr={lr / 10:g}")
+                train_loss = losses[:steps_run].double().mean(0).tolist()
+                train_s += time.perf_counter() - t0
+                train_images += n_train
+
+                stack.eval()
+                vloss, vcorrect = _evaluate_stacked(stack, x_va, y_va, dev, eval_batch_size)
+                with torch.no_grad():
+                    pen = _stacked_penalty(weights, masks).double() if weights else torch.zeros(G, device=dev)
+                val_loss = (vloss / x_va.shape[0] + lam_t.double() * pen).tolist()
+                val_acc = (vcorrect.double() / x_va.shape[0]).tolist()
+                pen = pen.tolist()
+                epoch += 1
+                for g in range(G):
+                    if not active[g]:
+                        continue
+                    if not math.isfinite(val_loss[g]):
+                        raise NaNLossError(
+                            f"validation loss is {val_loss[g]} after epoch {epoch} for the member with lam="
+                            f"{lams[g]:g} (its training steps were finite; lr={lr:g}); try a lower learning rate")
+                    stop = stoppers[g].step(val_loss[g])
+                    if stoppers[g].improved:
+                        best[g] = stack.member_state_dict(g)
+                    h = hists[g]
+                    h.train_loss.append(train_loss[g])
+                    h.val_loss.append(val_loss[g])
+                    h.val_accuracy.append(val_acc[g])
+                    h.penalty.append(pen[g])
+                    h.epochs, h.best_epoch = epoch, stoppers[g].best_epoch
+                    h.stopped_early = stop
+                    if stop:
+                        active[g] = False
+                done = not any(active)
+                for h in hists:
+                    h._train_s, h._train_images = train_s, train_images
+                    h.images_per_s = train_images / max(train_s, 1e-12)
+                bar.update(1)
+                bar.set_postfix(active=sum(active), val_loss=" ".join(f"{v:.4f}" for v in val_loss))
+                if path is not None and (done or epoch >= max_epochs
+                                         or time.perf_counter() - last_save >= checkpoint_every_s):
+                    save(epoch)
+                    last_save = time.perf_counter()
+        finally:
+            bar.close()
+    for g, (m, h, s) in enumerate(zip(models, hists, stoppers)):
+        m.to(dev)
+        m.load_state_dict(best[g])
+        m.train(was_training[g])
+        h.epochs = len(h.train_loss)
+        h.best_epoch = s.best_epoch
+        h.images_per_s = train_images / max(train_s, 1e-12)
+        h.wall_s += time.perf_counter() - t_start
+        h.cuda_graph = train_step.graph is not None
+    return hists
+
+
+def _mask_like(w: torch.Tensor, n_blocks: int) -> torch.Tensor:
+    """The off-block indicator of Eq. 6 for a stacked dense weight ``(G, out, in)``, as 0/1 in its dtype."""
+    return block_mask(w.shape[1], w.shape[2], n_blocks, device=w.device).to(w.dtype)

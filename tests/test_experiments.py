@@ -61,17 +61,26 @@ def dirs(tmp_path):
 
 
 def counting_fit(monkeypatch, fail_on: int | None = None) -> list[dict]:
-    """Wrap training.fit: record each call's λ and checkpoint; raise inside call number ``fail_on``."""
+    """Wrap training.fit and fit_stacked: record each call's λ (a list for a stack) and checkpoint;
+    raise inside call number ``fail_on``."""
     calls: list[dict] = []
-    real = training.fit
+    real_fit, real_stacked = training.fit, training.fit_stacked
 
-    def fit(*args, **kw):
-        calls.append({"lam": kw["lam"], "checkpoint": str(kw["checkpoint"])})
+    def record(lam, kw):
+        calls.append({"lam": lam, "checkpoint": str(kw["checkpoint"])})
         if fail_on is not None and len(calls) == fail_on:
             raise KeyboardInterrupt("simulated interruption")
-        return real(*args, **kw)
+
+    def fit(*args, **kw):
+        record(kw["lam"], kw)
+        return real_fit(*args, **kw)
+
+    def fit_stacked(nets, lams, *args, **kw):
+        record(list(lams), kw)
+        return real_stacked(nets, lams, *args, **kw)
 
     monkeypatch.setattr(training, "fit", fit)
+    monkeypatch.setattr(training, "fit_stacked", fit_stacked)
     return calls
 
 
@@ -123,14 +132,14 @@ def test_config_hash_changes_with_every_setting(change):
 
 def test_scheduling_fields_do_not_change_the_hash():
     h = experiments.config_hash(tiny_config())
-    assert experiments.config_hash(tiny_config(parallel_finetune=True, eval_batch_size=7)) == h
+    assert experiments.config_hash(tiny_config(eval_batch_size=7)) == h
 
 
 def test_profiles():
     assert set(experiments.PROFILES) == {"smoke", "quick", "full"}
     full = experiments.PROFILES["full"]
     assert (full.n_train, full.n_val, full.n_test, full.n_eval) == (None, None, None, None)
-    assert full.seeds == (0, 1, 2) and full.lams == (0.1, 0.5, 1.0, 5.0) and full.parallel_finetune
+    assert full.seeds == (0, 1, 2) and full.lams == (0.1, 0.5, 1.0, 5.0)
     assert full.pretrain.patience == full.finetune.patience == 3 and full.pretrain.max_epochs >= 100
     assert full.finetune.lr < full.pretrain.lr
     for name in ("smoke", "quick"):
@@ -231,28 +240,54 @@ def test_load_models_without_checkpoints_says_what_to_run(tmp_path):
 # ----------------------------------------------------------------------------------------- resume
 def test_resume_after_interruption(monkeypatch, synthetic, fixed_code, dirs):
     cfg = tiny_config()
-    calls = counting_fit(monkeypatch, fail_on=3)                       # dies inside λ = 0.5's fit
+    lams = list(cfg.lams)
+    calls = counting_fit(monkeypatch, fail_on=2)                       # dies as the fine-tunes start
     with pytest.raises(KeyboardInterrupt):
         experiments.run(cfg, device="cpu", progress=False, **dirs)
-    assert [c["lam"] for c in calls] == [0.0, 0.1, 0.5]
+    assert [c["lam"] for c in calls] == [0.0, lams]
     assert not experiments.result_path(cfg, dirs["results_dir"]).exists()    # nothing half-written
     ckdir = experiments.checkpoint_dir(cfg, dirs["checkpoints_dir"])
     partial = json.loads((ckdir / "partial.json").read_text())
-    assert sorted(partial["settings"]) == ["baseline", "lam0.1"]
+    assert sorted(partial["settings"]) == ["baseline"]
 
     calls = counting_fit(monkeypatch)
     res = experiments.run(cfg, device="cpu", progress=False, **dirs)
-    assert [c["lam"] for c in calls] == [0.5, 1.0, 5.0]                 # the first two are not retrained
-    assert calls[0]["checkpoint"] == str(ckdir / "lam0.5.pt")
-    assert [s["lam"] for s in res["settings"]] == [0.0, 0.1, 0.5, 1.0, 5.0]
-    assert res["settings"][:2] == [partial["settings"]["baseline"], partial["settings"]["lam0.1"]]
-    assert res["provenance"]["resumed_settings"] == ["baseline", "lam0.1"]
+    assert [c["lam"] for c in calls] == [lams]                          # the baseline is not retrained
+    assert calls[0]["checkpoint"] == str(ckdir / "finetunes.pt")
+    assert [s["lam"] for s in res["settings"]] == [0.0, *lams]
+    assert res["settings"][0] == partial["settings"]["baseline"]
+    assert res["provenance"]["resumed_settings"] == ["baseline"]
     assert experiments.result_path(cfg, dirs["results_dir"]).exists()
 
     calls = counting_fit(monkeypatch)
     assert experiments.run(cfg, device="cpu", progress=False, **dirs) == json.loads(
         experiments.result_path(cfg, dirs["results_dir"]).read_text())
     assert calls == []
+
+
+def test_interrupted_measurements_resume_from_the_finished_stack(monkeypatch, synthetic, fixed_code, tmp_path):
+    cfg = tiny_config(lams=(0.1, 0.5, 5.0))
+    ref = experiments.run(cfg, device="cpu", progress=False, results_dir=tmp_path / "r0",
+                          checkpoints_dir=tmp_path / "c0")
+    real, n = experiments._measure, []
+
+    def measure(*a, **k):
+        n.append(1)
+        if len(n) == 3:                                                  # after baseline and λ = 0.1
+            raise KeyboardInterrupt("simulated interruption")
+        return real(*a, **k)
+
+    monkeypatch.setattr(experiments, "_measure", measure)
+    dirs = {"results_dir": tmp_path / "r1", "checkpoints_dir": tmp_path / "c1"}
+    with pytest.raises(KeyboardInterrupt):
+        experiments.run(cfg, device="cpu", progress=False, **dirs)
+    monkeypatch.setattr(experiments, "_measure", real)
+    res = experiments.run(cfg, device="cpu", progress=False, **dirs)
+    assert res["provenance"]["resumed_settings"] == ["baseline", "lam0.1"]
+    for a, b in zip(ref["settings"], res["settings"]):
+        assert json.dumps(_numbers(a), sort_keys=True) == json.dumps(_numbers(b), sort_keys=True)
+    # the finished stack was loaded, not trained again
+    assert all(s["resumed_from"] == s["epochs"] for s in res["settings"][2:])
 
 
 def test_partial_state_of_other_code_is_not_reused(monkeypatch, synthetic, dirs):
@@ -265,7 +300,7 @@ def test_partial_state_of_other_code_is_not_reused(monkeypatch, synthetic, dirs)
     calls = counting_fit(monkeypatch)
     with pytest.warns(RuntimeWarning, match="other code"):
         res = experiments.run(cfg, device="cpu", progress=False, **dirs)
-    assert [c["lam"] for c in calls] == [0.0, 0.5] and res["code_hash"] == "new"
+    assert [c["lam"] for c in calls] == [0.0, [0.5]] and res["code_hash"] == "new"
 
 
 def test_code_hash():
@@ -280,20 +315,24 @@ def _numbers(setting: dict) -> dict:
     return {k: setting[k] for k in keep}
 
 
-def test_parallel_finetunes_match_sequential(synthetic, one_thread, fixed_code, tmp_path):
-    lams = (0.5, 5.0)  # two worker processes keep the test short
-    seq = experiments._compute(tiny_config(lams=lams), device="cpu", results_path=None, progress=False,
-                               checkpoints_dir=tmp_path / "a")
-    par = experiments._compute(tiny_config(lams=lams, parallel_finetune=True), device="cpu", results_path=None,
-                               progress=False, checkpoints_dir=tmp_path / "b", force_parallel=True)
-    assert par["provenance"]["parallel_finetune"] and not seq["provenance"]["parallel_finetune"]
-    assert set(par) == set(seq)
-    for a, b in zip(seq["settings"], par["settings"]):
-        assert set(a) == set(b)
-        na, nb = _numbers(a), _numbers(b)
-        assert json.dumps(na, sort_keys=True) == json.dumps(nb, sort_keys=True), (na, nb)
-    # λ-specific seeds: every fine-tune has its own stream
-    assert len({s["seed"] for s in seq["settings"]}) == len(seq["settings"])
+def test_finetunes_are_one_stack_seeded_apart_from_the_baseline(synthetic, fixed_code, monkeypatch, tmp_path):
+    calls = []
+    real = training.fit_stacked
+
+    def spy(nets, lams, *a, **kw):
+        calls.append((list(lams), kw["seed"]))
+        return real(nets, lams, *a, **kw)
+
+    monkeypatch.setattr(training, "fit_stacked", spy)
+    res = experiments._compute(tiny_config(lams=(0.5, 5.0)), device="cpu", results_path=None, progress=False,
+                               checkpoints_dir=tmp_path)
+    assert calls == [([0.5, 5.0], experiments.finetune_seed(0))]
+    seeds = [s["seed"] for s in res["settings"]]
+    assert seeds[0] == 0 and seeds[1] == seeds[2] == experiments.finetune_seed(0) != 0
+    assert res["provenance"]["finetunes"] == "stacked"
+    # the fine-tunes start from the baseline and move away from it, each on its own
+    assert [s["lam"] for s in res["settings"]] == [0.0, 0.5, 5.0]
+    assert res["settings"][1]["history"]["val_loss"] != res["settings"][2]["history"]["val_loss"]
 
 
 # -------------------------------------------------------------------------------------- end to end
@@ -349,3 +388,14 @@ def test_reproduce_with_jobs_runs_units_in_processes(dirs):
     got = experiments.reproduce("smoke", datasets=["mnist"], seeds=[0, 1], device="cpu", jobs=2,
                                 progress=False, **dirs)
     assert got == expected
+
+
+def test_results_of_the_earlier_layout_are_still_read(synthetic, fixed_code, dirs):
+    """Files written before fit_stacked carry the scheduling flag parallel_finetune: same configuration."""
+    cfg = tiny_config(lams=(0.5,))
+    res = experiments.run(cfg, device="cpu", progress=False, **dirs)
+    path = experiments.result_path(cfg, dirs["results_dir"])
+    res["config"]["parallel_finetune"] = True
+    path.write_text(json.dumps(res))
+    assert experiments.run(cfg, device="cpu", progress=False, **dirs)["config"]["parallel_finetune"] is True
+    assert Config.from_dict(res["config"]) == cfg

@@ -312,6 +312,49 @@ def test_fit_on_cuda_resumes_and_detects_nan(tmp_path):
     h2 = _fit(resumed, x, y, xv, yv, max_epochs=4, checkpoint=tmp_path / "g.pt", **kw)
     assert h2.resumed_from == 2
     assert h2.val_loss == pytest.approx(h_full.val_loss, rel=1e-4)  # cuDNN may reorder sums
-    model = nn.Sequential(_NaNAt(at=3), *_net())
+    model = nn.Sequential(_NaNAt(at=3), *_net())  # a Python-side counter: no CUDA graph
     with pytest.raises(NaNLossError, match=r"epoch 1, step 3 of 8"):
-        _fit(model, x, y, xv, yv, batch_size=64, max_epochs=2, device="cuda")
+        _fit(model, x, y, xv, yv, batch_size=64, max_epochs=2, device="cuda", cuda_graph=False)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("lam", [0.0, 0.05])
+def test_cuda_graph_step_matches_ordinary_steps(lam):
+    x, y = _data(500, 0)                        # 7 full batches of 64 and a last one of 52
+    xv, yv = _data(128, 1)
+    kw = dict(lr=3e-3, batch_size=64, patience=10, lam=lam, augment=True, seed=3, device="cuda", max_epochs=3)
+    a, b = _net(1), _net(1)
+    ha = _fit(a, x, y, xv, yv, cuda_graph=True, **kw)
+    hb = _fit(b, x, y, xv, yv, cuda_graph=False, **kw)
+    assert ha.cuda_graph and not hb.cuda_graph
+    assert ha.train_loss == pytest.approx(hb.train_loss, rel=1e-4)   # same dropout masks, same steps
+    assert ha.val_loss == pytest.approx(hb.val_loss, rel=1e-4)
+    for p, q in zip(a.parameters(), b.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-3, atol=1e-5)
+        assert all((m.bias <= 0).all() for m in a if isinstance(m, (nn.Conv2d, nn.Linear)))
+
+
+def test_step_snapshot_restores_parameters_and_optimizer_state():
+    """The CUDA-graph capture restores the training state it found; checked here with the CPU path."""
+    from sepdtd.training import _make_optimizer, _Step
+
+    model = _net(0)
+    x, y = _data(64, 0)
+    x = x.float() / 255
+    params = list(model.parameters())
+    for fresh in (True, False):
+        opt = _make_optimizer("adam", params, 1e-2, 0.0, torch.device("cpu"))
+        step = _Step(lambda xb, yb: torch.nn.functional.cross_entropy(model(xb), yb), opt, params, [], graph=False)
+        if not fresh:
+            step(x, y)
+        snap = step._snapshot()
+        ref = [p.detach().clone() for p in params]
+        torch.manual_seed(5)
+        step(x, y)
+        after_one = [p.detach().clone() for p in params]
+        step(x, y)
+        step._restore(snap)
+        assert all(torch.equal(p, r) for p, r in zip(params, ref))
+        torch.manual_seed(5)
+        step(x, y)                               # the same step again: fresh state must act as new
+        assert all(torch.equal(p, r) for p, r in zip(params, after_one))

@@ -18,10 +18,22 @@ $PY -m sepdtd data prepare 2>&1 | tail -5 | tee -a "$OUT/setup.log"
 echo "data prepare: ${SECONDS} s" | tee -a "$OUT/setup.log"
 PROFILE=${PROFILE:-full} DEVICE=${DEVICE:-cuda}
 res=${RESULTS:-results/$PROFILE}
+# FRESH=1 (default): recompute, i.e. drop this copy's committed results (they would be loaded, not rerun)
+if [ "${FRESH:-1}" = 1 ]; then rm -f "$res"/*/seed*.json; rm -rf "$res/beyond"; fi
+# The CUDA-only tests (CUDA graph of the training step, stacked fine-tunes) first: the run relies on them.
+if [ "${CUDA_TESTS:-1}" = 1 ]; then
+  timeout 180 $PY -m pytest -q -p no:cacheprovider -k cuda tests/test_training.py tests/test_stacked.py \
+    2>&1 | tail -15 | tee -a "$OUT/setup.log"
+  echo "cuda tests: done at ${SECONDS} s" | tee -a "$OUT/setup.log"
+fi
 # Seed groups, ';'-separated: the first seed alone, so that its run_wall_s is the paper's wall time on
 # an otherwise idle GPU; the others together (their run_wall_s then includes each other's load).
+# Chapters 9-10 (BEYOND=1) need the first group's networks: they start as soon as it is done, the data
+# sets side by side, beside the remaining seed groups.
 IFS=';' read -ra groups <<< "${SEED_GROUPS:-0;1 2}"
 deadline=${DEADLINE_S:-100000}
+pack() { tar czf "$OUT/results-$PROFILE.tar.gz" "$res" $( [ -d "results/$PROFILE/beyond" ] && echo "results/$PROFILE/beyond" ) 2>/dev/null; }
+first=1
 for g in "${groups[@]}"; do
   read -ra seeds <<< "$g"
   left=$((deadline - SECONDS))
@@ -31,17 +43,26 @@ for g in "${groups[@]}"; do
     --jobs $((3 * ${#seeds[@]})) --results-dir "$res" > "$OUT/reproduce-seed$tag.log" 2>&1
   echo "seeds $g: exit $? at ${SECONDS} s"
   grep -a -v "it/s\|s/it\|epoch/s\|s/epoch\|setting/s\|s/setting" "$OUT/reproduce-seed$tag.log" | tail -40
-  tar czf "$OUT/results-$PROFILE.tar.gz" "$res"
+  pack
+  left=$((deadline - SECONDS))
+  if [ "$first" = 1 ] && [ "${BEYOND:-1}" = 1 ] && [ "$left" -gt 60 ]; then
+    for d in mnist fashion_mnist cifar10; do
+      OMP_NUM_THREADS=2 timeout "$left" $PY -m sepdtd beyond --profile "$PROFILE" --device "$DEVICE" --seeds "${seeds[0]}" \
+        --datasets $d > "$OUT/beyond-$d.log" 2>&1 &
+    done
+    echo "beyond: started at ${SECONDS} s"
+  fi
+  first=0
 done
-# Chapters 9-10 at this profile for seed 0, the data sets side by side, if time is left (BEYOND=0 skips).
+wait
+echo "all done at ${SECONDS} s"
+[ "${BEYOND:-1}" = 1 ] && tail -n 2 "$OUT"/beyond-*.log
+pack
+# Training throughput (CUDA graph on/off, stacked fine-tunes) if time is left (BENCH=0 skips).
 left=$((deadline - SECONDS))
-if [ "${BEYOND:-1}" = 1 ] && [ "$left" -gt 60 ]; then
-  for d in mnist fashion_mnist cifar10; do
-    timeout "$left" $PY -m sepdtd beyond --profile "$PROFILE" --device "$DEVICE" --seeds 0 --datasets $d \
-      > "$OUT/beyond-$d.log" 2>&1 &
-  done
-  wait
-  echo "beyond: done at ${SECONDS} s"; tail -n 3 "$OUT"/beyond-*.log
-  tar czf "$OUT/results-$PROFILE.tar.gz" "$res" results/$PROFILE/beyond 2>/dev/null || tar czf "$OUT/results-$PROFILE.tar.gz" "$res"
+if [ "${BENCH:-1}" = 1 ] && [ "$left" -gt 60 ]; then
+  timeout "$left" $PY benchmarks/bench_train.py --device "$DEVICE" --steps 200 --warmup 20 --workers 0 \
+    --json "$OUT/bench_train.json" > "$OUT/bench_train.log" 2>&1
+  echo "bench_train: exit $? at ${SECONDS} s"; cat "$OUT/bench_train.log"
 fi
 $PY -m sepdtd.report "$res" > "$OUT/report.txt" 2>&1; head -n 40 "$OUT/report.txt"
