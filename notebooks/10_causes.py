@@ -234,24 +234,28 @@ for name in extra:
 fac = beyond.factors(rows, lam=1.0)
 
 
-def error_removed(name, f):
+def error_removed(name, f, by=by):
     """Share of the baseline's top-2 error on the objects (1 - mass on objects) that a change removes."""
     ref = by[(name, "baseline", "dtd")]["mass_obj2"][0]
     return None if ref is None or f["mass_obj2"] is None or ref >= 1 else (f["mass_obj2"] - ref) / (1 - ref)
 
 
-def removed(name, f):
-    v = error_removed(name, f)
+def removed(name, f, by=by):
+    v = error_removed(name, f, by)
     return "—" if v is None else f"{v:+.0%}"
 
 
-for name in DATASETS:
+def factor_table(name, fac=fac, by=by):
     body = [[f["factor"], f["change"], cell(f["d_cosine"], 3), cell(f["d_diffusion"]), cell(f["d_mass2"]),
-             cell(f["d_mass_obj2"]), cell(f["d_point2"]), removed(name, f)]
+             cell(f["d_mass_obj2"]), cell(f["d_point2"]), removed(name, f, by)]
             for f in fac if f["dataset"] == name]
-    book.show_markdown(f"**{LABELS[name]}**\n\n" + book.markdown_table(
+    return f"**{LABELS[name]}**\n\n" + book.markdown_table(
         ["factor", "change", "Δ cos", "Δ d", "Δ mass top-2", "Δ on objects", "Δ pointing top-2",
-         "top-2 error removed"], body))
+         "top-2 error removed"], body)
+
+
+for name in DATASETS:
+    book.show_markdown(factor_table(name))
 
 # %% [markdown]
 # Eq. 7 and the ground truth do not always agree. Each point below is one network explained by one
@@ -277,6 +281,35 @@ handles += [plt.Line2D([], [], color="k", marker=mk, ls="", label=f) for f, mk i
 fig.legend(handles=handles, loc="outside right", fontsize=8)
 plots.save_figure(fig, "figure10_cosine_vs_ground_truth", prov)
 plt.show()
+
+# %% [markdown]
+# ### At the full profile (committed results)
+#
+# The same comparison from the committed full-profile run (`results/full/beyond/`: the full-profile
+# networks of {doc}`06_tables`, the extra networks trained to convergence on the GPU runner, every
+# method on every network). Data sets missing here were not run at the full profile.
+
+# %%
+full_results = [] if profile == "full" else beyond.load_results("full")
+if full_results:
+    full_rows = beyond.summary(full_results, convention=CONVENTION)
+    full_by = {(r["dataset"], r["model"], r["method"]): r for r in full_rows}
+    full_fac = beyond.factors(full_rows, lam=1.0)
+    book.show_provenance(book.provenance(full_results, profile="full", seed=seed, device=None))
+    for name in DATASETS:
+        if any(f["dataset"] == name for f in full_fac):
+            book.show_markdown(factor_table(name, full_fac, full_by))
+    negative = [f"{LABELS[r['dataset']]} λ = {r['lam']:.1f}" for r in full_rows
+                if r["method"] == "dtd" and r["family"] == "lambda" and r["lam"] > 0 and r["mass2"][0] is None]
+    if negative:
+        book.show_markdown(
+            "A dash in the rows of Eq. 6 means that the regularized network's top-2 DTD heatmap holds no positive "
+            "relevance on any scored composite (" + ", ".join(negative) + "). DTD relevance keeps the sign of "
+            "the logit it starts from, so after fine-tuning the second class's logit is ≤ 0 on every one of "
+            "those images: its heatmap differs from the top-1 heatmap (lower cosine, larger $d$) because it is "
+            "negative, not because it lies on the second object.")
+else:
+    book.show_markdown("*No other full-profile results of this chapter in this checkout.*")
 
 # %% [markdown]
 # ## Conclusions

@@ -27,7 +27,7 @@ from collections.abc import Iterable, Sequence
 
 from sepdtd.metrics import CONVENTIONS
 
-__all__ = ["PAPER_TABLE2", "PAPER_TABLE3", "BOOK_CONVENTION", "DATASET_LABELS", "ACCURACY_TOLERANCE",
+__all__ = ["PAPER_TABLE2", "PAPER_TABLE3", "BOOK_CONVENTION", "DATASET_LABELS", "ACCURACY_TOLERANCE", "finetune_fit",
            "rows", "closest_convention", "convention_scores", "format_tables", "claims", "format_claims", "main"]
 
 _LAMS = (0.0, 0.1, 0.5, 1.0, 5.0)
@@ -132,6 +132,16 @@ def _seed_walls(kept: list[tuple[dict, bool]]) -> dict[tuple, float]:
     return {k: hi - lo for k, (lo, hi) in spans.items()}
 
 
+def _seed_resumed(kept: list[tuple[dict, bool]]) -> dict[tuple, bool]:
+    """(profile, seed) -> whether a unit of that seed resumed an interrupted run (its wall span then
+    covers more than one run, and the gap between them)."""
+    out: dict[tuple, bool] = {}
+    for res, _ in kept:
+        key = (res.get("profile"), res.get("seed"))
+        out[key] = out.get(key, False) or bool(res.get("provenance", {}).get("resumed_settings"))
+    return out
+
+
 # -------------------------------------------------------------------------------------------- rows
 def rows(results: Iterable[dict], *, convention: str | None = None) -> list[dict]:
     """Aggregate results over seeds: one row per (profile, data set, λ), Tables 2-3's cells.
@@ -155,7 +165,8 @@ def rows(results: Iterable[dict], *, convention: str | None = None) -> list[dict
         ``n_seeds``, ``seeds``, ``n_eval``, ``n_test``, ``epochs`` (mean), ``device``, ``wall_s``
         (the setting's own training + evaluation time, mean over seeds), ``commit``, ``stale`` (a
         result's config or code differs from what the current package produces), ``run_wall_s``
-        (per seed, across data sets: max finish - min start), ``paper_diffusion``,
+        (per seed, across data sets: max finish - min start), ``resumed`` (per seed: a unit of it
+        resumed an interrupted run, so its ``run_wall_s`` is not the time of one run), ``paper_diffusion``,
         ``paper_accuracy``. Standard deviations are None with a single seed.
     """
     convention = convention or BOOK_CONVENTION
@@ -163,6 +174,7 @@ def rows(results: Iterable[dict], *, convention: str | None = None) -> list[dict
         raise ValueError(f"unknown convention {convention!r}: choose one of {', '.join(CONVENTIONS)}")
     kept = _dedupe(results, _stale_checker())
     walls = _seed_walls(kept)
+    resumed = _seed_resumed(kept)
     cells: dict[tuple, list[tuple[dict, dict, bool]]] = defaultdict(list)
     for res, is_stale in kept:
         for s in res["settings"]:
@@ -193,6 +205,7 @@ def rows(results: Iterable[dict], *, convention: str | None = None) -> list[dict
             "commit": "; ".join(sorted({str(r.get("provenance", {}).get("commit")) for r, _, _ in items})),
             "stale": any(st for _, _, st in items),
             "run_wall_s": [walls.get((profile, sd)) for sd in seeds],
+            "resumed": [resumed.get((profile, sd), False) for sd in seeds],
             "paper_diffusion": PAPER_TABLE2.get(dataset, {}).get(lam),
             "paper_accuracy": PAPER_TABLE3.get(dataset, {}).get(lam),
         })
@@ -232,6 +245,56 @@ def closest_convention(rows_: Sequence[dict]) -> str:
     scores = convention_scores(rows_)
     return min(scores, key=scores.get)
 
+
+
+# ------------------------------------------------------------------------------------ fine-tuning
+def finetune_fit(results: Iterable[dict]) -> list[dict]:
+    """What fine-tuning with Eq. 5 does to the fit, per data set, from the training histories.
+
+    For every unit, the baseline's validation cross-entropy, accuracy and penalty S(W) (Eq. 6) at its
+    best epoch, and for every fine-tune the validation cross-entropy after its *first* epoch and at
+    its best epoch (the validation objective minus ``λ S(W)``), its validation accuracy and S(W) at
+    the best epoch, and its number of epochs. Averaged over seeds (and λ for the fine-tunes).
+
+    Parameters
+    ----------
+    results : iterable of dict
+        Results of :func:`sepdtd.experiments.run`; units without histories are skipped.
+
+    Returns
+    -------
+    list of dict
+        One per data set (CIFAR10, FASHION, MNIST order), keys ``dataset``, ``n_units``,
+        ``base_penalty``, ``base_ce``, ``base_accuracy``, ``ce_epoch1``, ``ce``, ``accuracy``,
+        ``penalty``, ``epochs`` (fine-tunes), all means.
+    """
+    acc: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for res in results:
+        base = res["settings"][0]
+        hb = base.get("history") or {}
+        if float(base["lam"]) != 0.0 or not hb.get("val_loss") or not hb.get("penalty"):
+            continue
+        a = acc[res["dataset"]]
+        k = base["best_epoch"] - 1
+        a["n_units"].append(1.0)
+        a["base_ce"].append(hb["val_loss"][k])
+        a["base_accuracy"].append(hb["val_accuracy"][k])
+        a["base_penalty"].append(hb["penalty"][k])
+        for f in res["settings"][1:]:
+            h, lam, k = f["history"], float(f["lam"]), f["best_epoch"] - 1
+            ce = [v - lam * p for v, p in zip(h["val_loss"], h["penalty"])]
+            a["ce_epoch1"].append(ce[0])
+            a["ce"].append(ce[k])
+            a["accuracy"].append(h["val_accuracy"][k])
+            a["penalty"].append(h["penalty"][k])
+            a["epochs"].append(float(f["epochs"]))
+    out = []
+    for dataset in sorted(acc, key=lambda d: (_ORDER.get(d, 99), d)):
+        a = acc[dataset]
+        row = {"dataset": dataset, "n_units": len(a["n_units"])}
+        row.update({k: _mean(v) for k, v in a.items() if k != "n_units"})
+        out.append(row)
+    return out
 
 # ------------------------------------------------------------------------------------------ claims
 def claims(rows_: Sequence[dict], *, convention: str | None = None) -> list[dict]:
@@ -380,12 +443,13 @@ def format_tables(rows_: Sequence[dict], *, convention: str | None = None, all_c
                 if other != conv:
                     lines += [""] + _table(rs, "diffusion", f"Table 2 under convention {other!r}", 4, other)
         lines += [""] + _table(rs, "accuracy", "Table 3: test accuracy, mean ± sd over seeds [paper]", 3)
-        seeds: dict[int, float | None] = {}
+        seeds: dict[int, tuple] = {}
         for r in rs:
-            for s, w in zip(r["seeds"], r["run_wall_s"]):
-                seeds[s] = w
+            for s, w, re_ in zip(r["seeds"], r["run_wall_s"], r.get("resumed") or [False] * len(r["seeds"])):
+                seeds[s] = (w, re_)
         lines += ["", "Wall time per seed (all data sets: last finish - first start): " + ", ".join(
-            f"seed {s}: {w:.1f} s" if w is not None else f"seed {s}: ?" for s, w in sorted(seeds.items()))]
+            (f"seed {s}: {w:.1f} s" if w is not None else f"seed {s}: ?")
+            + (" (resumed: spans more than one run)" if re_ else "") for s, (w, re_) in sorted(seeds.items()))]
         lines += ["Claims (Section 5.2):", *_claims_summary(claims(rs, convention=conv))]
         if any(r["stale"] for r in rs):
             lines.append("* stale: produced by another configuration or other code than the current package's")

@@ -231,6 +231,15 @@ def test_no_error_output_in_the_html(built_book):
 
 
 @pytest.mark.slow
+def test_markdown_tables_of_the_notebooks_render_as_tables(built_book):
+    """Tables that notebooks display with book.markdown_table are HTML tables, not pipes as text."""
+    html_dir, _ = built_book
+    text = (html_dir / "notebooks" / "06_tables.html").read_text()
+    assert text.count("<table") >= 4, "Tables 2 and 3 (and the others) should render as HTML tables"
+    assert "| --- |" not in text and "| λ |" not in text
+
+
+@pytest.mark.slow
 def test_figures_are_saved_with_provenance(built_book, book_src):
     from PIL import Image
 

@@ -171,3 +171,33 @@ def test_module_main_json_in_a_subprocess(results, tmp_path):
     assert report.main([str(tmp_path / "nothing")]) == 2
     (tmp_path / "empty").mkdir()
     assert report.main([str(tmp_path / "empty")]) == 1
+
+
+def test_resumed_seeds_are_marked(results):
+    results[1]["provenance"]["resumed_settings"] = ["baseline"]     # mnist seed 1 resumed an interrupted run
+    rs = report.rows(results)
+    m = next(r for r in rs if r["dataset"] == "mnist" and r["lam"] == 0.0)
+    assert m["resumed"] == [False, True]
+    text = report.format_tables(rs)
+    assert "seed 0: 90.0 s," in text and "seed 1: 30.0 s (resumed: spans more than one run)" in text
+
+
+def test_finetune_fit_reads_the_histories(results):
+    h = {"train_loss": [1.0, 1.0, 1.0], "val_loss": [0.50, 0.40, 0.45], "val_accuracy": [0.8, 0.9, 0.85],
+         "penalty": [100.0, 90.0, 95.0]}
+    for r in results:
+        r["settings"][0]["history"] = h
+        for f in r["settings"][1:]:
+            lam = f["lam"]
+            f["history"] = {"train_loss": [2.0, 2.0], "val_loss": [0.9 + lam * 0.5, 0.6 + lam * 0.1],
+                            "val_accuracy": [0.7, 0.88], "penalty": [0.5, 0.1]}
+            f["best_epoch"], f["epochs"] = 2, 4
+    fit = {f["dataset"]: f for f in report.finetune_fit(results)}
+    assert list(fit) == ["cifar10", "mnist"] and fit["mnist"]["n_units"] == 2
+    m = fit["mnist"]
+    assert m["base_ce"] == pytest.approx(0.40) and m["base_accuracy"] == pytest.approx(0.9)   # best epoch 2
+    assert m["base_penalty"] == pytest.approx(90.0)
+    assert m["ce_epoch1"] == pytest.approx(0.9) and m["ce"] == pytest.approx(0.6)   # objective - λ S(W)
+    assert m["accuracy"] == pytest.approx(0.88) and m["penalty"] == pytest.approx(0.1) and m["epochs"] == 4
+    results[0]["settings"][0]["history"] = {}
+    assert report.finetune_fit(results[:1]) == []

@@ -1,7 +1,15 @@
 #!/usr/bin/env bash
-# The full-profile reproduction on the GPU runner (issue 6). Run from the repository root after the data
-# parts of scripts/gpu/pack.sh were copied to /root/gpu/. Writes results and logs under $OUT (or ./gpu-out).
-# Usage: SEPDTD_COMMIT=<sha> bash scripts/gpu/job.sh [seeds...]
+# The full-profile reproduction on the GPU runner (issues 6-7). Run from the repository root after the
+# data parts of scripts/gpu/pack.sh were copied to /root/gpu/. Writes results and logs under $OUT (or ./gpu-out).
+# Usage: SEPDTD_COMMIT=<sha> [VAR=...] bash scripts/gpu/job.sh
+#   SEED_GROUPS="0;1 2"  seed groups run one after the other (';'), the seeds of a group side by side
+#   DEADLINE_S=N         stop starting work after N s and kill what runs at N s (results written so far stay)
+#   FRESH=1              drop this copy's results/<profile> first (0: keep them: existing units are loaded)
+#   BEYOND=1             chapters 9-10 for the first group's first seed, beside the remaining groups
+#   CUDA_TESTS=1 BENCH=1 the CUDA-only tests first; benchmarks/bench_train.py at the end if time is left
+# A rerun on the same machine resumes interrupted units from the checkpoints under /root/cache.
+# What the committed run still lacks (results/full/README.md): chapters 9-10 for CIFAR-10, i.e.
+#   FRESH=0 SEED_GROUPS="0" BEYOND=1 (seed 0's networks are retrained first: checkpoints are not committed).
 set -uo pipefail
 OUT=${OUT:-$PWD/gpu-out}
 mkdir -p "$OUT"
