@@ -267,7 +267,8 @@ for name in DATASETS:
 book.show_markdown(book.markdown_table(["data set", "network", "top-2 logit ≤ 0", "median top-2 logit"], body))
 
 # %% [markdown]
-# After a full-profile fine-tuning (28-89 epochs instead of the quick profile's two) it is the rule:
+# After a full-profile fine-tuning (19-89 epochs in the committed runs, against the quick profile's
+# two) it is the rule:
 # in the section on the full profile below, the regularized networks' second-class heatmap holds no
 # positive relevance on any scored composite.
 

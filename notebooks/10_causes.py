@@ -365,10 +365,10 @@ if full_results:
     if negative:
         book.show_markdown(
             "A dash in the rows of Eq. 6 means that the regularized network's top-2 DTD heatmap holds no positive "
-            "relevance on any scored composite (" + ", ".join(negative) + "). DTD relevance keeps the sign of "
-            "the logit it starts from, so after fine-tuning the second class's logit is ≤ 0 on every one of "
-            "those images: its heatmap differs from the top-1 heatmap (lower cosine, larger $d$) because it is "
-            "negative, not because it lies on the second object.")
+            "relevance (outside the pixels both objects share) on any scored composite (" + ", ".join(negative)
+            + "). DTD relevance keeps the sign of the logit it starts from, so after fine-tuning the second "
+            "class's logit is ≤ 0 on those images, and its explanation cannot point at the second object there, "
+            "although Eq. 7 and the cosine, measured on real test images, call it more different from the first.")
 else:
     book.show_markdown("*No other full-profile results of this chapter in this checkout.*")
 

@@ -133,12 +133,14 @@ def _seed_walls(kept: list[tuple[dict, bool]]) -> dict[tuple, float]:
 
 
 def _seed_resumed(kept: list[tuple[dict, bool]]) -> dict[tuple, bool]:
-    """(profile, seed) -> whether a unit of that seed resumed an interrupted run (its wall span then
-    covers more than one run, and the gap between them)."""
+    """(profile, seed) -> whether a unit of that seed resumed an interrupted run, from finished settings
+    or from a training checkpoint (its wall span may then cover more than one run and the gap between)."""
     out: dict[tuple, bool] = {}
     for res, _ in kept:
         key = (res.get("profile"), res.get("seed"))
-        out[key] = out.get(key, False) or bool(res.get("provenance", {}).get("resumed_settings"))
+        resumed = bool(res.get("provenance", {}).get("resumed_settings")) or any(
+            (s.get("resumed_from") or 0) > 0 for s in res.get("settings", []))
+        out[key] = out.get(key, False) or resumed
     return out
 
 
@@ -163,10 +165,11 @@ def rows(results: Iterable[dict], *, convention: str | None = None) -> list[dict
         ``diffusion_sd`` (Eq. 7 under ``convention``, Table 2), ``convention``, ``cosine``,
         ``variants`` (convention -> mean d), ``variants_sd``, ``inblock`` (per dense layer, mean),
         ``n_seeds``, ``seeds``, ``n_eval``, ``n_test``, ``epochs`` (mean), ``device``, ``wall_s``
-        (the setting's own training + evaluation time, mean over seeds), ``commit``, ``stale`` (a
+        (mean over seeds of the setting's training + evaluation time; a fine-tune's counts from the start
+        of the stack it was trained in), ``commit``, ``stale`` (a
         result's config or code differs from what the current package produces), ``run_wall_s``
         (per seed, across data sets: max finish - min start), ``resumed`` (per seed: a unit of it
-        resumed an interrupted run, so its ``run_wall_s`` is not the time of one run), ``paper_diffusion``,
+        resumed an interrupted run, so its ``run_wall_s`` may not be the time of one run), ``paper_diffusion``,
         ``paper_accuracy``. Standard deviations are None with a single seed.
     """
     convention = convention or BOOK_CONVENTION
@@ -259,7 +262,8 @@ def finetune_fit(results: Iterable[dict]) -> list[dict]:
     Parameters
     ----------
     results : iterable of dict
-        Results of :func:`sepdtd.experiments.run`; units without histories are skipped.
+        Results of :func:`sepdtd.experiments.run`, one kept per (profile, data set, seed) as in
+        :func:`rows`; units without histories are skipped.
 
     Returns
     -------
@@ -269,7 +273,7 @@ def finetune_fit(results: Iterable[dict]) -> list[dict]:
         ``penalty``, ``epochs`` (fine-tunes), all means.
     """
     acc: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
-    for res in results:
+    for res, _ in _dedupe(results, _stale_checker()):
         base = res["settings"][0]
         hb = base.get("history") or {}
         if float(base["lam"]) != 0.0 or not hb.get("val_loss") or not hb.get("penalty"):
@@ -449,7 +453,7 @@ def format_tables(rows_: Sequence[dict], *, convention: str | None = None, all_c
                 seeds[s] = (w, re_)
         lines += ["", "Wall time per seed (all data sets: last finish - first start): " + ", ".join(
             (f"seed {s}: {w:.1f} s" if w is not None else f"seed {s}: ?")
-            + (" (resumed: spans more than one run)" if re_ else "") for s, (w, re_) in sorted(seeds.items()))]
+            + (" (resumed: may span more than one run)" if re_ else "") for s, (w, re_) in sorted(seeds.items()))]
         lines += ["Claims (Section 5.2):", *_claims_summary(claims(rs, convention=conv))]
         if any(r["stale"] for r in rs):
             lines.append("* stale: produced by another configuration or other code than the current package's")

@@ -179,7 +179,7 @@ def test_resumed_seeds_are_marked(results):
     m = next(r for r in rs if r["dataset"] == "mnist" and r["lam"] == 0.0)
     assert m["resumed"] == [False, True]
     text = report.format_tables(rs)
-    assert "seed 0: 90.0 s," in text and "seed 1: 30.0 s (resumed: spans more than one run)" in text
+    assert "seed 0: 90.0 s," in text and "seed 1: 30.0 s (resumed: may span more than one run)" in text
 
 
 def test_finetune_fit_reads_the_histories(results):
@@ -201,3 +201,10 @@ def test_finetune_fit_reads_the_histories(results):
     assert m["accuracy"] == pytest.approx(0.88) and m["penalty"] == pytest.approx(0.1) and m["epochs"] == 4
     results[0]["settings"][0]["history"] = {}
     assert report.finetune_fit(results[:1]) == []
+
+
+def test_a_unit_resumed_from_a_training_checkpoint_is_marked_too(results):
+    results[2]["settings"][3]["resumed_from"] = 5                   # cifar10 seed 0: a fine-tune resumed
+    rs = report.rows(results)
+    assert next(r for r in rs if r["dataset"] == "cifar10")["resumed"] == [True]
+    assert next(r for r in rs if r["dataset"] == "mnist")["resumed"] == [True, False]   # seed 0 spans both

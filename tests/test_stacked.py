@@ -177,3 +177,36 @@ def test_fit_stacked_on_cuda_with_and_without_graph(toy_data):
         ref = small_net()
         hr = training.fit(ref, *toy_data, lam=lam, **kw)
         assert h.val_loss == pytest.approx(hr.val_loss, rel=1e-3)
+
+
+def test_augmented_members_follow_their_own_fit(toy_data):
+    """With flips and shifts on, the stack's members still see what fit would show them."""
+    lams = [0.0, 5.0]
+    kw = {**KW, "augment": True, "max_epochs": 3, "patience": 3}
+    nets = [small_net() for _ in lams]
+    hists = training.fit_stacked(nets, lams, *toy_data, **kw)
+    for lam, net, h in zip(lams, nets, hists):
+        ref = small_net()
+        hr = training.fit(ref, *toy_data, lam=lam, **kw)
+        torch.testing.assert_close(torch.tensor(h.train_loss), torch.tensor(hr.train_loss), rtol=1e-4, atol=1e-6)
+        for a, b in zip(net.state_dict().values(), ref.state_dict().values()):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_a_nan_in_one_member_names_that_member(toy_data):
+    nets = [small_net() for _ in range(3)]
+    with torch.no_grad():
+        nets[1][-1].weight.fill_(float("nan"))                     # member 1's output layer
+    with pytest.raises(training.NaNLossError, match="lam=0.5"):
+        training.fit_stacked(nets, [0.1, 0.5, 1.0], *toy_data, **KW)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("name", ["mnist", "cifar10"])
+def test_grouped_forward_on_cuda_equals_each_member(name):
+    nets = [models.build(name, seed=s).eval() for s in range(3)]
+    stack = StackedSequential(nets).cuda().eval()
+    x = torch.rand(7, *nets[0].input_shape, device="cuda")
+    out = stack(x)
+    for g, net in enumerate(nets):
+        torch.testing.assert_close(out[g], net.cuda()(x), rtol=1e-4, atol=1e-5)
