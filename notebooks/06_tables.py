@@ -253,13 +253,9 @@ for label, rs in sources.items():
 
 # %%
 for label, rows in all_rows.items():
-    per_seed = {}
-    for r in rows:
-        for sd, w, resumed in zip(r["seeds"], r["run_wall_s"], r.get("resumed") or [False] * len(r["seeds"])):
-            per_seed[sd] = (w, resumed)
     book.show_markdown(f"**{label}**: " + "; ".join(
         f"seed {sd}: {w:.0f} s" + (" (resumed: spans two runs and the pause between them)" if resumed else "")
-        for sd, (w, resumed) in sorted(per_seed.items()) if w is not None) + ".")
+        for sd, (w, resumed) in report.seed_walls(rows).items() if w is not None) + ".")
 
 # %% [markdown]
 # What the heatmaps behind these numbers look like is shown on {doc}`07_heatmaps`.

@@ -320,17 +320,11 @@ for name in DATASETS:
 # scored, and 2,000 real test images for $d$. Data sets missing here were not run at the full profile.
 
 # %%
-full_results = [] if profile == "full" else beyond.load_results("full")
-if full_results:
-    full_rows = beyond.summary(full_results, convention=CONVENTION)
-    book.show_provenance(book.provenance(full_results, profile="full", seed=seed, device=None))
-    for name in DATASETS:
-        if dtd_rows(name, full_rows):
-            book.show_markdown(dtd_table(name, full_rows, len({r["seed"] for r in full_results
-                                                                if r["dataset"] == name})))
-            book.show_markdown(verdict(name, full_rows))
-else:
-    book.show_markdown("*No other full-profile results of this chapter in this checkout.*")
+full_results, full_rows = book.committed_beyond(profile, seed, CONVENTION)
+for name in DATASETS:
+    if dtd_rows(name, full_rows):
+        book.show_markdown(dtd_table(name, full_rows, len({r["seed"] for r in full_results if r["dataset"] == name})))
+        book.show_markdown(verdict(name, full_rows))
 
 # %% [markdown]
 # ## What this adds to the paper

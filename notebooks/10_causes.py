@@ -351,12 +351,10 @@ plt.show()
 # method on every network). Data sets missing here were not run at the full profile.
 
 # %%
-full_results = [] if profile == "full" else beyond.load_results("full")
-if full_results:
-    full_rows = beyond.summary(full_results, convention=CONVENTION)
+_, full_rows = book.committed_beyond(profile, seed, CONVENTION)
+if full_rows:
     full_by = {(r["dataset"], r["model"], r["method"]): r for r in full_rows}
     full_fac = beyond.factors(full_rows, lam=1.0)
-    book.show_provenance(book.provenance(full_results, profile="full", seed=seed, device=None))
     for name in DATASETS:
         if any(f["dataset"] == name for f in full_fac):
             book.show_markdown(factor_table(name, full_fac, full_by))
@@ -369,8 +367,6 @@ if full_results:
             + "). DTD relevance keeps the sign of the logit it starts from, so after fine-tuning the second "
             "class's logit is ≤ 0 on those images, and its explanation cannot point at the second object there, "
             "although Eq. 7 and the cosine, measured on real test images, call it more different from the first.")
-else:
-    book.show_markdown("*No other full-profile results of this chapter in this checkout.*")
 
 # %% [markdown]
 # ## Conclusions

@@ -177,6 +177,22 @@ def beyond_results(profile: str, seed: int, device: str, datasets: Sequence[str]
     return [units[k] for k in sorted(units, key=lambda k: (list(datasets).index(k[0]), k[1]))]
 
 
+def committed_beyond(profile: str, seed: int, convention: str) -> tuple[list[dict], list[dict]]:
+    """The committed full-profile results of chapters 9-10 and their :func:`sepdtd.beyond.summary` rows.
+
+    Shows their provenance line, or a note when there are none; empty when this build is the full
+    profile itself (its results are the page's own).
+    """
+    from sepdtd import beyond
+
+    results = [] if profile == "full" else beyond.load_results("full")
+    if not results:
+        show_markdown("*No other full-profile results of this chapter in this checkout.*")
+        return [], []
+    show_provenance(provenance(results, profile="full", seed=seed, device=None))
+    return results, beyond.summary(results, convention=convention)
+
+
 def plausible_examples(nets: Mapping[str, Any], x: Any, y: Any, *, n: int = 2,
                        prefer: Sequence[tuple[int, int]] = (), min_second: float = 0.1,
                        batch_size: int = 500) -> list[dict]:

@@ -28,7 +28,7 @@ from collections.abc import Iterable, Sequence
 from sepdtd.metrics import CONVENTIONS
 
 __all__ = ["PAPER_TABLE2", "PAPER_TABLE3", "BOOK_CONVENTION", "DATASET_LABELS", "ACCURACY_TOLERANCE", "finetune_fit",
-           "rows", "closest_convention", "convention_scores", "format_tables", "claims", "format_claims", "main"]
+           "rows", "seed_walls", "closest_convention", "convention_scores", "format_tables", "claims", "format_claims", "main"]
 
 _LAMS = (0.0, 0.1, 0.5, 1.0, 5.0)
 
@@ -214,6 +214,15 @@ def rows(results: Iterable[dict], *, convention: str | None = None) -> list[dict
         })
     out.sort(key=lambda r: (str(r["profile"]), _ORDER.get(r["dataset"], 99), r["dataset"], r["lam"]))
     return out
+
+
+def seed_walls(rows_: Sequence[dict]) -> dict[int, tuple[float | None, bool]]:
+    """Seed -> (``run_wall_s``, ``resumed``) of :func:`rows` (the whole paper at that seed), by seed."""
+    out: dict[int, tuple[float | None, bool]] = {}
+    for r in rows_:
+        for s, w, re_ in zip(r["seeds"], r["run_wall_s"], r.get("resumed") or [False] * len(r["seeds"])):
+            out[s] = (w, re_)
+    return dict(sorted(out.items()))
 
 
 def convention_scores(rows_: Sequence[dict]) -> dict[str, float]:
@@ -447,13 +456,10 @@ def format_tables(rows_: Sequence[dict], *, convention: str | None = None, all_c
                 if other != conv:
                     lines += [""] + _table(rs, "diffusion", f"Table 2 under convention {other!r}", 4, other)
         lines += [""] + _table(rs, "accuracy", "Table 3: test accuracy, mean ± sd over seeds [paper]", 3)
-        seeds: dict[int, tuple] = {}
-        for r in rs:
-            for s, w, re_ in zip(r["seeds"], r["run_wall_s"], r.get("resumed") or [False] * len(r["seeds"])):
-                seeds[s] = (w, re_)
         lines += ["", "Wall time per seed (all data sets: last finish - first start): " + ", ".join(
             (f"seed {s}: {w:.1f} s" if w is not None else f"seed {s}: ?")
-            + (" (resumed: may span more than one run)" if re_ else "") for s, (w, re_) in sorted(seeds.items()))]
+            + (" (resumed: may span more than one run)" if re_ else "")
+            for s, (w, re_) in seed_walls(rs).items())]
         lines += ["Claims (Section 5.2):", *_claims_summary(claims(rs, convention=conv))]
         if any(r["stale"] for r in rs):
             lines.append("* stale: produced by another configuration or other code than the current package's")
