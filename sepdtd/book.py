@@ -89,6 +89,11 @@ def provenance(results: Mapping | Iterable[Mapping] | None = None, *, profile: s
     return prov
 
 
+def _short(commit: str) -> str:
+    """12 hex digits of a commit, keeping the ``-dirty`` mark of uncommitted changes."""
+    return commit[:12] + ("-dirty" if commit.endswith("-dirty") else "")
+
+
 def provenance_line(prov: Mapping) -> str:
     """One line of Markdown saying which profile, seed(s), commit and device produced a page."""
     parts = [f"profile **{prov.get('profile')}**"]
@@ -96,10 +101,10 @@ def provenance_line(prov: Mapping) -> str:
     if seeds:
         parts.append(("seed " if len(seeds) == 1 else "seeds ") + ", ".join(str(s) for s in seeds))
     if prov.get("results_commits"):
-        results = ", ".join(f"`{c[:12]}`" for c in prov["results_commits"])
+        results = ", ".join(f"`{_short(c)}`" for c in prov["results_commits"])
         devices = "; ".join(prov.get("results_devices") or ["unknown device"])
         parts.append(f"results computed by commit {results} on {devices}")
-    executed = f"page executed by commit `{str(prov.get('commit'))[:12]}`"
+    executed = f"page executed by commit `{_short(str(prov.get('commit')))}`"
     if prov.get("device"):
         executed += f" on {prov['device']}"
     parts.append(executed)
@@ -191,6 +196,27 @@ def committed_beyond(profile: str, seed: int, convention: str) -> tuple[list[dic
         return [], []
     show_provenance(provenance(results, profile="full", seed=seed, device=None))
     return results, beyond.summary(results, convention=convention)
+
+
+def blank_shares(results: Iterable[Mapping]) -> dict[tuple[str, str, str], tuple[float | None, float | None]]:
+    """Share of the scored composites whose top-1 / top-2 heatmap holds no positive relevance.
+
+    From the chapter 9-10 results (:mod:`sepdtd.beyond`): for each (data set, network, method), the
+    mean over seeds of ``mass_nan[k] / n_scored`` — the heatmaps whose mass accuracy is undefined
+    because no positive relevance lies outside the pixels both objects share. The pointing game counts
+    them as misses; the mass accuracy is the mean over the *other* composites only.
+    """
+    acc: dict[tuple[str, str, str], list[list[float]]] = {}
+    for res in results:
+        for e in res["entries"]:
+            for method, m in e["methods"].items():
+                n = m.get("n_scored") or 0
+                if not n or not m.get("mass_nan"):
+                    continue
+                acc.setdefault((res["dataset"], e["model"], method), [[], []])
+                for k in (0, 1):
+                    acc[(res["dataset"], e["model"], method)][k].append(m["mass_nan"][k] / n)
+    return {key: tuple(sum(v) / len(v) if v else None for v in pair) for key, pair in acc.items()}
 
 
 def plausible_examples(nets: Mapping[str, Any], x: Any, y: Any, *, n: int = 2,

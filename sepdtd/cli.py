@@ -1,4 +1,4 @@
-"""Command line: ``python -m sepdtd data prepare``, ``python -m sepdtd reproduce`` and ``python -m sepdtd beyond``.
+"""Command line: ``python -m sepdtd data prepare``, ``reproduce``, ``beyond`` and ``tune``.
 
 The report has its own entry point, ``python -m sepdtd.report <results dir> [--json]``.
 """
@@ -32,6 +32,17 @@ def _parser() -> argparse.ArgumentParser:
     bey.add_argument("--datasets", nargs="+", default=None, metavar="SET")
     bey.add_argument("--seeds", nargs="+", type=int, default=None, metavar="SEED")
     bey.add_argument("--device", default="auto", help="auto (default), cpu, cuda, ...")
+    tun = sub.add_parser("tune", help="fine-tuning settings: which keep the baseline's accuracy (Table 3)?")
+    tun.add_argument("--profile", default="quick", choices=["smoke", "quick", "full"])
+    tun.add_argument("--dataset", default="cifar10", metavar="SET")
+    tun.add_argument("--seed", type=int, default=0)
+    tun.add_argument("--candidates", nargs="+", default=None, metavar="NAME",
+                     help="names from sepdtd.tuning.CANDIDATES (default: all)")
+    tun.add_argument("--lams", nargs="+", type=float, default=None, metavar="LAM",
+                     help="λ of the fine-tunes (default: the profile's)")
+    tun.add_argument("--max-epochs", type=int, default=None,
+                     help="cap every fine-tune (a pilot; the name gets -cap<N>)")
+    tun.add_argument("--device", default="auto", help="auto (default), cpu, cuda, ...")
     return p
 
 
@@ -57,6 +68,16 @@ def main(argv: list[str] | None = None) -> int:
         results = beyond.reproduce(args.profile, datasets=args.datasets, seeds=args.seeds, device=args.device)
         for r in results:
             print(f"{r['dataset']} seed {r['seed']}: {r.get('run_wall_s', float('nan')):.1f} s")
+        return 0
+    if args.command == "tune":
+        from sepdtd import tuning
+
+        results = tuning.search(args.profile, args.dataset, args.seed, args.candidates, lams=args.lams,
+                                max_epochs=args.max_epochs, device=args.device)
+        for r in tuning.summary(results):
+            inblock = float("nan") if r["inblock"] is None else r["inblock"]
+            print(f"{r['name']:>24} λ={r['lam']:<4} accuracy {r['accuracy']:.4f} ({r['delta']:+.4f} vs baseline "
+                  f"{r['baseline_accuracy']:.4f}), epochs {r['epochs']}, in-block {inblock:.3f}")
         return 0
     return 2  # pragma: no cover
 

@@ -305,7 +305,8 @@ def heatmap_comparison(image: Any, heatmaps: Mapping[str, Any], class_names: Seq
 # Training curves (Section 5.1)
 # --------------------------------------------------------------------------------------------------
 _METRIC_LABELS = {"train_loss": "training objective", "val_loss": "validation objective",
-                  "val_accuracy": "validation accuracy", "penalty": "penalty S(W) (Eq. 6)"}
+                  "val_accuracy": "validation accuracy", "penalty": "penalty S(W) (Eq. 6)",
+                  "val_ce": "validation cross-entropy"}
 
 
 def training_curves(runs: Mapping[str, Mapping[str, Mapping[str, Sequence[float]]]],
@@ -344,6 +345,47 @@ def training_curves(runs: Mapping[str, Mapping[str, Mapping[str, Sequence[float]
             ax.tick_params(labelsize=7)
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         axes[r, -1].legend(fontsize=7, frameon=False)
+    fig.tight_layout()
+    return fig
+
+
+def against_penalty(runs: Mapping[str, Mapping[str, Mapping[str, Sequence[float]]]],
+                    metric: str = "val_accuracy", *, reference: Mapping[str, float] | None = None) -> Figure:
+    """A per-epoch metric against the penalty S(W) of Eq. 6 at the same epoch: one panel per group.
+
+    The x axis is S(W) on a log scale, decreasing to the right, so every fine-tune runs left to right
+    as it cuts the positive off-block weights. Fine-tunes that differ only in how *fast* they cut (e.g.
+    their learning rate) lie on one curve when the metric depends on how much is cut, not on how fast.
+
+    Parameters
+    ----------
+    runs : dict
+        Group -> line label -> history dict with per-epoch lists ``penalty`` and ``metric``.
+    metric : str, optional
+        History key on the y axis.
+    reference : dict, optional
+        Group -> a y value drawn as a dashed horizontal line (e.g. the baseline's accuracy).
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    groups = list(runs)
+    fig, axes = plt.subplots(1, len(groups), figsize=(4.2 * len(groups), 3.0), squeeze=False)
+    for ax, group in zip(axes[0], groups):
+        for label, hist in runs[group].items():
+            x, y = list(hist.get("penalty") or []), list(hist.get(metric) or [])
+            keep = [(a, b) for a, b in zip(x, y) if a > 0]
+            if keep:
+                ax.plot([a for a, _ in keep], [b for _, b in keep], marker="o", ms=3, label=label)
+        if reference and group in reference:
+            ax.axhline(reference[group], color="black", ls="--", lw=0.8, label="baseline")
+        ax.set_xscale("log")
+        ax.invert_xaxis()
+        ax.set_xlabel("penalty S(W) (Eq. 6), after each epoch", fontsize=8)
+        ax.set_title(f"{group}: {_METRIC_LABELS.get(metric, metric)}", fontsize=9)
+        ax.tick_params(labelsize=7)
+        ax.legend(fontsize=7, frameon=False)
     fig.tight_layout()
     return fig
 

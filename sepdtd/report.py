@@ -310,6 +310,90 @@ def finetune_fit(results: Iterable[dict]) -> list[dict]:
     return out
 
 # ------------------------------------------------------------------------------------------ claims
+def at_equal_penalty(reference: dict, other: dict, metric: str = "val_accuracy") -> list[tuple[float, float, float]]:
+    """Compare two fine-tunes' histories at equal penalty S(W) (Eq. 6) instead of at equal epochs.
+
+    For every epoch of ``other`` whose S(W) lies within the range that ``reference`` covers, the
+    reference's ``metric`` at that S(W) is interpolated linearly in log S(W) between its two
+    neighbouring epochs. Two fine-tunes that cut the off-block weights at different speeds (e.g. two
+    learning rates) can so be compared at the same stage of the cut.
+
+    Parameters
+    ----------
+    reference, other : dict
+        History dicts with per-epoch lists ``penalty`` (S(W) after each epoch) and ``metric``. The
+        reference's S(W) must fall from epoch to epoch (as it does while the cut runs); its epochs
+        from the first that does not fall (or is not a finite positive number) on are ignored, and so
+        are the epochs of ``other`` with a value that is not finite.
+    metric : str, optional
+        The history key compared.
+
+    Returns
+    -------
+    list of (float, float, float)
+        ``(S, other's value, reference's value at S)`` for each epoch of ``other`` inside the range.
+    """
+    def finite(*xs: object) -> bool:
+        return all(isinstance(x, (int, float)) and math.isfinite(x) for x in xs)
+
+    ref_s, ref_v = [], []
+    for s_, v in zip(reference.get("penalty") or [], reference.get(metric) or []):
+        if not finite(s_, v) or s_ <= 0 or (ref_s and s_ >= ref_s[-1]):
+            break
+        ref_s.append(float(s_))
+        ref_v.append(float(v))
+    out = []
+    for s_, v in zip(other.get("penalty") or [], other.get(metric) or []):
+        if len(ref_s) < 2 or not finite(s_, v) or not (ref_s[-1] <= s_ <= ref_s[0]):
+            continue
+        k = next(i for i in range(1, len(ref_s)) if ref_s[i] <= s_)
+        lo, hi = math.log(ref_s[k]), math.log(ref_s[k - 1])
+        w = 0.0 if hi == lo else (math.log(s_) - lo) / (hi - lo)
+        out.append((float(s_), float(v), ref_v[k] + w * (ref_v[k - 1] - ref_v[k])))
+    return out
+
+
+def tuning_verdicts(tuning_rows: Sequence[dict], tolerance: float = 0.01) -> list[str]:
+    """One sentence per (data set, seed) of :func:`sepdtd.tuning.summary` rows: which candidates keep
+    the baseline's accuracy at every λ they ran (capped pilots named as such). ``tolerance`` only
+    names the one the rows' ``keeps`` was computed with."""
+    lines = []
+    for key in dict.fromkeys((r["dataset"], r["seed"]) for r in tuning_rows):
+        rs = [r for r in tuning_rows if (r["dataset"], r["seed"]) == key]
+        names = list(dict.fromkeys(r["name"] for r in rs))
+        keep = [n for n in names if all(r["keeps"] for r in rs if r["name"] == n)]
+        pilots = [n for n in keep if any(not r["stopped_early"] for r in rs if r["name"] == n)]
+        label = DATASET_LABELS.get(key[0], key[0])
+        lines.append(f"{label}, seed {key[1]}: within {tolerance:g} of the baseline at every λ run: "
+                     + (", ".join(keep) if keep else "no candidate")
+                     + (f" (of these, {', '.join(pilots)} ended at the epoch cap, not by the stopping rule)"
+                        if pilots else "") + ".")
+    return lines
+
+
+def tuning_starts(tuned: Iterable[dict], units: Iterable[dict]) -> list[str]:
+    """Which baseline the candidates of :mod:`sepdtd.tuning` started from: one sentence per baseline,
+    beside the results unit of the same configuration when that unit's baseline is another training
+    (another start time, epoch count or accuracy)."""
+    def ident(b: dict) -> tuple:
+        return b.get("t_start"), b.get("epochs"), b.get("accuracy")
+
+    by_hash = {(u["dataset"], u["seed"], u["config_hash"]): u for u in units}
+    lines = []
+    for res in {(t["dataset"], t["seed"], ident(t["baseline"])): t for t in tuned}.values():
+        b, unit = res["baseline"], by_hash.get((res["dataset"], res["seed"], res["unit_config_hash"]))
+        line = (f"The candidates of {DATASET_LABELS.get(res['dataset'], res['dataset'])} seed {res['seed']} start "
+                f"from a baseline pre-trained on {res['provenance']['device']}: {b['epochs']} epochs (best "
+                f"{b['best_epoch']}), test accuracy {b['accuracy']:.4f}.")
+        if unit is not None and ident(unit["settings"][0]) != ident(b):
+            ub = unit["settings"][0]
+            line += (f" The results unit of the same configuration, pre-trained on {unit['provenance']['device']}, "
+                     f"stopped after {ub['epochs']} epochs (best {ub['best_epoch']}) at {ub['accuracy']:.4f}: same "
+                     "recipe and split, other random numbers.")
+        lines.append(line)
+    return lines
+
+
 def claims(rows_: Sequence[dict], *, convention: str | None = None) -> list[dict]:
     """Check the claims of Section 5.2 on aggregated rows, one entry per claim instance.
 
@@ -493,6 +577,18 @@ def main(argv: list[str] | None = None) -> int:
     print(format_tables(rs, all_conventions=args.all_conventions))
     print("Claims, one by one:")
     print(format_claims(claims(rs)))
+    from sepdtd import tuning
+
+    tuned = tuning.summary(tuning.load_results(args.results_dir))
+    if tuned:
+        print(f"\nOther fine-tuning settings ({args.results_dir}/tuning, sepdtd.tuning): test accuracy against "
+              "the baseline each started from")
+        for r in tuned:
+            label = DATASET_LABELS.get(r["dataset"], r["dataset"])
+            print(f"  {label} seed {r['seed']} {r['name']:<22} {r['optimizer']} lr {r['lr']:g} "
+                  f"λ {r['lam']:g}: {r['accuracy']:.4f} ({r['delta']:+.4f}, "
+                  f"{'within' if r['keeps'] else 'NOT within'} 0.01), {r['epochs']} epochs"
+                  f"{'' if r['stopped_early'] else ' (cap)'}{' STALE' if r['stale'] else ''}")
     return 0
 
 

@@ -113,6 +113,24 @@ def test_provenance_line_names_profile_seed_commit_device():
     assert "profile **full**" in line and "seeds 2, 1" in line
     assert "`0123456789ab`" in line and "NVIDIA H200" in line and "page executed by commit" in line
     json.dumps(prov)  # goes into PNG metadata
+    dirty = book.provenance_line(book.provenance({**res, "provenance": {"commit": "0123456789abcdef-dirty"}}))
+    assert "`0123456789ab-dirty`" in dirty
+
+
+def test_blank_shares_average_the_undefined_mass_over_seeds():
+    def unit(dataset, seed, nan_dtd, nan_eps, n=200):
+        return {"dataset": dataset, "seed": seed, "entries": [
+            {"model": "lam1.0", "methods": {"dtd": {"n_scored": n, "mass_nan": nan_dtd},
+                                            "epsilon": {"n_scored": n, "mass_nan": nan_eps}}},
+            {"model": "depth-0", "methods": {"dtd": {"n_scored": 0, "mass_nan": [0, 0]}}}]}
+
+    shares = book.blank_shares([unit("mnist", 0, [190, 200], [0, 20]), unit("mnist", 1, [170, 200], [0, 40]),
+                                unit("cifar10", 0, [2, 4], [1, 1], n=4)])
+    assert shares[("mnist", "lam1.0", "dtd")] == pytest.approx((0.9, 1.0))
+    assert shares[("mnist", "lam1.0", "epsilon")] == pytest.approx((0.0, 0.15))
+    assert shares[("cifar10", "lam1.0", "dtd")] == pytest.approx((0.5, 1.0))
+    assert ("mnist", "depth-0", "dtd") not in shares          # nothing scored: no share at all
+    assert book.blank_shares([]) == {}
 
 
 def test_markdown_table_escapes_pipes():

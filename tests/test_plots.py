@@ -95,6 +95,19 @@ def test_training_curves_one_row_per_group():
     assert len(fig.axes[5].get_lines()) == 2
 
 
+def test_against_penalty_plots_the_metric_over_a_decreasing_log_penalty():
+    fast = {"penalty": [100.0, 10.0, 0.0], "val_accuracy": [0.7, 0.6, 0.65]}
+    slow = {"penalty": [300.0, 200.0], "val_accuracy": [0.8, 0.75]}
+    fig = plots.against_penalty({"CIFAR10": {"fast": fast, "slow": slow}}, reference={"CIFAR10": 0.8})
+    ax = fig.axes[0]
+    lines = ax.get_lines()
+    assert [ln.get_label() for ln in lines] == ["fast", "slow", "baseline"]
+    np.testing.assert_array_equal(lines[0].get_xdata(), [100.0, 10.0])      # S = 0 has no place on a log axis
+    np.testing.assert_array_equal(lines[0].get_ydata(), [0.7, 0.6])
+    np.testing.assert_array_equal(lines[2].get_ydata(), [0.8, 0.8])
+    assert ax.get_xscale() == "log" and ax.xaxis_inverted()
+
+
 def test_block_mask_greys_the_penalised_weights():
     mask = regularization.block_mask(4, 6, 2)
     fig = plots.block_mask({"layer": mask}, n_blocks=2)

@@ -208,3 +208,27 @@ def test_a_unit_resumed_from_a_training_checkpoint_is_marked_too(results):
     rs = report.rows(results)
     assert next(r for r in rs if r["dataset"] == "cifar10")["resumed"] == [True]
     assert next(r for r in rs if r["dataset"] == "mnist")["resumed"] == [True, False]   # seed 0 spans both
+
+
+def test_at_equal_penalty_interpolates_in_log_penalty():
+    fast = {"penalty": [1000.0, 100.0, 10.0, 10.0, 1.0], "val_accuracy": [0.8, 0.6, 0.5, 0.9, 0.1]}
+    slow = {"penalty": [2000.0, 1000.0, 316.227766, 100.0, 31.6227766, 0.5],
+            "val_accuracy": [0.9, 0.81, 0.7, 0.62, 0.55, 0.4]}
+    got = report.at_equal_penalty(fast, slow)
+    # 2000 and 0.5 lie outside the reference's range; fast's epochs after S stops falling are ignored
+    assert [g[0] for g in got] == pytest.approx([1000.0, 316.227766, 100.0, 31.6227766])
+    assert [g[1] for g in got] == [0.81, 0.7, 0.62, 0.55]
+    assert [g[2] for g in got] == pytest.approx([0.8, 0.7, 0.6, 0.55])      # halfway in log S
+    # the reference ends where its S(W) stops falling (10 -> 10): 1.0 is then outside its range
+    got = report.at_equal_penalty(fast, {"penalty": [5.0, 1.0], "val_accuracy": [0.3, 0.2]})
+    assert got == []
+    # not finite or not positive: the reference stops there, the other's epoch is skipped
+    ref = {"penalty": [100.0, 10.0, 0.0, 0.001], "val_accuracy": [0.8, 0.6, 0.5, 0.4]}
+    assert report.at_equal_penalty(ref, {"penalty": [0.001], "val_accuracy": [0.1]}) == []
+    ref_nan = {"penalty": [100.0, 10.0, float("nan"), 1.0], "val_accuracy": [0.8, 0.6, 0.5, 0.4]}
+    assert report.at_equal_penalty(ref_nan, {"penalty": [2.0], "val_accuracy": [0.1]}) == []
+    other = {"penalty": [float("nan"), 31.6227766, 50.0], "val_accuracy": [0.9, float("nan"), 0.7]}
+    assert [g[:2] for g in report.at_equal_penalty(ref, other)] == [(50.0, 0.7)]
+    assert report.at_equal_penalty({"penalty": [5.0], "val_accuracy": [0.5]}, slow) == []
+    assert report.at_equal_penalty(fast, {"penalty": [], "val_accuracy": []}) == []
+

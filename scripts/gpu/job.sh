@@ -7,6 +7,11 @@
 #   FRESH=1              drop this copy's results/<profile> first (0: keep them: existing units are loaded)
 #   BEYOND=1             chapters 9-10 for the first group's first seed, beside the remaining groups
 #   CUDA_TESTS=1 BENCH=1 the CUDA-only tests first; benchmarks/bench_train.py at the end if time is left
+#   TUNE="lr3e-5 lr1e-5 ..." fine-tuning candidates (sepdtd.tuning.CANDIDATES) for CIFAR-10 and the first
+#                        group's first seed, one process each, beside the remaining groups; they start
+#                        from that unit's baseline, so that unit must be trained in this run (FRESH=1, or
+#                        BEYOND=1, which rebuilds its checkpoints). The unit itself is the "paper" candidate.
+#   TUNE_LAMS="1.0"      λ of the candidates' stacks (default: the profile's four)
 # A rerun on the same machine resumes interrupted units from the checkpoints under /root/cache.
 # What the committed run still lacks (results/full/README.md): chapters 9-10 for CIFAR-10, i.e.
 #   FRESH=0 SEED_GROUPS="0" BEYOND=1 (seed 0's networks are retrained first: checkpoints are not committed).
@@ -40,7 +45,8 @@ fi
 # sets side by side, beside the remaining seed groups.
 IFS=';' read -ra groups <<< "${SEED_GROUPS:-0;1 2}"
 deadline=${DEADLINE_S:-100000}
-pack() { tar czf "$OUT/results-$PROFILE.tar.gz" "$res" $( [ -d "results/$PROFILE/beyond" ] && echo "results/$PROFILE/beyond" ) 2>/dev/null; }
+pack() { tar czf "$OUT/results-$PROFILE.tar.gz" "$res" $( [ -d "results/$PROFILE/beyond" ] && echo "results/$PROFILE/beyond" ) \
+  $( [ -d "results/$PROFILE/tuning" ] && echo "results/$PROFILE/tuning" ) 2>/dev/null; }
 first=1
 for g in "${groups[@]}"; do
   read -ra seeds <<< "$g"
@@ -60,11 +66,37 @@ for g in "${groups[@]}"; do
     done
     echo "beyond: started at ${SECONDS} s"
   fi
+  if [ "$first" = 1 ] && [ -n "${TUNE:-}" ] && [ "${FRESH:-1}" != 1 ] && [ "${BEYOND:-1}" != 1 ]; then
+    echo "TUNE skipped: it needs this run to train the CIFAR-10 unit of seed ${seeds[0]} (FRESH=1 or BEYOND=1)"
+  elif [ "$first" = 1 ] && [ -n "${TUNE:-}" ] && [ "$left" -gt 60 ]; then
+    ( # wait (at most 15 min) for the unit's baseline, which BEYOND may be rebuilding:
+      # the check exits 0 when it is there, 3 when not yet; anything else is an error
+      t0=$SECONDS
+      while :; do
+        $PY -c "import sys; from sepdtd import experiments as E; c = E.make_config('$PROFILE', 'cifar10', ${seeds[0]}); \
+sys.exit(0 if 'baseline' in E._read_partial(E.checkpoint_dir(c), E.config_hash(c), E.code_hash()) else 3)"
+        rc=$?
+        [ "$rc" = 0 ] && break
+        [ "$rc" = 3 ] || { echo "tune: cannot read the unit's checkpoints (exit $rc)"; exit 0; }
+        [ $((deadline - SECONDS)) -gt 60 ] && [ $((SECONDS - t0)) -lt 900 ] \
+          || { echo "tune: no baseline in time, candidates not started"; exit 0; }
+        sleep 5
+      done
+      [ $((deadline - SECONDS)) -gt 60 ] || exit 0
+      for c in $TUNE; do
+        OMP_NUM_THREADS=2 timeout $((deadline - SECONDS)) $PY -m sepdtd tune --profile "$PROFILE" --device "$DEVICE" \
+          --dataset cifar10 --seed "${seeds[0]}" --candidates "$c" ${TUNE_LAMS:+--lams $TUNE_LAMS} \
+          > "$OUT/tune-$c.log" 2>&1 &
+      done
+      wait ) &
+    echo "tune: started at ${SECONDS} s"
+  fi
   first=0
 done
 wait
 echo "all done at ${SECONDS} s"
 [ "${BEYOND:-1}" = 1 ] && tail -n 2 "$OUT"/beyond-*.log
+[ -n "${TUNE:-}" ] && tail -n 6 "$OUT"/tune-*.log
 pack
 # Training throughput (CUDA graph on/off, stacked fine-tunes) if time is left (BENCH=0 skips).
 left=$((deadline - SECONDS))
