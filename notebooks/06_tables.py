@@ -233,8 +233,9 @@ if not tuned:
     book.show_markdown("*No fine-tuning search results in this checkout (`results/full/tuning/`).*")
 else:
     book.show_provenance(book.provenance(tuned, device=None))
+    trows = tuning.summary(tuned)
     body = []
-    for r in tuning.summary(tuned):
+    for r in trows:
         body.append([report.DATASET_LABELS[r["dataset"]], r["seed"], r["name"] + (" (stale)" if r["stale"] else ""),
                      f"{r['optimizer']} {r['lr']:g}", r["patience"], lam_label(r["lam"]),
                      f"{r['accuracy']:.4f} ({r['delta']:+.4f})", "yes" if r["keeps"] else "no",
@@ -244,7 +245,7 @@ else:
     book.show_markdown(book.markdown_table(
         ["data set", "seed", "candidate", "optimizer, lr", "patience", "λ", "test accuracy (Δ baseline)",
          "within 0.01", "epochs", "in-block share", "d [raw] (baseline)", "device"], body))
-    book.show_markdown("\n".join(f"- {line}" for line in report.tuning_verdicts(tuning.summary(tuned))))
+    book.show_markdown("\n".join(f"- {line}" for line in report.tuning_verdicts(trows)))
     book.show_markdown("\n\n".join(report.tuning_starts(tuned, full)))
 
 # %% [markdown]

@@ -5,9 +5,8 @@ import dataclasses
 import json
 
 import pytest
-import torch
 
-from sepdtd import cli, data, experiments, report, training, tuning
+from sepdtd import cli, experiments, report, training, tuning
 from sepdtd.experiments import Config, Stage
 
 
@@ -17,26 +16,6 @@ def tiny_config(**kw) -> Config:
                 finetune=Stage(lr=1e-4, batch_size=32, max_epochs=2), eval_batch_size=16, lams=(0.5, 5.0))
     base.update(kw)
     return Config(**base)
-
-
-@pytest.fixture
-def synthetic(monkeypatch):
-    g = torch.Generator().manual_seed(7)
-    ds = data.Dataset(name="mnist", x_train=torch.randint(0, 256, (200, 1, 28, 28), dtype=torch.uint8, generator=g),
-                      y_train=torch.arange(200) % 10,
-                      x_test=torch.randint(0, 256, (60, 1, 28, 28), dtype=torch.uint8, generator=g),
-                      y_test=torch.arange(60) % 10, classes=tuple(str(i) for i in range(10)))
-    monkeypatch.setattr(data, "load", lambda name, **kw: ds)
-
-
-@pytest.fixture
-def fixed_code(monkeypatch):
-    monkeypatch.setattr(experiments, "code_hash", lambda: "c0dec0dec0de")
-
-
-@pytest.fixture
-def dirs(tmp_path):
-    return {"results_dir": tmp_path / "results", "checkpoints_dir": tmp_path / "ckpt"}
 
 
 def spy(monkeypatch) -> list:
