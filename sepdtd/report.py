@@ -394,6 +394,37 @@ def tuning_starts(tuned: Iterable[dict], units: Iterable[dict]) -> list[str]:
     return lines
 
 
+def tuning_endpoints(tuned: Iterable[dict], units: Iterable[dict]) -> list[str]:
+    """Where the fine-tunes of :mod:`sepdtd.tuning` candidates *ended*, beside the results unit's.
+
+    One sentence per fine-tune that the stopping rule ended (a capped pilot's last epoch is not an
+    end, so those are left out): its epochs, test accuracy and distance to the baseline it started
+    from, and the same for the fine-tune of the same λ in the results unit of the same configuration
+    (when that unit is among ``units``), which may have started from another training of the baseline.
+    """
+    by_hash = {(u["dataset"], u["seed"], u["config_hash"]): u for u in units}
+    lines = []
+    for res in tuned:
+        base, stage = res["baseline"], res["stage"]
+        unit = by_hash.get((res["dataset"], res["seed"], res["unit_config_hash"]))
+        for e in res["finetunes"]:
+            if not e["stopped_early"]:
+                continue
+            line = (f"{DATASET_LABELS.get(res['dataset'], res['dataset'])} seed {res['seed']}, λ = {e['lam']:g}: "
+                    f"{res['name']} ({stage.get('optimizer', 'adam')} {stage['lr']:g}, patience {stage['patience']}) "
+                    f"was stopped after {e['epochs']} epochs (best {e['best_epoch']}) at test accuracy "
+                    f"{e['accuracy']:.4f}, {e['accuracy'] - base['accuracy']:+.4f} against its baseline "
+                    f"({base['accuracy']:.4f}, {res['provenance']['device']}).")
+            same = [s for s in (unit or {}).get("settings", [])[1:] if s["lam"] == e["lam"]]
+            if same:
+                u, ub = same[0], unit["settings"][0]
+                line += (f" The results unit's fine-tune of the same λ ({unit['provenance']['device']}) was stopped "
+                         f"after {u['epochs']} epochs (best {u['best_epoch']}) at {u['accuracy']:.4f}, "
+                         f"{u['accuracy'] - ub['accuracy']:+.4f} against its baseline ({ub['accuracy']:.4f}).")
+            lines.append(line)
+    return lines
+
+
 def claims(rows_: Sequence[dict], *, convention: str | None = None) -> list[dict]:
     """Check the claims of Section 5.2 on aggregated rows, one entry per claim instance.
 

@@ -264,7 +264,7 @@ def test_figures_are_saved_with_provenance(built_book, book_src):
     figures = sorted((book_src / "_build" / "figures").glob("*.png"))
     names = {p.stem for p in figures}
     for expected in ("figure1_diffusion", "figure2_toy", "figure3_block_mask", "figure4_cifar10_1",
-                     "figure5_fashion_mnist_1", "figure6_weights_output"):
+                     "figure5_fashion_mnist_1", "figure6_weights_output", "your_network_1"):
         assert expected in names, expected
     for path in figures:
         with Image.open(path) as im:

@@ -177,3 +177,21 @@ def test_verdicts_and_starting_baselines_for_the_book():
     lines = report.tuning_starts([tuned[0], again], [{**unit, "settings": [base]}])
     assert len(lines) == 2 and "results unit" not in lines[0] and "results unit" in lines[1]
     assert "20 epochs (best 40), test accuracy 0.8000" in lines[1]
+
+
+def test_endpoints_compare_converged_fine_tunes_with_the_unit():
+    base = {"epochs": 43, "best_epoch": 40, "accuracy": 0.8356}
+    ft = {"lam": 1.0, "epochs": 52, "best_epoch": 49, "accuracy": 0.8012, "stopped_early": True}
+    res = {"dataset": "cifar10", "seed": 0, "name": "paper", "unit_config_hash": "h", "baseline": base,
+           "stage": {"lr": 1e-4, "patience": 3, "optimizer": "adam"}, "provenance": {"device": "cpu"},
+           "finetunes": [ft, {**ft, "lam": 5.0, "stopped_early": False}]}
+    unit = {"dataset": "cifar10", "seed": 0, "config_hash": "h", "provenance": {"device": "NVIDIA H200"},
+            "settings": [{"lam": 0.0, "accuracy": 0.7879}, {"lam": 0.1, "epochs": 30, "best_epoch": 27, "accuracy": 0.77},
+                         {"lam": 1.0, "epochs": 52, "best_epoch": 49, "accuracy": 0.7832}]}
+    (line,) = report.tuning_endpoints([res], [unit])          # the capped λ = 5 is no end point
+    assert line.startswith("CIFAR10 seed 0, λ = 1: paper (adam 0.0001, patience 3) was stopped after 52 epochs "
+                           "(best 49) at test accuracy 0.8012, -0.0344 against its baseline (0.8356, cpu).")
+    assert "(NVIDIA H200) was stopped after 52 epochs (best 49) at 0.7832, -0.0047 against its baseline (0.7879)" in line
+    (alone,) = report.tuning_endpoints([res], [])
+    assert "results unit" not in alone
+    assert report.tuning_endpoints([{**res, "finetunes": [{**ft, "stopped_early": False}]}], [unit]) == []
