@@ -418,7 +418,7 @@ def tuning_endpoints(tuned: Iterable[dict], units: Iterable[dict]) -> list[str]:
             same = [s for s in (unit or {}).get("settings", [])[1:] if s["lam"] == e["lam"]]
             if same:
                 u, ub = same[0], unit["settings"][0]
-                line += (f" The results unit's fine-tune of the same λ ({unit['provenance']['device']}) was stopped "
+                line += (f" The results unit's fine-tune of the same λ ({unit['provenance']['device']}) ended "
                          f"after {u['epochs']} epochs (best {u['best_epoch']}) at {u['accuracy']:.4f}, "
                          f"{u['accuracy'] - ub['accuracy']:+.4f} against its baseline ({ub['accuracy']:.4f}).")
             lines.append(line)

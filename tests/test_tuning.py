@@ -191,7 +191,7 @@ def test_endpoints_compare_converged_fine_tunes_with_the_unit():
     (line,) = report.tuning_endpoints([res], [unit])          # the capped λ = 5 is no end point
     assert line.startswith("CIFAR10 seed 0, λ = 1: paper (adam 0.0001, patience 3) was stopped after 52 epochs "
                            "(best 49) at test accuracy 0.8012, -0.0344 against its baseline (0.8356, cpu).")
-    assert "(NVIDIA H200) was stopped after 52 epochs (best 49) at 0.7832, -0.0047 against its baseline (0.7879)" in line
+    assert "(NVIDIA H200) ended after 52 epochs (best 49) at 0.7832, -0.0047 against its baseline (0.7879)" in line
     (alone,) = report.tuning_endpoints([res], [])
     assert "results unit" not in alone
     assert report.tuning_endpoints([{**res, "finetunes": [{**ft, "stopped_early": False}]}], [unit]) == []
