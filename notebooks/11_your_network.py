@@ -146,7 +146,7 @@ print(f"{baseline.epochs} epochs (best {baseline.best_epoch}), {baseline.wall_s:
 net = net.eval()
 x = data.to_float(x_test).to(dev)
 try:
-    dtd.relevance(net, 255 * x[:4], torch.zeros(4, 1, dtype=torch.long), low=0.0, high=1.0)
+    dtd.relevance(net, 255 * x[:4], torch.zeros(4, 1, dtype=torch.long, device=dev), low=0.0, high=1.0)
 except ValueError as err:
     print(f"ValueError: {err}")
 
