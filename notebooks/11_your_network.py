@@ -243,12 +243,12 @@ for k, pick in enumerate(picks):
 
 # %%
 with torch.no_grad():
-    top2 = {label: model(x).topk(2, dim=1).indices for label, model in nets.items()}
+    top2_of = {label: model(x).topk(2, dim=1).indices for label, model in nets.items()}
 rows = []
 for method in attribution.METHODS:
     cells = [f"{attribution.LABELS[method]} (`{method}`)"]
     for label, model in nets.items():
-        h = attribution.heatmap(method, model, x, top2[label], low=0.0, high=1.0)
+        h = attribution.heatmap(method, model, x, top2_of[label], low=0.0, high=1.0)
         cells += [f"{metrics.diffusion(h[:, 0], h[:, 1]):.4f}", f"{metrics.cosine(h[:, 0], h[:, 1]):.3f}"]
     rows.append(cells)
 book.show_markdown(book.markdown_table(

@@ -23,7 +23,7 @@ import statistics
 import sys
 import warnings
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 from sepdtd.metrics import CONVENTIONS
 
@@ -371,6 +371,12 @@ def tuning_verdicts(tuning_rows: Sequence[dict], tolerance: float = 0.01) -> lis
     return lines
 
 
+def _unit_of(units: Iterable[dict]) -> Callable[[dict], dict | None]:
+    """For a :mod:`sepdtd.tuning` result, the results unit of the same data set, seed and configuration."""
+    by_hash = {(u["dataset"], u["seed"], u["config_hash"]): u for u in units}
+    return lambda res: by_hash.get((res["dataset"], res["seed"], res["unit_config_hash"]))
+
+
 def tuning_starts(tuned: Iterable[dict], units: Iterable[dict]) -> list[str]:
     """Which baseline the candidates of :mod:`sepdtd.tuning` started from: one sentence per baseline,
     beside the results unit of the same configuration when that unit's baseline is another training
@@ -378,10 +384,10 @@ def tuning_starts(tuned: Iterable[dict], units: Iterable[dict]) -> list[str]:
     def ident(b: dict) -> tuple:
         return b.get("t_start"), b.get("epochs"), b.get("accuracy")
 
-    by_hash = {(u["dataset"], u["seed"], u["config_hash"]): u for u in units}
+    unit_of = _unit_of(units)
     lines = []
     for res in {(t["dataset"], t["seed"], ident(t["baseline"])): t for t in tuned}.values():
-        b, unit = res["baseline"], by_hash.get((res["dataset"], res["seed"], res["unit_config_hash"]))
+        b, unit = res["baseline"], unit_of(res)
         line = (f"The candidates of {DATASET_LABELS.get(res['dataset'], res['dataset'])} seed {res['seed']} start "
                 f"from a baseline pre-trained on {res['provenance']['device']}: {b['epochs']} epochs (best "
                 f"{b['best_epoch']}), test accuracy {b['accuracy']:.4f}.")
@@ -402,11 +408,10 @@ def tuning_endpoints(tuned: Iterable[dict], units: Iterable[dict]) -> list[str]:
     from, and the same for the fine-tune of the same λ in the results unit of the same configuration
     (when that unit is among ``units``), which may have started from another training of the baseline.
     """
-    by_hash = {(u["dataset"], u["seed"], u["config_hash"]): u for u in units}
+    unit_of = _unit_of(units)
     lines = []
     for res in tuned:
-        base, stage = res["baseline"], res["stage"]
-        unit = by_hash.get((res["dataset"], res["seed"], res["unit_config_hash"]))
+        base, stage, unit = res["baseline"], res["stage"], unit_of(res)
         for e in res["finetunes"]:
             if not e["stopped_early"]:
                 continue
