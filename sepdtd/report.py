@@ -55,8 +55,9 @@ BOOK_CONVENTION = "raw"
 #: Column names of the paper's tables.
 DATASET_LABELS = {"cifar10": "CIFAR10", "fashion_mnist": "FASHION", "mnist": "MNIST"}
 
-#: "Within 0.01" in the accuracy claims; the paper's accuracies are rounded to two decimals, so
-#: another 0.005 is allowed when comparing with them.
+#: "Within 0.01" in the accuracy claims. The paper's accuracies are rounded to two decimals; a
+#: baseline that misses ``paper - 0.01`` by less than this is said to be within the paper's rounding,
+#: but the claim is not counted as held.
 ACCURACY_TOLERANCE = 0.01
 _ROUNDING = 0.005
 
@@ -440,8 +441,9 @@ def claims(rows_: Sequence[dict], *, convention: str | None = None) -> list[dict
       as ``diffusion[<convention>]``, under every convention;
     - ``accuracy``: the fine-tuned accuracy is not more than 0.01 below the baseline's (Table 3: "the
       accuracy does not decrease notably");
-    - ``baseline_accuracy``: the baseline accuracy is within 0.01 of the paper's (plus 0.005 for the
-      paper's rounding).
+    - ``baseline_accuracy``: the baseline accuracy is at least the paper's minus 0.01 (issue 6's
+      target); a miss smaller than the paper's rounding (0.005) is said so in ``text``, not counted as
+      held.
 
     Returns
     -------
@@ -458,12 +460,15 @@ def claims(rows_: Sequence[dict], *, convention: str | None = None) -> list[dict
         if r["lam"] == 0:
             paper = PAPER_TABLE3.get(r["dataset"], {}).get(0.0)
             if paper is not None and r["accuracy"] is not None:
-                held = abs(r["accuracy"] - paper) <= ACCURACY_TOLERANCE + _ROUNDING
+                bound = paper - ACCURACY_TOLERANCE
+                held = r["accuracy"] >= bound - 1e-12
+                note = "" if held else (" (within the paper's rounding: its value may be as low as "
+                                        f"{paper - _ROUNDING:.3f})" if r["accuracy"] >= bound - _ROUNDING else "")
                 out.append({"claim": "baseline_accuracy", "profile": r["profile"], "dataset": r["dataset"],
                             "lam": 0.0, "convention": None, "held": held, "ours": r["accuracy"],
                             "reference": paper,
-                            "text": f"{label}: baseline accuracy {r['accuracy']:.3f} within {ACCURACY_TOLERANCE} of "
-                                    f"the paper's {paper:.2f}"})
+                            "text": f"{label}: baseline accuracy {r['accuracy']:.4f} at least the paper's "
+                                    f"{paper:.2f} - {ACCURACY_TOLERANCE} = {bound:.2f}{note}"})
             continue
         if b is None:
             continue
@@ -496,7 +501,7 @@ def _claims_summary(claims_: Sequence[dict]) -> list[str]:
         n[0] += bool(c["held"])
         n[1] += 1
     names = {"diffusion": "d(λ) > d(baseline), book convention", "accuracy": "accuracy within 0.01 of baseline",
-             "baseline_accuracy": "baseline accuracy within 0.01 of the paper"}
+             "baseline_accuracy": "baseline accuracy at least the paper's - 0.01"}
     lines = []
     for key, (held, total) in counts.items():
         label = names.get(key, key.replace("diffusion[", "d(λ) > d(baseline) under ").rstrip("]"))

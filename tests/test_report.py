@@ -130,6 +130,10 @@ def test_claims():
     assert by[("baseline_accuracy", 0.0)]["held"]                                      # 0.985 vs 0.99
     low = report.claims(report.rows([result("mnist", 0, d=d, acc=flat(0.95), t=(0.0, 1.0))]))
     assert not next(c for c in low if c["claim"] == "baseline_accuracy")["held"]
+    near = next(c for c in report.claims(report.rows([result("mnist", 0, d=d, acc=flat(0.977), t=(0.0, 1.0))]))
+                if c["claim"] == "baseline_accuracy")                # 0.003 short of 0.99 - 0.01: counted as missed
+    assert not near["held"] and "rounding" in near["text"]
+    assert "rounding" not in next(c for c in low if c["claim"] == "baseline_accuracy")["text"]
     text = report.format_claims(cs)
     assert "NOT held" in text and f"MNIST λ=5: d[{report.BOOK_CONVENTION}] 0.4 > baseline 0.5" in text
     assert len(cs) == 1 + 4 * (len(CONVENTIONS) + 1)
