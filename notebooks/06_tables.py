@@ -384,4 +384,6 @@ for label, rows in all_rows.items():
         for sd, (w, resumed) in report.seed_walls(rows).items() if w is not None) + ".")
 
 # %% [markdown]
-# What the heatmaps behind these numbers look like is shown on {doc}`07_heatmaps`.
+# What the heatmaps behind these numbers look like is shown on {doc}`07_heatmaps`. Why $d$ moves the
+# way it does is tested where it can be: the scale convention above, and in {doc}`10_causes` the
+# propagation rule, the dense layers, network depth, the constraint $b \le 0$ and the first layer's rule.
