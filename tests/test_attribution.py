@@ -104,6 +104,17 @@ def test_zplus_matches_zennit_and_dtd(data):
     assert_close(mine, dtd.relevance(net, x, cls, low=0.0, high=1.0), rtol=1e-10)
 
 
+def test_zplus_at_the_first_layer_matches_zennit_and_conserves(data):
+    """first='rule': z+ at the input too (chapter 10's first-layer factor); inputs >= 0, biases <= 0."""
+    x, cls = data
+    net = small_net("negative")
+    mine = A.lrp(net, x, cls, low=None, high=None, rule="zplus", first="rule")
+    assert_close(mine, zennit_relevance(net, x, cls, ZPlus(stabilizer=1e-9), first_zb=False))
+    zb = A.lrp(net, x, cls, low=0.0, high=1.0, rule="zplus")
+    assert float((mine - zb).abs().max()) > 1e-3 * float(zb.abs().max())      # a different map...
+    torch.testing.assert_close(mine.flatten(2).sum(-1), zb.flatten(2).sum(-1), rtol=1e-8, atol=1e-10)  # same sums
+
+
 def test_gradient_x_input_matches_autograd(data):
     x, cls = data
     net = small_net("negative")
