@@ -470,7 +470,7 @@ def claims(rows_: Sequence[dict], *, convention: str | None = None) -> list[dict
             if paper is not None and r["accuracy"] is not None:
                 bound = paper - ACCURACY_TOLERANCE
                 held = r["accuracy"] >= bound - 1e-12
-                note = "" if held else (" (within the paper's rounding: its value may be as low as "
+                note = "" if held else (f" (within the paper's rounding: its {paper:.2f} may stand for as little as "
                                         f"{paper - _ROUNDING:.3f})" if r["accuracy"] >= bound - _ROUNDING else "")
                 out.append({"claim": "baseline_accuracy", "profile": r["profile"], "dataset": r["dataset"],
                             "lam": 0.0, "convention": None, "held": held, "ours": r["accuracy"],
