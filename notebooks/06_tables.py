@@ -238,7 +238,7 @@ else:
     body = []
     for r in trows:
         body.append([report.DATASET_LABELS[r["dataset"]], r["seed"], r["name"] + (" (stale)" if r["stale"] else ""),
-                     f"{r['optimizer']} {r['lr']:g}", r["patience"], lam_label(r["lam"]) if r["lam"] else "0 (control)",
+                     f"{r['optimizer']} {r['lr']:g}", r["patience"], lam_label(r["lam"]),
                      f"{r['accuracy']:.4f} ({r['delta']:+.4f})", "yes" if r["keeps"] else "no",
                      f"{r['epochs']} ({'stopped' if r['stopped_early'] else 'cap'})",
                      "—" if r["inblock"] is None else f"{r['inblock']:.3f}",

@@ -356,27 +356,19 @@ def at_equal_penalty(reference: dict, other: dict, metric: str = "val_accuracy")
 
 def tuning_verdicts(tuning_rows: Sequence[dict], tolerance: float = 0.01) -> list[str]:
     """One sentence per (data set, seed) of :func:`sepdtd.tuning.summary` rows: which candidates keep
-    the baseline's accuracy at every λ > 0 they ran (capped pilots named as such). A fine-tune with
-    λ = 0 is a *control* (the same fine-tuning without Eq. 6's penalty), not a candidate: it gets its
-    own sentence with its accuracy. ``tolerance`` only names the one the rows' ``keeps`` was computed
-    with."""
+    the baseline's accuracy at every λ they ran (capped pilots named as such). ``tolerance`` only
+    names the one the rows' ``keeps`` was computed with."""
     lines = []
     for key in dict.fromkeys((r["dataset"], r["seed"]) for r in tuning_rows):
-        rs = [r for r in tuning_rows if (r["dataset"], r["seed"]) == key and r["lam"] > 0]
-        controls = [r for r in tuning_rows if (r["dataset"], r["seed"]) == key and r["lam"] == 0]
+        rs = [r for r in tuning_rows if (r["dataset"], r["seed"]) == key]
         names = list(dict.fromkeys(r["name"] for r in rs))
         keep = [n for n in names if all(r["keeps"] for r in rs if r["name"] == n)]
         pilots = [n for n in keep if any(not r["stopped_early"] for r in rs if r["name"] == n)]
         label = DATASET_LABELS.get(key[0], key[0])
-        if rs:
-            lines.append(f"{label}, seed {key[1]}: within {tolerance:g} of the baseline at every λ run: "
-                         + (", ".join(keep) if keep else "no candidate")
-                         + (f" (of these, {', '.join(pilots)} ended at the epoch cap, not by the stopping rule)"
-                            if pilots else "") + ".")
-        for r in controls:
-            lines.append(f"{label}, seed {key[1]}: control {r['name']} (λ = 0: the same fine-tuning without the "
-                         f"penalty) {'ended' if r['stopped_early'] else 'was capped'} after {r['epochs']} epochs at "
-                         f"test accuracy {r['accuracy']:.4f} ({r['delta']:+.4f} against the baseline).")
+        lines.append(f"{label}, seed {key[1]}: within {tolerance:g} of the baseline at every λ run: "
+                     + (", ".join(keep) if keep else "no candidate")
+                     + (f" (of these, {', '.join(pilots)} ended at the epoch cap, not by the stopping rule)"
+                        if pilots else "") + ".")
     return lines
 
 

@@ -161,11 +161,6 @@ def test_verdicts_and_starting_baselines_for_the_book():
                      "ended at the epoch cap, not by the stopping rule)."]
     assert report.tuning_verdicts([row("a", 1.0, False)]) == [
         "CIFAR10, seed 0: within 0.01 of the baseline at every λ run: no candidate."]
-    control = {**row("a-lam0", 0.0, True), "epochs": 9, "accuracy": 0.8421, "delta": 0.0065}
-    assert report.tuning_verdicts([row("a", 1.0, False), control]) == [       # λ = 0 is no candidate
-        "CIFAR10, seed 0: within 0.01 of the baseline at every λ run: no candidate.",
-        "CIFAR10, seed 0: control a-lam0 (λ = 0: the same fine-tuning without the penalty) ended after 9 epochs "
-        "at test accuracy 0.8421 (+0.0065 against the baseline)."]
 
     base = {"epochs": 43, "best_epoch": 40, "accuracy": 0.8356}
     tuned = [{"dataset": "cifar10", "seed": 0, "unit_config_hash": "h", "baseline": base,
