@@ -290,6 +290,7 @@ if tuned:
 if tuned:
     fig = plots.against_penalty(curves, "val_accuracy", reference=base_acc)
     plt.show()
+
     def prefix(short, long, keys=("val_loss", "val_accuracy", "penalty")):
         """True when run ``short`` repeats the first epochs of run ``long`` exactly."""
         n = len(short["penalty"])
@@ -331,7 +332,7 @@ if tuned:
 #   the fine-tune re-trained inside the blocks for 51 epochs (best 48) and ended at test accuracy
 #   0.802, 0.034 below its baseline's 0.836: more than three times what Table 3's claim allows. The
 #   same fine-tune with patience 10 (`patience10`: the same run up to epoch 51, since patience only
-#   decides when to stop) went on improving for another 149 epochs. Its rule stopped it at epoch 200
+#   decides when to stop) trained on for another 149 epochs. Its rule stopped it at epoch 200
 #   (best 190), at test accuracy 0.842, 0.006 *above* the baseline, with an in-block share of 1.000.
 #   So at this seed the block structure need not cost accuracy: what cost it above was the paper's
 #   stopping rule, which ends the re-training long before it has recovered.
