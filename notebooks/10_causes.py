@@ -325,8 +325,8 @@ def top2_ground_truth(net, fn, tset):
 
 first_rows = {}
 for name in DATASETS:
-    n_test = min(5 * conf.n_eval, len(data.load(name).x_test))
-    x_test = torch.as_tensor(data.load(name).x_test[:n_test])
+    test_images = data.load(name).x_test
+    x_test = torch.as_tensor(test_images[:min(5 * conf.n_eval, len(test_images))])
     tset = twoobject.make(name, conf.n_pairs, seed=seed, threshold=conf.threshold)
     for lam in (0.0, 1.0):
         net = experiments.load_model(profile, name, lam, seed=seed, device=dev)
@@ -336,15 +336,15 @@ for name in DATASETS:
             first_rows[name, lam, rule] = (d[CONVENTION], d["cosine"], *top2_ground_truth(net, fn, tset))
 
 
-def fmt(v, spec):
+def or_dash(v, spec):
     return "—" if v is None else format(v, spec)
 
 
 book.show_markdown(book.markdown_table(
     ["data set", "network", "first-layer rule", f"d [{CONVENTION}]", "cos", "mass top-2", "top-2 on objects",
      "pointing top-2"],
-    [[LABELS[name], "Baseline" if lam == 0 else f"λ = {lam:.1f}", rule, fmt(v[0], ".2f"), fmt(v[1], ".3f"),
-      fmt(v[2], ".2f"), fmt(v[3], ".2f"), fmt(v[4], ".0%")]
+    [[LABELS[name], "Baseline" if lam == 0 else f"λ = {lam:.1f}", rule, or_dash(v[0], ".2f"), or_dash(v[1], ".3f"),
+      or_dash(v[2], ".2f"), or_dash(v[3], ".2f"), or_dash(v[4], ".0%")]
      for (name, lam, rule), v in first_rows.items()]))
 zb, zp = FIRST_RULES
 
@@ -369,8 +369,8 @@ book.show_markdown(
        "On " + ", ".join(LABELS[n] for n in DATASETS if abs(rule_dcos[n]) >= abs(lam_dcos[n, zb]))
        + " the first layer's rule moves the cosine at least as much as the fine-tuning does. ")
     + "What the rule changes is where the relevance lies: $z^+$ gives black pixels none, which moves the baseline's "
-      "top-2 mass on all pixels by " + ", ".join(fmt(first_delta(n, 0.0, 2), "+.2f") for n in DATASETS)
-    + " and on the objects' pixels by " + ", ".join(fmt(first_delta(n, 0.0, 3), "+.2f") for n in DATASETS)
+      "top-2 mass on all pixels by " + ", ".join(or_dash(first_delta(n, 0.0, 2), "+.2f") for n in DATASETS)
+    + " and on the objects' pixels by " + ", ".join(or_dash(first_delta(n, 0.0, 3), "+.2f") for n in DATASETS)
     + f" ({', '.join(LABELS[n] for n in DATASETS)}).")
 
 # %% [markdown]
