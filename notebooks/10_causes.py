@@ -299,7 +299,7 @@ book.show_markdown(
 # %%
 def zplus_first(model, x, classes, *, low, high):
     """DTD with z+ (Eq. 3) at every weighted layer, the first included (inputs >= 0)."""
-    return attribution.lrp(model, x, classes, low=low, high=high, rule="zplus", first="rule").sum(2)
+    return attribution.heatmap(attribution.lrp, model, x, classes, low=low, high=high, rule="zplus", first="rule")
 
 
 FIRST_RULES = {"$z^B$ (Eq. 4, the paper's)": dtd.heatmap, "$z^+$ (Eq. 3)": zplus_first}
