@@ -39,7 +39,8 @@ def _parser() -> argparse.ArgumentParser:
     tun.add_argument("--candidates", nargs="+", default=None, metavar="NAME",
                      help="names from sepdtd.tuning.CANDIDATES (default: all)")
     tun.add_argument("--lams", nargs="+", type=float, default=None, metavar="LAM",
-                     help="λ of the fine-tunes (default: the profile's)")
+                     help="λ of the fine-tunes (default: the profile's); 1e-30 is a control without the "
+                          "penalty (sepdtd.report.CONTROL_LAM)")
     tun.add_argument("--max-epochs", type=int, default=None,
                      help="cap every fine-tune (a pilot; the name gets -cap<N>)")
     tun.add_argument("--device", default="auto", help="auto (default), cpu, cuda, ...")

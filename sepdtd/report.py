@@ -27,8 +27,10 @@ from collections.abc import Callable, Iterable, Sequence
 
 from sepdtd.metrics import CONVENTIONS
 
-__all__ = ["PAPER_TABLE2", "PAPER_TABLE3", "BOOK_CONVENTION", "DATASET_LABELS", "ACCURACY_TOLERANCE", "finetune_fit",
-           "rows", "seed_walls", "closest_convention", "convention_scores", "format_tables", "claims", "format_claims", "main"]
+__all__ = ["PAPER_TABLE2", "PAPER_TABLE3", "BOOK_CONVENTION", "DATASET_LABELS", "ACCURACY_TOLERANCE", "CONTROL_LAM",
+           "finetune_fit", "at_equal_penalty", "is_control", "lam_text", "tuning_verdicts", "tuning_controls",
+           "tuning_starts", "tuning_endpoints", "rows", "seed_walls", "closest_convention", "convention_scores",
+           "format_tables", "claims", "format_claims", "main"]
 
 _LAMS = (0.0, 0.1, 0.5, 1.0, 5.0)
 
@@ -60,6 +62,14 @@ DATASET_LABELS = {"cifar10": "CIFAR10", "fashion_mnist": "FASHION", "mnist": "MN
 #: but the claim is not counted as held.
 ACCURACY_TOLERANCE = 0.01
 _ROUNDING = 0.005
+
+#: λ of the *control* fine-tunes of :mod:`sepdtd.tuning` (``python -m sepdtd tune ... --lams 1e-30``): a
+#: candidate's stage, baseline and data order with the penalty of Eq. 6 switched off, to tell what the
+#: penalty costs from what more training gives. :class:`sepdtd.experiments.Config` keeps λ = 0 for the
+#: baseline; at 1e-30 the penalty's gradient (1e-30 on each positive off-block weight) is too small to
+#: change any float32 weight, and the fine-tune trains bitwise as with λ = 0 (``tests/test_tuning.py``).
+#: Every λ at or below it counts as a control.
+CONTROL_LAM = 1e-30
 
 _ORDER = {name: i for i, name in enumerate(DATASET_LABELS)}
 
@@ -354,11 +364,23 @@ def at_equal_penalty(reference: dict, other: dict, metric: str = "val_accuracy")
     return out
 
 
+def is_control(lam: float) -> bool:
+    """True for the λ of a control fine-tune (``0 < λ <= CONTROL_LAM``, see :data:`CONTROL_LAM`)."""
+    return 0 < lam <= CONTROL_LAM
+
+
+def lam_text(lam: float) -> str:
+    """``λ = 1`` for a fine-tune, ``λ → 0 (control)`` for a control, ``λ = 0`` for the baseline."""
+    return "λ → 0 (control)" if is_control(lam) else f"λ = {lam:g}"
+
+
 def tuning_verdicts(tuning_rows: Sequence[dict], tolerance: float = 0.01) -> list[str]:
     """One sentence per (data set, seed) of :func:`sepdtd.tuning.summary` rows: which candidates keep
-    the baseline's accuracy at every λ they ran (capped pilots named as such). ``tolerance`` only
-    names the one the rows' ``keeps`` was computed with."""
+    the baseline's accuracy at every λ they ran (capped pilots named as such). Controls
+    (:func:`is_control`) are no regularized fine-tunes and are left out (:func:`tuning_controls`).
+    ``tolerance`` only names the one the rows' ``keeps`` was computed with."""
     lines = []
+    tuning_rows = [r for r in tuning_rows if not is_control(r["lam"])]
     for key in dict.fromkeys((r["dataset"], r["seed"]) for r in tuning_rows):
         rs = [r for r in tuning_rows if (r["dataset"], r["seed"]) == key]
         names = list(dict.fromkeys(r["name"] for r in rs))
@@ -369,6 +391,36 @@ def tuning_verdicts(tuning_rows: Sequence[dict], tolerance: float = 0.01) -> lis
                      + (", ".join(keep) if keep else "no candidate")
                      + (f" (of these, {', '.join(pilots)} ended at the epoch cap, not by the stopping rule)"
                         if pilots else "") + ".")
+    return lines
+
+
+def tuning_controls(tuning_rows: Sequence[dict]) -> list[str]:
+    """What the penalty costs: each regularized fine-tune of a candidate beside the candidate's control
+    (:data:`CONTROL_LAM`), one sentence per (data set, seed, candidate, λ).
+
+    A control has the candidate's stage, baseline, fine-tuning seed and data order, so the difference
+    between the two is the penalty's, not that of fine-tuning as such. Each sentence gives both fine-tunes'
+    epochs, test accuracy, Eq. 7 (the rows' ``diffusion`` convention) and top-2 cosine similarity, and says
+    so when an epoch cap, not the stopping rule, ended one. Candidates without a control give no sentence.
+    """
+    def ended(r: dict) -> str:
+        how = "stopped" if r["stopped_early"] else "ended at its epoch cap"
+        return f"{how} after {r['epochs']} epochs (best {r['best_epoch']})"
+
+    lines = []
+    for c in (r for r in tuning_rows if is_control(r["lam"])):
+        key = (c["dataset"], c["seed"], c["name"])
+        for r in (r for r in tuning_rows if (r["dataset"], r["seed"], r["name"]) == key and not is_control(r["lam"])):
+            label = DATASET_LABELS.get(r["dataset"], r["dataset"])
+            lines.append(
+                f"{label} seed {r['seed']}, {r['name']}: its control (same start, settings and data order, no penalty) "
+                f"{ended(c)} at test accuracy {c['accuracy']:.4f} ({c['delta']:+.4f} against the baseline), d "
+                f"{c['diffusion']:.3f}, top-2 cosine {c['cosine']:.3f}; λ = {r['lam']:g} {ended(r)} at "
+                f"{r['accuracy']:.4f}, d {r['diffusion']:.3f}, cosine {r['cosine']:.3f}. With the same settings, the "
+                f"penalty moves test accuracy by {r['accuracy'] - c['accuracy']:+.4f}, d by "
+                f"{r['diffusion'] - c['diffusion']:+.3f} and the cosine by {r['cosine'] - c['cosine']:+.3f}; against "
+                f"the baseline, λ = {r['lam']:g} is {'within' if r['keeps'] else 'NOT within'} Table 3's 0.01 "
+                f"({r['delta']:+.4f}).")
     return lines
 
 
@@ -416,7 +468,7 @@ def tuning_endpoints(tuned: Iterable[dict], units: Iterable[dict]) -> list[str]:
         for e in res["finetunes"]:
             if not e["stopped_early"]:
                 continue
-            line = (f"{DATASET_LABELS.get(res['dataset'], res['dataset'])} seed {res['seed']}, λ = {e['lam']:g}: "
+            line = (f"{DATASET_LABELS.get(res['dataset'], res['dataset'])} seed {res['seed']}, {lam_text(e['lam'])}: "
                     f"{res['name']} ({stage.get('optimizer', 'adam')} {stage['lr']:g}, patience {stage['patience']}) "
                     f"was stopped after {e['epochs']} epochs (best {e['best_epoch']}) at test accuracy "
                     f"{e['accuracy']:.4f}, {e['accuracy'] - base['accuracy']:+.4f} against its baseline "
@@ -627,9 +679,11 @@ def main(argv: list[str] | None = None) -> int:
         for r in tuned:
             label = DATASET_LABELS.get(r["dataset"], r["dataset"])
             print(f"  {label} seed {r['seed']} {r['name']:<22} {r['optimizer']} lr {r['lr']:g} "
-                  f"λ {r['lam']:g}: {r['accuracy']:.4f} ({r['delta']:+.4f}, "
-                  f"{'within' if r['keeps'] else 'NOT within'} 0.01), {r['epochs']} epochs"
+                  f"{'λ → 0 (control)' if is_control(r['lam']) else 'λ %g' % r['lam']}: {r['accuracy']:.4f} "
+                  f"({r['delta']:+.4f}, {'within' if r['keeps'] else 'NOT within'} 0.01), {r['epochs']} epochs"
                   f"{'' if r['stopped_early'] else ' (cap)'}{' STALE' if r['stale'] else ''}")
+        for line in tuning_controls(tuned):
+            print(f"  {line}")
     return 0
 
 

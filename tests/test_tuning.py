@@ -5,6 +5,7 @@ import dataclasses
 import json
 
 import pytest
+import torch
 
 from sepdtd import cli, experiments, report, training, tuning
 from sepdtd.experiments import Config, Stage
@@ -195,3 +196,43 @@ def test_endpoints_compare_converged_fine_tunes_with_the_unit():
     (alone,) = report.tuning_endpoints([res], [])
     assert "results unit" not in alone
     assert report.tuning_endpoints([{**res, "finetunes": [{**ft, "stopped_early": False}]}], [unit]) == []
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs CUDA"))])
+def test_the_control_lambda_trains_bitwise_as_lambda_zero(device):
+    """report.CONTROL_LAM stands for λ = 0 (which Config keeps for the baseline): same weights, same
+    histories, bit for bit, on the CIFAR-10 net with dropout and augmentation (on CUDA also through the
+    captured graph and capturable Adam); a λ of 1e-6 differs."""
+    import copy
+
+    from sepdtd import models
+
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.rand(96, 3, 32, 32, generator=g), torch.randint(0, 10, (96,), generator=g)
+    xv, yv = torch.rand(32, 3, 32, 32, generator=g), torch.randint(0, 10, (32,), generator=g)
+    net = models.build("cifar10", seed=0)
+    out = {}
+    for lam in (0.0, report.CONTROL_LAM, 1e-6):
+        m = copy.deepcopy(net)
+        (h,) = training.fit_stacked([m], [lam], x, y, xv, yv, lr=1e-4, batch_size=32, max_epochs=2, patience=5,
+                                    augment=True, device=device, seed=3, progress=False)
+        out[lam] = (m.state_dict(), h)
+    ref, ref_h = out[0.0]
+    for lam, same in ((report.CONTROL_LAM, True), (1e-6, False)):
+        state, h = out[lam]
+        assert all(torch.equal(ref[k], state[k]) for k in ref) is same, lam
+        assert (h.val_loss == ref_h.val_loss and h.train_loss == ref_h.train_loss) is same, lam
+
+
+def test_a_control_runs_through_the_package_and_the_report(synthetic, fixed_code, dirs):
+    unit = tiny_config()
+    res = tuning.run(unit, "paper", tuning.CANDIDATES["paper"], lams=[report.CONTROL_LAM, 1.0], device="cpu",
+                     progress=False, **dirs)
+    assert [e["lam"] for e in res["finetunes"]] == [report.CONTROL_LAM, 1.0]
+    rows = tuning.summary([res])
+    assert [report.is_control(r["lam"]) for r in rows] == [True, False]
+    (line,) = report.tuning_controls(rows)
+    assert line.startswith("MNIST seed 0, paper: its control (same start, settings and data order, no penalty) ")
+    assert f"by {rows[1]['accuracy'] - rows[0]['accuracy']:+.4f}" in line
+    assert report.tuning_verdicts(rows) == report.tuning_verdicts(rows[1:])   # the control is no candidate

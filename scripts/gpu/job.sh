@@ -11,7 +11,8 @@
 #                        group's first seed, one process each, beside the remaining groups; they start
 #                        from that unit's baseline, so that unit must be trained in this run (FRESH=1, or
 #                        BEYOND=1, which rebuilds its checkpoints). The unit itself is the "paper" candidate.
-#   TUNE_LAMS="1.0"      λ of the candidates' stacks (default: the profile's four)
+#   TUNE_LAMS="1.0"      λ of the candidates' stacks (default: the profile's four); add 1e-30 for each
+#                        candidate's control without the penalty (sepdtd.report.CONTROL_LAM): "1e-30 1.0"
 # A rerun on the same machine resumes interrupted units from the checkpoints under /root/cache.
 # What the committed run still lacks (results/full/README.md): chapters 9-10 for CIFAR-10, i.e.
 #   FRESH=0 SEED_GROUPS="0" BEYOND=1 (seed 0's networks are retrained first: checkpoints are not committed).
@@ -35,7 +36,7 @@ res=${RESULTS:-results/$PROFILE}
 if [ "${FRESH:-1}" = 1 ]; then rm -f "$res"/*/seed*.json; rm -rf "$res/beyond"; fi
 # The CUDA-only tests (CUDA graph of the training step, stacked fine-tunes) first: the run relies on them.
 if [ "${CUDA_TESTS:-1}" = 1 ]; then
-  timeout 180 $PY -m pytest -q -p no:cacheprovider -k cuda tests/test_training.py tests/test_stacked.py \
+  timeout 180 $PY -m pytest -q -p no:cacheprovider -k cuda tests/test_training.py tests/test_stacked.py tests/test_tuning.py \
     2>&1 | tail -15 | tee -a "$OUT/setup.log"
   echo "cuda tests: done at ${SECONDS} s" | tee -a "$OUT/setup.log"
 fi
