@@ -394,33 +394,63 @@ def tuning_verdicts(tuning_rows: Sequence[dict], tolerance: float = 0.01) -> lis
     return lines
 
 
-def tuning_controls(tuning_rows: Sequence[dict]) -> list[str]:
-    """What the penalty costs: each regularized fine-tune of a candidate beside the candidate's control
-    (:data:`CONTROL_LAM`), one sentence per (data set, seed, candidate, λ).
+#: What a control shares with the fine-tunes it is compared with, among :func:`sepdtd.tuning.summary`'s
+#: row keys: the unit, the candidate's name and stage, and the baseline it started from.
+_CONTROL_KEY = ("dataset", "seed", "name", "lr", "optimizer", "batch_size", "patience", "max_epochs",
+                "baseline_accuracy")
 
-    A control has the candidate's stage, baseline, fine-tuning seed and data order, so the difference
-    between the two is the penalty's, not that of fine-tuning as such. Each sentence gives both fine-tunes'
-    epochs, test accuracy, Eq. 7 (the rows' ``diffusion`` convention) and top-2 cosine similarity, and says
-    so when an epoch cap, not the stopping rule, ended one. Candidates without a control give no sentence.
+
+def tuning_controls(tuning_rows: Sequence[dict], tolerance: float = ACCURACY_TOLERANCE) -> list[str]:
+    """What the penalty costs: each regularized fine-tune of a candidate beside the candidate's control.
+
+    A control (:data:`CONTROL_LAM`) has the candidate's stage, baseline, fine-tuning seed and data order,
+    so the difference between the two is the penalty's, not that of fine-tuning as such.
+
+    Parameters
+    ----------
+    tuning_rows : sequence of dict
+        Rows of :func:`sepdtd.tuning.summary`. A fine-tune is paired with the control of the same data
+        set, seed, candidate name, stage and baseline accuracy; of several such controls, the first
+        one that is not stale.
+    tolerance : float
+        Only names the tolerance the rows' ``keeps`` was computed with (Table 3's 0.01).
+
+    Returns
+    -------
+    list of str
+        One sentence per paired fine-tune: both fine-tunes' epochs (and whether the stopping rule or the
+        epoch cap ended them), test accuracy, Eq. 7 (the rows' ``diffusion`` convention) and top-2 cosine
+        similarity, and their differences; stale rows are marked. Fine-tunes without a control give none.
     """
     def ended(r: dict) -> str:
         how = "stopped" if r["stopped_early"] else "ended at its epoch cap"
         return f"{how} after {r['epochs']} epochs (best {r['best_epoch']})"
 
+    def num(v: float | None, spec: str) -> str:
+        return "—" if v is None else format(v, spec)
+
+    def diff(a: float | None, b: float | None, spec: str) -> str:
+        return "—" if a is None or b is None else format(a - b, spec)
+
+    controls: dict[tuple, dict] = {}
+    for c in sorted((r for r in tuning_rows if is_control(r["lam"])), key=lambda r: bool(r.get("stale"))):
+        controls.setdefault(tuple(c.get(k) for k in _CONTROL_KEY), c)
     lines = []
-    for c in (r for r in tuning_rows if is_control(r["lam"])):
-        key = (c["dataset"], c["seed"], c["name"])
-        for r in (r for r in tuning_rows if (r["dataset"], r["seed"], r["name"]) == key and not is_control(r["lam"])):
-            label = DATASET_LABELS.get(r["dataset"], r["dataset"])
-            lines.append(
-                f"{label} seed {r['seed']}, {r['name']}: its control (same start, settings and data order, no penalty) "
-                f"{ended(c)} at test accuracy {c['accuracy']:.4f} ({c['delta']:+.4f} against the baseline), d "
-                f"{c['diffusion']:.3f}, top-2 cosine {c['cosine']:.3f}; λ = {r['lam']:g} {ended(r)} at "
-                f"{r['accuracy']:.4f}, d {r['diffusion']:.3f}, cosine {r['cosine']:.3f}. With the same settings, the "
-                f"penalty moves test accuracy by {r['accuracy'] - c['accuracy']:+.4f}, d by "
-                f"{r['diffusion'] - c['diffusion']:+.3f} and the cosine by {r['cosine'] - c['cosine']:+.3f}; against "
-                f"the baseline, λ = {r['lam']:g} is {'within' if r['keeps'] else 'NOT within'} Table 3's 0.01 "
-                f"({r['delta']:+.4f}).")
+    for r in tuning_rows:
+        c = None if is_control(r["lam"]) else controls.get(tuple(r.get(k) for k in _CONTROL_KEY))
+        if c is None:
+            continue
+        stale = " (stale)" if r.get("stale") or c.get("stale") else ""
+        label = DATASET_LABELS.get(r["dataset"], r["dataset"])
+        lines.append(
+            f"{label} seed {r['seed']}, {r['name']}{stale}: its control (same start, settings and data order, no "
+            f"penalty) {ended(c)} at test accuracy {c['accuracy']:.4f} ({c['delta']:+.4f} against the baseline), "
+            f"d {num(c['diffusion'], '.3f')}, top-2 cosine {num(c['cosine'], '.3f')}; λ = {r['lam']:g} {ended(r)} "
+            f"at {r['accuracy']:.4f}, d {num(r['diffusion'], '.3f')}, cosine {num(r['cosine'], '.3f')}. With the "
+            f"same settings, the penalty moves test accuracy by {r['accuracy'] - c['accuracy']:+.4f}, d by "
+            f"{diff(r['diffusion'], c['diffusion'], '+.3f')} and the cosine by {diff(r['cosine'], c['cosine'], '+.3f')}"
+            f"; against the baseline, λ = {r['lam']:g} is {'within' if r['keeps'] else 'NOT within'} Table 3's "
+            f"{tolerance:g} ({r['delta']:+.4f}).")
     return lines
 
 
@@ -678,9 +708,9 @@ def main(argv: list[str] | None = None) -> int:
               "the baseline each started from")
         for r in tuned:
             label = DATASET_LABELS.get(r["dataset"], r["dataset"])
+            keeps = "" if is_control(r["lam"]) else f", {'within' if r['keeps'] else 'NOT within'} 0.01"
             print(f"  {label} seed {r['seed']} {r['name']:<22} {r['optimizer']} lr {r['lr']:g} "
-                  f"{'λ → 0 (control)' if is_control(r['lam']) else 'λ %g' % r['lam']}: {r['accuracy']:.4f} "
-                  f"({r['delta']:+.4f}, {'within' if r['keeps'] else 'NOT within'} 0.01), {r['epochs']} epochs"
+                  f"{lam_text(r['lam'])}: {r['accuracy']:.4f} ({r['delta']:+.4f}{keeps}), {r['epochs']} epochs"
                   f"{'' if r['stopped_early'] else ' (cap)'}{' STALE' if r['stale'] else ''}")
         for line in tuning_controls(tuned):
             print(f"  {line}")

@@ -239,22 +239,37 @@ def test_at_equal_penalty_interpolates_in_log_penalty():
 
 
 def test_controls_are_told_apart_from_fine_tunes():
-    def row(name, lam, acc, d, stopped=True, epochs=40):
+    def row(name, lam, acc, d, stopped=True, epochs=40, **kw):
         return {"dataset": "cifar10", "seed": 0, "name": name, "lam": lam, "accuracy": acc, "delta": acc - 0.8356,
                 "keeps": acc - 0.8356 >= -0.01, "diffusion": d, "cosine": 0.9 if lam < 1e-20 else 0.25,
-                "stopped_early": stopped, "epochs": epochs, "best_epoch": epochs - 10}
+                "stopped_early": stopped, "epochs": epochs, "best_epoch": epochs - 10, "lr": 1e-4, "optimizer": "adam",
+                "batch_size": 128, "patience": 10, "max_epochs": 200, "baseline_accuracy": 0.8356, "stale": False,
+                **kw}
 
-    assert report.is_control(report.CONTROL_LAM) and not report.is_control(0.0) and not report.is_control(0.1)
+    assert report.is_control(report.CONTROL_LAM) and report.is_control(1e-31) and not report.is_control(1e-29)
+    assert not report.is_control(0.0) and not report.is_control(0.1)
     assert report.lam_text(report.CONTROL_LAM) == "λ → 0 (control)" and report.lam_text(1.0) == "λ = 1"
-    rows_ = [row("p10", report.CONTROL_LAM, 0.8500, 0.190, epochs=60), row("p10", 1.0, 0.8416, 0.128, False, 200),
-             row("paper", 1.0, 0.8018, 0.12)]
-    # the control (below the baseline - 0.01 would not matter) is no candidate for Table 3's claim
+    assert report.lam_text(0.0) == "λ = 0"
+    control = row("p10", report.CONTROL_LAM, 0.8200, 0.190, epochs=60)
+    rows_ = [control, row("p10", 1.0, 0.8416, 0.128, False, 200), row("paper", 1.0, 0.8018, 0.12)]
+    # the control, 0.0156 below the baseline, is no candidate for Table 3's claim: p10 keeps at every λ
     assert report.tuning_verdicts(rows_) == ["CIFAR10, seed 0: within 0.01 of the baseline at every λ run: p10 (of "
                                              "these, p10 ended at the epoch cap, not by the stopping rule)."]
     (line,) = report.tuning_controls(rows_)                 # paper has no control: no sentence
     assert line == ("CIFAR10 seed 0, p10: its control (same start, settings and data order, no penalty) stopped after "
-                    "60 epochs (best 50) at test accuracy 0.8500 (+0.0144 against the baseline), d 0.190, top-2 cosine "
+                    "60 epochs (best 50) at test accuracy 0.8200 (-0.0156 against the baseline), d 0.190, top-2 cosine "
                     "0.900; λ = 1 ended at its epoch cap after 200 epochs (best 190) at 0.8416, d 0.128, cosine 0.250. "
-                    "With the same settings, the penalty moves test accuracy by -0.0084, d by -0.062 and the cosine "
+                    "With the same settings, the penalty moves test accuracy by +0.0216, d by -0.062 and the cosine "
                     "by -0.650; against the baseline, λ = 1 is within Table 3's 0.01 (+0.0060).")
     assert report.tuning_controls(rows_[1:]) == []
+    # one sentence per λ; no pairing across names, stages, baselines or seeds; a second control is not repeated
+    more = [row("p10", 5.0, 0.83, 0.1), row("p10-cap15", 1.0, 0.7, 0.1, max_epochs=15),
+            row("p10", 1.0, 0.8, 0.1, baseline_accuracy=0.79), row("p10", 1.0, 0.8, 0.1, seed=1),
+            row("p10", 1.0, 0.8, 0.1, lr=1e-5), {**control, "stale": True, "accuracy": 0.5}]
+    lines = report.tuning_controls(rows_ + more)
+    assert [ln.split(": its control")[0] for ln in lines] == ["CIFAR10 seed 0, p10"] * 2
+    assert "λ = 1 ended" in lines[0] and "λ = 5 stopped" in lines[1] and all("0.8200" in ln for ln in lines)
+    (stale,) = report.tuning_controls([{**control, "stale": True}, rows_[1]])
+    assert stale.startswith("CIFAR10 seed 0, p10 (stale): ")
+    (blank,) = report.tuning_controls([{**control, "diffusion": None}, rows_[1]])
+    assert "d —, top-2" in blank and "d by — and" in blank

@@ -222,7 +222,8 @@ def test_the_control_lambda_trains_bitwise_as_lambda_zero(device):
     for lam, same in ((report.CONTROL_LAM, True), (1e-6, False)):
         state, h = out[lam]
         assert all(torch.equal(ref[k], state[k]) for k in ref) is same, lam
-        assert (h.val_loss == ref_h.val_loss and h.train_loss == ref_h.train_loss) is same, lam
+        assert all(getattr(h, k) == getattr(ref_h, k)
+                   for k in ("train_loss", "val_loss", "val_accuracy", "penalty")) is same, lam
 
 
 def test_a_control_runs_through_the_package_and_the_report(synthetic, fixed_code, dirs):

@@ -13,6 +13,7 @@
 #                        BEYOND=1, which rebuilds its checkpoints). The unit itself is the "paper" candidate.
 #   TUNE_LAMS="1.0"      λ of the candidates' stacks (default: the profile's four); add 1e-30 for each
 #                        candidate's control without the penalty (sepdtd.report.CONTROL_LAM): "1e-30 1.0"
+#                        (members of one stack share batches but not dropout masks)
 # A rerun on the same machine resumes interrupted units from the checkpoints under /root/cache.
 # What the committed run still lacks (results/full/README.md): chapters 9-10 for CIFAR-10, i.e.
 #   FRESH=0 SEED_GROUPS="0" BEYOND=1 (seed 0's networks are retrained first: checkpoints are not committed).
@@ -34,9 +35,11 @@ PROFILE=${PROFILE:-full} DEVICE=${DEVICE:-cuda}
 res=${RESULTS:-results/$PROFILE}
 # FRESH=1 (default): recompute, i.e. drop this copy's committed results (they would be loaded, not rerun)
 if [ "${FRESH:-1}" = 1 ]; then rm -f "$res"/*/seed*.json; rm -rf "$res/beyond"; fi
-# The CUDA-only tests (CUDA graph of the training step, stacked fine-tunes) first: the run relies on them.
+# The CUDA-only tests (CUDA graph of the training step, stacked fine-tunes, the control's λ = 1e-30 as
+# λ = 0) first: the run relies on them.
 if [ "${CUDA_TESTS:-1}" = 1 ]; then
-  timeout 180 $PY -m pytest -q -p no:cacheprovider -k cuda tests/test_training.py tests/test_stacked.py tests/test_tuning.py \
+  timeout 180 $PY -m pytest -q -p no:cacheprovider -k cuda \
+    tests/test_training.py tests/test_stacked.py tests/test_tuning.py \
     2>&1 | tail -15 | tee -a "$OUT/setup.log"
   echo "cuda tests: done at ${SECONDS} s" | tee -a "$OUT/setup.log"
 fi
