@@ -370,8 +370,8 @@ if tuned:
 #   (its first 4 epochs are the other's) to 71 epochs (best 61) and ends at 0.859, 0.023 above the
 #   baseline. Against its control, λ = 1 costs 0.043 with the paper's patience and 0.017 with
 #   patience 10, where it needed 200 epochs to the control's 71. So at this seed the block structure
-#   *does* cost accuracy, more than the 0.01 of Table 3, against a network fine-tuned as long without
-#   it; Table 3 compares with the baseline instead, and there the gain of fine-tuning as such hides the
+#   *does* cost accuracy, more than the 0.01 of Table 3, against a network fine-tuned with the same
+#   settings without it; Table 3 compares with the baseline instead, and there the gain of fine-tuning as such hides the
 #   cost (λ = 1 with patience 10: +0.006).
 # - **The separation of the heatmaps is the penalty's.** Both controls keep the baseline's in-block
 #   share (0.10: a tenth of the positive weight, as for a network without blocks), its $d$ (0.200 and

@@ -237,7 +237,6 @@ def test_at_equal_penalty_interpolates_in_log_penalty():
     assert report.at_equal_penalty(fast, {"penalty": [], "val_accuracy": []}) == []
 
 
-
 def test_controls_are_told_apart_from_fine_tunes():
     def row(name, lam, acc, d, stopped=True, epochs=40, **kw):
         return {"dataset": "cifar10", "seed": 0, "name": name, "lam": lam, "accuracy": acc, "delta": acc - 0.8356,
