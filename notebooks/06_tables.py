@@ -245,7 +245,7 @@ else:
                      f"{r['accuracy']:.4f} ({r['delta']:+.4f})",
                      "—" if report.is_control(r["lam"]) else "yes" if r["keeps"] else "no",
                      f"{r['epochs']} ({'stopped' if r['stopped_early'] else 'cap'})",
-                     "—" if r["inblock"] is None else f"{r['inblock']:.3f}",
+                     report.or_dash(r["inblock"], ".3f"),
                      f"{r['diffusion']:.3f} ({r['baseline_diffusion']:.3f})", r["device"]])
     book.show_markdown(book.markdown_table(
         ["data set", "seed", "candidate", "optimizer, lr", "patience", "λ", "test accuracy (Δ baseline)",
@@ -276,10 +276,11 @@ if tuned:
         for e in res["finetunes"]:
             h = e["history"]  # validation objective = cross-entropy + λ S(W) (Eq. 5)
             ce = [v - e["lam"] * p for v, p in zip(h["val_loss"], h["penalty"])]
-            group = f"{unit}, controls" if report.is_control(e["lam"]) else f"{unit}, λ = {e['lam']:g}"
+            control = report.is_control(e["lam"])
+            group = f"{unit}, controls" if control else f"{unit}, λ = {e['lam']:g}"
             hb = res["baseline"]["history"]
             base_acc[group] = hb["val_accuracy"][res["baseline"]["best_epoch"] - 1]
-            if report.is_control(e["lam"]):
+            if control:
                 controls.append((unit, f"{res['name']}, λ → 0", {**h, "val_ce": ce}))
             else:
                 curves.setdefault(group, {})[res["name"]] = {**h, "val_ce": ce}

@@ -194,7 +194,7 @@ BLANKS = book.blank_shares(results)
 
 def blank_cell(name, r, blanks):
     pair = blanks.get((name, r["model"], r["method"]), (None, None))
-    return " / ".join("—" if v is None else f"{v:.0%}" for v in pair)
+    return " / ".join(report.or_dash(v, ".0%") for v in pair)
 
 
 def dtd_table(name, rows=rows, n_seeds=len(seeds), blanks=BLANKS):

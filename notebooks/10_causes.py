@@ -336,15 +336,11 @@ for name in DATASETS:
             first_rows[name, lam, rule] = (d[CONVENTION], d["cosine"], *top2_ground_truth(net, fn, tset))
 
 
-def or_dash(v, spec):
-    return "—" if v is None else format(v, spec)
-
-
 book.show_markdown(book.markdown_table(
     ["data set", "network", "first-layer rule", f"d [{CONVENTION}]", "cos", "mass top-2", "top-2 on objects",
      "pointing top-2"],
-    [[LABELS[name], "Baseline" if lam == 0 else f"λ = {lam:.1f}", rule, or_dash(v[0], ".2f"), or_dash(v[1], ".3f"),
-      or_dash(v[2], ".2f"), or_dash(v[3], ".2f"), or_dash(v[4], ".0%")]
+    [[LABELS[name], "Baseline" if lam == 0 else f"λ = {lam:.1f}", rule]
+     + [report.or_dash(x, spec) for x, spec in zip(v, (".2f", ".3f", ".2f", ".2f", ".0%"))]
      for (name, lam, rule), v in first_rows.items()]))
 zb, zp = FIRST_RULES
 
@@ -369,8 +365,8 @@ book.show_markdown(
        "On " + ", ".join(LABELS[n] for n in DATASETS if abs(rule_dcos[n]) >= abs(lam_dcos[n, zb]))
        + " the first layer's rule moves the cosine at least as much as the fine-tuning does. ")
     + "What the rule changes is where the relevance lies: $z^+$ gives black pixels none, which moves the baseline's "
-      "top-2 mass on all pixels by " + ", ".join(or_dash(first_delta(n, 0.0, 2), "+.2f") for n in DATASETS)
-    + " and on the objects' pixels by " + ", ".join(or_dash(first_delta(n, 0.0, 3), "+.2f") for n in DATASETS)
+      "top-2 mass on all pixels by " + ", ".join(report.or_dash(first_delta(n, 0.0, 2), "+.2f") for n in DATASETS)
+    + " and on the objects' pixels by " + ", ".join(report.or_dash(first_delta(n, 0.0, 3), "+.2f") for n in DATASETS)
     + f" ({', '.join(LABELS[n] for n in DATASETS)}).")
 
 # %% [markdown]
@@ -394,8 +390,7 @@ def error_removed(name, f, by=by):
 
 
 def removed(name, f, by=by):
-    v = error_removed(name, f, by)
-    return "—" if v is None else f"{v:+.0%}"
+    return report.or_dash(error_removed(name, f, by), "+.0%")
 
 
 def factor_table(name, fac=fac, by=by):

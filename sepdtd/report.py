@@ -28,9 +28,9 @@ from collections.abc import Callable, Iterable, Sequence
 from sepdtd.metrics import CONVENTIONS
 
 __all__ = ["PAPER_TABLE2", "PAPER_TABLE3", "BOOK_CONVENTION", "DATASET_LABELS", "ACCURACY_TOLERANCE", "CONTROL_LAM",
-           "finetune_fit", "at_equal_penalty", "is_control", "lam_text", "tuning_verdicts", "tuning_controls",
-           "tuning_starts", "tuning_endpoints", "rows", "seed_walls", "closest_convention", "convention_scores",
-           "format_tables", "claims", "format_claims", "main"]
+           "finetune_fit", "at_equal_penalty", "or_dash", "is_control", "lam_text", "tuning_verdicts",
+           "tuning_controls", "tuning_starts", "tuning_endpoints", "rows", "seed_walls", "closest_convention",
+           "convention_scores", "format_tables", "claims", "format_claims", "main"]
 
 _LAMS = (0.0, 0.1, 0.5, 1.0, 5.0)
 
@@ -364,6 +364,11 @@ def at_equal_penalty(reference: dict, other: dict, metric: str = "val_accuracy")
     return out
 
 
+def or_dash(value: float | None, spec: str) -> str:
+    """``value`` formatted with ``spec`` (e.g. ``".3f"``), or ``—`` where there is none."""
+    return "—" if value is None else format(value, spec)
+
+
 def is_control(lam: float) -> bool:
     """True for the λ of a control fine-tune (``0 < λ <= CONTROL_LAM``, see :data:`CONTROL_LAM`)."""
     return 0 < lam <= CONTROL_LAM
@@ -426,11 +431,8 @@ def tuning_controls(tuning_rows: Sequence[dict], tolerance: float = ACCURACY_TOL
         how = "stopped" if r["stopped_early"] else "ended at its epoch cap"
         return f"{how} after {r['epochs']} epochs (best {r['best_epoch']})"
 
-    def num(v: float | None, spec: str) -> str:
-        return "—" if v is None else format(v, spec)
-
     def diff(a: float | None, b: float | None, spec: str) -> str:
-        return "—" if a is None or b is None else format(a - b, spec)
+        return or_dash(None if a is None or b is None else a - b, spec)
 
     controls: dict[tuple, dict] = {}
     for c in sorted((r for r in tuning_rows if is_control(r["lam"])), key=lambda r: bool(r.get("stale"))):
@@ -445,8 +447,9 @@ def tuning_controls(tuning_rows: Sequence[dict], tolerance: float = ACCURACY_TOL
         lines.append(
             f"{label} seed {r['seed']}, {r['name']}{stale}: its control (same start, settings and data order, no "
             f"penalty) {ended(c)} at test accuracy {c['accuracy']:.4f} ({c['delta']:+.4f} against the baseline), "
-            f"d {num(c['diffusion'], '.3f')}, top-2 cosine {num(c['cosine'], '.3f')}; λ = {r['lam']:g} {ended(r)} "
-            f"at {r['accuracy']:.4f}, d {num(r['diffusion'], '.3f')}, cosine {num(r['cosine'], '.3f')}. With the "
+            f"d {or_dash(c['diffusion'], '.3f')}, top-2 cosine {or_dash(c['cosine'], '.3f')}; λ = {r['lam']:g} "
+            f"{ended(r)} at {r['accuracy']:.4f}, d {or_dash(r['diffusion'], '.3f')}, cosine "
+            f"{or_dash(r['cosine'], '.3f')}. With the "
             f"same settings, the penalty moves test accuracy by {r['accuracy'] - c['accuracy']:+.4f}, d by "
             f"{diff(r['diffusion'], c['diffusion'], '+.3f')} and the cosine by {diff(r['cosine'], c['cosine'], '+.3f')}"
             f"; against the baseline, λ = {r['lam']:g} is {'within' if r['keeps'] else 'NOT within'} Table 3's "
