@@ -271,9 +271,11 @@ else:
 # %%
 if tuned:
     curves, base_acc, controls = {}, {}, []
+    labels = report.tuning_labels(tuned)
     for res in tuned:
         unit = f"{report.DATASET_LABELS[res['dataset']]} seed {res['seed']}"
         for e in res["finetunes"]:
+            name = labels[id(res), e["lam"]]
             h = e["history"]  # validation objective = cross-entropy + λ S(W) (Eq. 5)
             ce = [v - e["lam"] * p for v, p in zip(h["val_loss"], h["penalty"])]
             control = report.is_control(e["lam"])
@@ -281,9 +283,9 @@ if tuned:
             hb = res["baseline"]["history"]
             base_acc[group] = hb["val_accuracy"][res["baseline"]["best_epoch"] - 1]
             if control:
-                controls.append((unit, f"{res['name']}, λ → 0", {**h, "val_ce": ce}))
+                controls.append((unit, f"{name}, λ → 0", {**h, "val_ce": ce}))
             else:
-                curves.setdefault(group, {})[res["name"]] = {**h, "val_ce": ce}
+                curves.setdefault(group, {})[name] = {**h, "val_ce": ce}
     cut_curves = {group: dict(runs) for group, runs in curves.items()}
     for unit, name, hist in controls:  # beside every fine-tune of its unit, or on their own
         for group in [g for g in cut_curves if g.startswith(f"{unit}, ")] or [f"{unit}, controls"]:

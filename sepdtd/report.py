@@ -29,8 +29,8 @@ from sepdtd.metrics import CONVENTIONS
 
 __all__ = ["PAPER_TABLE2", "PAPER_TABLE3", "BOOK_CONVENTION", "DATASET_LABELS", "ACCURACY_TOLERANCE", "CONTROL_LAM",
            "finetune_fit", "at_equal_penalty", "or_dash", "is_control", "lam_text", "tuning_verdicts",
-           "tuning_controls", "tuning_starts", "tuning_endpoints", "rows", "seed_walls", "closest_convention",
-           "convention_scores", "format_tables", "claims", "format_claims", "main"]
+           "tuning_controls", "tuning_labels", "tuning_starts", "tuning_endpoints", "rows", "seed_walls",
+           "closest_convention", "convention_scores", "format_tables", "claims", "format_claims", "main"]
 
 _LAMS = (0.0, 0.1, 0.5, 1.0, 5.0)
 
@@ -455,6 +455,33 @@ def tuning_controls(tuning_rows: Sequence[dict], tolerance: float = ACCURACY_TOL
             f"; against the baseline, λ = {r['lam']:g} is {'within' if r['keeps'] else 'NOT within'} Table 3's "
             f"{tolerance:g} ({r['delta']:+.4f}).")
     return lines
+
+
+def tuning_labels(tuned: Iterable[dict]) -> dict[tuple[int, float], str]:
+    """A label per fine-tune of :func:`sepdtd.tuning.load_results`, unique within its unit and λ.
+
+    The label is the candidate's name; where two results of one (data set, seed, λ) share it (a CPU
+    and a GPU run of one candidate, say), the device is added, and where that is not enough either,
+    the result's config hash.
+
+    Returns
+    -------
+    dict
+        ``(id(result), λ)`` -> label, for every fine-tune of every result.
+    """
+    tuned = list(tuned)
+    labels = {(id(r), e["lam"]): r["name"] for r in tuned for e in r["finetunes"]}
+    extras = (lambda r: r.get("provenance", {}).get("device") or "unknown device", lambda r: r["config_hash"])
+    for extra in extras:
+        seen = defaultdict(int)
+        for r in tuned:
+            for e in r["finetunes"]:
+                seen[r["dataset"], r["seed"], e["lam"], labels[id(r), e["lam"]]] += 1
+        for r in tuned:
+            for e in r["finetunes"]:
+                if seen[r["dataset"], r["seed"], e["lam"], labels[id(r), e["lam"]]] > 1:
+                    labels[id(r), e["lam"]] += f" ({extra(r)})"
+    return labels
 
 
 def _unit_of(units: Iterable[dict]) -> Callable[[dict], dict | None]:

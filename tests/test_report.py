@@ -272,3 +272,20 @@ def test_controls_are_told_apart_from_fine_tunes():
     assert stale.startswith("CIFAR10 seed 0, p10 (stale): ")
     (blank,) = report.tuning_controls([{**control, "diffusion": None}, rows_[1]])
     assert "d —, top-2" in blank and "d by — and" in blank
+
+
+def test_tuning_labels_tell_apart_runs_of_one_candidate():
+    def res(name, lams, device="cpu", chash="a", seed=0):
+        return {"dataset": "cifar10", "seed": seed, "name": name, "config_hash": chash,
+                "provenance": {"device": device}, "finetunes": [{"lam": lam} for lam in lams]}
+
+    cpu, gpu, gpu2 = res("paper", [1.0]), res("paper", [1.0], "H200"), res("paper", [1.0], "H200", "b")
+    other_seed, control, p10 = res("paper", [1.0], seed=1), res("paper", [1e-30]), res("p10", [1.0])
+    labels = report.tuning_labels([cpu, other_seed, control, p10])
+    assert set(labels.values()) == {"paper", "p10"}            # unique already: names only
+    labels = report.tuning_labels([cpu, gpu, other_seed, control])
+    assert labels[id(cpu), 1.0] == "paper (cpu)" and labels[id(gpu), 1.0] == "paper (H200)"
+    assert labels[id(other_seed), 1.0] == "paper" and labels[id(control), 1e-30] == "paper"
+    labels = report.tuning_labels([cpu, gpu, gpu2])
+    assert labels[id(cpu), 1.0] == "paper (cpu)"
+    assert {labels[id(gpu), 1.0], labels[id(gpu2), 1.0]} == {"paper (H200) (a)", "paper (H200) (b)"}
