@@ -63,11 +63,12 @@ book.show_provenance(prov)
 # a probability of at least 0.1 under the baseline; prefer the paper's pairs (*airplane*/*automobile*,
 # *sneaker*/*ankle boot*), then the most ambiguous images, one per pair of classes.
 #
-# Every heatmap is scaled as in Table 2 (divided by its largest $|R|$, see {doc}`06_tables`), so that
-# it shows *where* the relevance goes rather than how much there is (raw heatmaps scale with the logit,
-# which fine-tuning changes). All heatmaps of one image share one colour scale (red positive, blue
-# negative); the last column is the difference of the two explanations, whose Frobenius norm is the
-# image's term in Eq. 7.
+# Every heatmap is shown in Table 2's convention (see {doc}`06_tables`): raw, the relevance as DTD
+# returns it, starting at the class's logit, so the last column, the difference of the two explanations,
+# has the image's term in Eq. 7 as its Frobenius norm. Raw heatmaps scale with the logit, which
+# fine-tuning changes, so compare *where* the relevance lies more than how strong the colours are (the
+# cosine printed below does not depend on the scale). All heatmaps of one image share one colour scale
+# (red positive, blue negative).
 
 # %%
 def compare(name, prefer, figure_name, n=2):
@@ -93,7 +94,7 @@ def compare(name, prefer, figure_name, n=2):
         for label, h in heatmaps.items():
             d = float(metrics.frobenius(h[0][None], h[1][None])[0])
             print(f"image {index}, {label}: ||R_{names[0]} - R_{names[1]}||_F = {d:.4f} "
-                  f"({report.BOOK_CONVENTION}-normalized), "
+                  f"({report.BOOK_CONVENTION}, Table 2's convention), "
                   f"cosine {metrics.cosine(h[0][None], h[1][None]):.3f}")
 
 

@@ -190,7 +190,7 @@ print(f"{finetune.epochs} epochs (best {finetune.best_epoch}); S(W) per epoch: "
 # ## 5. Measuring: accuracy, the block structure and Eq. 7
 #
 # `metrics.diffusion_variants` computes Eq. 7 between the top-1 and top-2 heatmaps of every image
-# under each scale convention of {doc}`03_diffusion` (and their cosine similarity, where *lower*
+# under each scale convention of {doc}`06_tables` (and their cosine similarity, where *lower*
 # means less alike); `regularization.inblock_share` gives the share of each dense layer's positive
 # weight mass inside the class blocks (Figure 6; the share a layer without structure would have is
 # about 1/10).
