@@ -59,7 +59,7 @@ torch.set_default_dtype(torch.float64)  # exact arithmetic for the checks on thi
 # ## The derivation
 #
 # **Relevance starts at the output.** To explain class $c$, the output layer's relevance is the output
-# itself, $R_c = f_c(\mathbf{x})$, and every other output gets $R_k = 0$ (Section 3).
+# itself, $R_c = f_c(\mathbf{x})$ (Section 2.2), and every other output gets $R_k = 0$ (Section 3).
 #
 # **One neuron at a time.** Take a neuron of a ReLU layer (Eq. 2),
 #
@@ -211,11 +211,14 @@ print(f"\nThe package equals the neuron-by-neuron computation (largest differenc
 
 # %% [markdown]
 # Every root point was a root and lay in its domain (the assertions would have stopped the page), and
-# the package's class-batched engine, which never loops over neurons, gives the same relevance to the
-# last digits. The relevance sums to $f_c(\mathbf{x})$, also when $f_c < 0$, except in one case that
-# the derivation predicts: when no input of an output neuron has a positive weight *and* a positive
+# the package's class-batched engine, which never loops over neurons, gives the same relevance (to the
+# largest difference printed, set by the float64 arithmetic and the $\epsilon$ of the denominators). The
+# relevance sums to $f_c(\mathbf{x})$ (compare the two columns). The derivation holds for $f_c < 0$ too,
+# and predicts one exception: when no input of an output neuron has a positive weight *and* a positive
 # value, the $z^+$ direction cannot reach a root ($\sum_i v_i w_{ij} = 0$) and the neuron's relevance is
-# absorbed; the sum is then 0.
+# absorbed; the sum is then 0. This page's random network shows neither case; `tests/test_dtd.py`
+# checks both (every class of random networks, negative logits included, and a bias that switches on a
+# neuron without positive-weight input).
 # The package's test suite also compares the engine with zennit's $z^+$ / $z^B$ rules
 # {cite}`anders2021zennit` on the networks of Table 1.
 #

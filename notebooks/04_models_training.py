@@ -110,8 +110,8 @@ book.show_markdown(book.markdown_table(
 # %% [markdown]
 # ## Training curves of the baselines
 #
-# The training objective is measured with dropout and augmentation on, the validation objective
-# without, which is why the validation loss can lie below the training loss.
+# The training objective is measured with dropout on (and, for CIFAR-10, augmentation), the validation
+# objective without, which is why the validation loss can lie below the training loss.
 
 # %%
 curves = {report.DATASET_LABELS[name]: {"baseline": res["settings"][0]["history"]}
@@ -136,5 +136,5 @@ book.show_markdown(book.markdown_table(["data set", "accuracy (ours)", "accuracy
 
 # %% [markdown]
 # Under the `quick` and `smoke` profiles the networks see a subset of the data for a few epochs, so
-# their accuracy stays below the paper's; the `full` profile trains on all of it until early stopping
-# (its committed results are on {doc}`06_tables`).
+# their accuracy stays below the paper's; the `full` profile trains on all of the training set but a 10 %
+# validation split, until early stopping (its committed results are on {doc}`06_tables`).
