@@ -191,6 +191,7 @@ def dtd_rows(name, rows=rows):
 
 # %%
 BLANKS = book.blank_shares(results)
+SES = book.mass_se(results)
 
 
 def blank_cell(name, r, blanks):
@@ -198,8 +199,8 @@ def blank_cell(name, r, blanks):
     return " / ".join(report.or_dash(v, ".0%") for v in pair)
 
 
-def dtd_table(name, rows=rows, n_seeds=len(seeds), blanks=BLANKS):
-    body = []
+def dtd_table(name, rows=rows, blanks=BLANKS):
+    body, n_seeds = [], max((r["n_seeds"] for r in dtd_rows(name, rows)), default=0)
     for r in dtd_rows(name, rows):
         body.append(["Baseline" if r["lam"] == 0 else f"{r['lam']:.1f}", cell(r["mass1"]), cell(r["mass2"]),
                      cell(r["point1"], pct=True), cell(r["point2"], pct=True), blank_cell(name, r, blanks),
@@ -218,12 +219,15 @@ for name in DATASETS:
 # the scored composites, or over the seeds where there are several, whichever is larger:
 
 # %%
-def verdict(name, rows=rows, blanks=BLANKS):
+def verdict(name, rows=rows, blanks=BLANKS, ses=SES):
     rs = dtd_rows(name, rows)
     base = next(r for r in rs if r["lam"] == 0)
-    lines, blank, top1_blank = [], [], []
+    lines, blank, unscored, top1_blank = [], [], [], []
     for r in rs:
         if r["lam"] == 0:
+            continue
+        if not any(r["n_scored"]):
+            unscored.append(r)
             continue
         b1 = blanks.get((name, r["model"], r["method"]), (None, None))[0]
         if b1 is not None and b1 > 0.5:
@@ -232,42 +236,48 @@ def verdict(name, rows=rows, blanks=BLANKS):
             blank.append(r)
             continue
         dm = r["mass2"][0] - base["mass2"][0]
-        dp = r["point2"][0] - base["point2"][0]
-        dd = r["diffusion"][0] - base["diffusion"][0]
-        se_img = np.hypot(r["mass2_se"] or 0.0, base["mass2_se"] or 0.0)
+        se = [ses.get((name, x["model"], x["method"]), (None, None))[1] or 0.0 for x in (r, base)]
+        se_img = np.hypot(*se)
         se_seed = np.hypot(r["mass2"][1] or 0.0, base["mass2"][1] or 0.0) / np.sqrt(max(r["n_seeds"], 1))
         bound = 2 * max(se_img, se_seed)
         word = "clearly raises" if dm > bound else ("clearly lowers" if dm < -bound else "does not clearly change")
         lines.append(f"λ = {r['lam']:.1f} {word} the top-2 mass accuracy ({base['mass2'][0]:.3f} → "
                      f"{r['mass2'][0]:.3f}, {dm:+.3f} ± {bound / 2:.3f}); top-2 pointing {base['point2'][0]:.0%} → "
                      f"{r['point2'][0]:.0%}; Eq. 7's d {base['diffusion'][0]:.2f} → {r['diffusion'][0]:.2f}")
+    if unscored:
+        lines.append("λ = " + ", ".join(f"{r['lam']:.1f}" for r in unscored) + ": no composite was recognised by "
+                     "this network, so nothing was scored.")
     if blank:
         who = "the baseline's" if base["mass2"][0] is None else "the regularized network's"
         lines.append(
             "λ = " + ", ".join(f"{r['lam']:.1f}" for r in blank) + f": {who} top-2 heatmap holds no positive "
             "relevance (outside the pixels both objects share) on any scored composite, so its mass accuracy is "
             "undefined. DTD relevance keeps the sign of the logit it starts from (every z of Eq. 3-4 is ≥ 0), "
-            "so the top-2 class's logit is ≤ 0 on these images. Top-2 pointing "
-            + ", ".join(f"{base['point2'][0]:.0%} → {r['point2'][0]:.0%}" for r in blank)
+            "so the top-2 class's logit is ≤ 0 on these images (or all its positive relevance lies on the shared "
+            "pixels). Top-2 pointing "
+            + ", ".join(f"{report.or_dash(base['point2'][0], '.0%')} → {report.or_dash(r['point2'][0], '.0%')}"
+                        for r in blank)
             + "; Eq. 7's d " + ", ".join(f"{base['diffusion'][0]:.2f} → {r['diffusion'][0]:.2f}" for r in blank) + ".")
     if top1_blank:
         b0 = blanks.get((name, base["model"], base["method"]), (None, None))[0]
+        too = ", too," if all(r in blank for r, _ in top1_blank) else ""
         lines.append(
-            "λ = " + ", ".join(f"{r['lam']:.1f}" for r, _ in top1_blank) + ": the *top-1* heatmap, too, holds no "
+            "λ = " + ", ".join(f"{r['lam']:.1f}" for r, _ in top1_blank) + f": the *top-1* heatmap{too} holds no "
             "positive relevance on " + ", ".join(f"{b:.0%}" for _, b in top1_blank) + " of the scored composites "
-            f"(baseline {'—' if b0 is None else f'{b0:.0%}'}), so the top-1 logit is ≤ 0 there (or all its "
-            "positive relevance lies on the shared pixels). The pointing game counts those composites as "
-            "misses — top-1 pointing "
+            f"(baseline {report.or_dash(b0, '.0%')}), so the top-1 logit is ≤ 0 there (or all its positive "
+            "relevance lies on the shared pixels). The pointing game counts those composites as misses — top-1 "
+            "pointing "
             + ", ".join(f"{base['point1'][0]:.0%} → {r['point1'][0]:.0%}" for r, _ in top1_blank)
             + " — and the top-1 mass accuracy ("
-            + ", ".join(f"{r['mass1'][0]:.2f}" for r, _ in top1_blank) + ") is the mean over the few others only.")
+            + ", ".join(f"{report.or_dash(r['mass1'][0], '.2f')}" for r, _ in top1_blank)
+            + ") is the mean over the others only (" + ", ".join(f"{1 - b:.0%}" for _, b in top1_blank) + ").")
     if base["mass2"][0] is None:
         return f"**{LABELS[name]}**\n\n" + "\n".join(f"- {s}" for s in lines)
-    no_better = base["mass2"][0] < UNIFORM[name] + 0.02
+    gap = base["mass2"][0] - UNIFORM[name]
+    against = "about the same as" if abs(gap) < 0.02 else "more than" if gap > 0 else "less than"
     head = (f"**{LABELS[name]}**: the baseline's top-2 heatmap puts {base['mass2'][0]:.0%} of its positive "
-            f"relevance on the second object ("
-            + ("no more than" if no_better else "against") + f" {UNIFORM[name]:.0%} for a uniform heatmap), "
-            f"the top-1 heatmap {base['mass1'][0]:.0%} on the first.")
+            f"relevance on the second object ({against} the {UNIFORM[name]:.0%} of a uniform heatmap), "
+            f"the top-1 heatmap {report.or_dash(base['mass1'][0], '.0%')} on the first.")
     return head + "\n\n" + "\n".join(f"- {s}" for s in lines)
 
 
@@ -358,11 +368,11 @@ for name in DATASETS:
 # %%
 full_results, full_rows = book.committed_beyond(profile, seed, CONVENTION)
 full_blanks = book.blank_shares(full_results)
+full_ses = book.mass_se(full_results)
 for name in DATASETS:
     if dtd_rows(name, full_rows):
-        n_full = len({r["seed"] for r in full_results if r["dataset"] == name})
-        book.show_markdown(dtd_table(name, full_rows, n_full, full_blanks))
-        book.show_markdown(verdict(name, full_rows, full_blanks))
+        book.show_markdown(dtd_table(name, full_rows, full_blanks))
+        book.show_markdown(verdict(name, full_rows, full_blanks, full_ses))
 
 # %% [markdown]
 # ## What this adds to the paper

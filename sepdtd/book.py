@@ -19,6 +19,7 @@ Nothing here imports torch; :func:`provenance` imports :mod:`sepdtd.utils` lazil
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -217,6 +218,29 @@ def blank_shares(results: Iterable[Mapping]) -> dict[tuple[str, str, str], tuple
                 for k in (0, 1):
                     acc[(res["dataset"], e["model"], method)][k].append(m["mass_nan"][k] / n)
     return {key: tuple(sum(v) / len(v) if v else None for v in pair) for key, pair in acc.items()}
+
+
+def mass_se(results: Iterable[Mapping]) -> dict[tuple[str, str, str], tuple[float | None, float | None]]:
+    """Standard error of the top-1 / top-2 mass accuracy of chapter 9, from the spread over the composites.
+
+    For each (data set, network, method) of the :mod:`sepdtd.beyond` results: per seed, the sd of the
+    mass accuracy over the composites where it is defined (``mass_sd[k]``) divided by the square root of
+    their number, ``n_scored - mass_nan[k]``; then the standard error of the seeds' mean,
+    ``sqrt(sum se^2) / n_seeds``. None where no seed has an sd. (``beyond.summary``'s ``mass*_se``
+    divide by ``n_scored``, blank composites included, and so come out too small where many are blank.)
+    """
+    acc: dict[tuple[str, str, str], list[list[float]]] = {}
+    for res in results:
+        for e in res["entries"]:
+            for method, m in e["methods"].items():
+                pair = acc.setdefault((res["dataset"], e["model"], method), [[], []])
+                for k in (0, 1):
+                    sd = (m.get("mass_sd") or [None, None])[k]
+                    n = (m.get("n_scored") or 0) - (m.get("mass_nan") or [0, 0])[k]
+                    if sd is not None and n > 0:
+                        pair[k].append(sd / math.sqrt(n))
+    return {key: tuple(math.sqrt(sum(v * v for v in ses)) / len(ses) if ses else None for ses in pair)
+            for key, pair in acc.items()}
 
 
 def plausible_examples(nets: Mapping[str, Any], x: Any, y: Any, *, n: int = 2,

@@ -133,6 +133,19 @@ def test_blank_shares_average_the_undefined_mass_over_seeds():
     assert book.blank_shares([]) == {}
 
 
+def test_mass_se_counts_only_the_composites_with_a_defined_mass():
+    def unit(dataset, seed, sd, nan, n=2000):
+        return {"dataset": dataset, "seed": seed, "entries": [
+            {"model": "lam1.0", "methods": {"dtd": {"n_scored": n, "mass_nan": nan, "mass_sd": sd}}},
+            {"model": "depth-0", "methods": {"dtd": {"n_scored": 0, "mass_nan": [0, 0], "mass_sd": [None, None]}}}]}
+
+    se = book.mass_se([unit("mnist", 0, [0.2, 0.2], [0, 1900])])
+    assert se[("mnist", "lam1.0", "dtd")] == pytest.approx((0.2 / 2000 ** 0.5, 0.2 / 100 ** 0.5))   # not / 2000
+    two = book.mass_se([unit("mnist", 0, [0.2, None], [0, 2000]), unit("mnist", 1, [0.4, None], [1000, 2000])])
+    assert two[("mnist", "lam1.0", "dtd")][0] == pytest.approx(((0.2 / 2000 ** 0.5) ** 2 + (0.4 / 1000 ** 0.5) ** 2) ** 0.5 / 2)
+    assert two[("mnist", "lam1.0", "dtd")][1] is None and two[("mnist", "depth-0", "dtd")] == (None, None)
+
+
 def test_markdown_table_escapes_pipes():
     text = book.markdown_table(["a", "b"], [(1, "x|y")])
     assert text.splitlines() == ["| a | b |", "| --- | --- |", "| 1 | x\\|y |"]

@@ -158,10 +158,16 @@ def test_verdicts_and_starting_baselines_for_the_book():
 
     lines = report.tuning_verdicts([row("a", 0.1, True), row("a", 1.0, False), row("b", 1.0, True),
                                     row("c-cap5", 1.0, True, stopped=False)])
-    assert lines == ["CIFAR10, seed 0: within 0.01 of the baseline at every λ run: b, c-cap5 (of these, c-cap5 "
+    assert lines == ["CIFAR10, seed 0: at most 0.01 below the baseline at every λ run: b, c-cap5 (of these, c-cap5 "
                      "ended at the epoch cap, not by the stopping rule)."]
     assert report.tuning_verdicts([row("a", 1.0, False)]) == [
-        "CIFAR10, seed 0: within 0.01 of the baseline at every λ run: no candidate."]
+        "CIFAR10, seed 0: at most 0.01 below the baseline at every λ run: no candidate."]
+    # a stale row does not count; one candidate from two baselines is judged once per baseline
+    stale = {**row("a", 1.0, True), "stale": True}
+    assert report.tuning_verdicts([stale, row("a", 1.0, False)]) == report.tuning_verdicts([row("a", 1.0, False)])
+    cpu, gpu = {**row("a", 1.0, True), "baseline_accuracy": 0.8356}, {**row("a", 1.0, False), "baseline_accuracy": 0.7879}
+    assert report.tuning_verdicts([cpu, gpu]) == [
+        "CIFAR10, seed 0: at most 0.01 below the baseline at every λ run: a (from the baseline at 0.8356)."]
 
     base = {"epochs": 43, "best_epoch": 40, "accuracy": 0.8356}
     tuned = [{"dataset": "cifar10", "seed": 0, "unit_config_hash": "h", "baseline": base,
