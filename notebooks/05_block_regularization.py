@@ -135,12 +135,13 @@ path = plots.save_figure(fig, "finetuning_curves", prov)
 # Second, how much λ matters. The optimizer, Adam, scales every weight's step by the running size of
 # that weight's gradient; for a weight whose gradient is dominated by the penalty the step is therefore
 # about the learning rate *whatever λ is*, and as long as the penalty dominates, the fine-tunes with
-# different λ follow nearly the same path. The numbers, at the end of fine-tuning:
+# different λ follow nearly the same path. The numbers, for the weights each run keeps (those of its
+# best epoch; the baseline's are where the fine-tunes start):
 
 # %%
 for name, res in results.items():
-    base = res["settings"][0]["history"]["penalty"][-1]
-    ends = {s["lam"]: s["history"]["penalty"][-1] for s in res["settings"] if s["lam"] > 0}
+    base = res["settings"][0]["history"]["penalty"][res["settings"][0]["best_epoch"] - 1]
+    ends = {s["lam"]: s["history"]["penalty"][s["best_epoch"] - 1] for s in res["settings"] if s["lam"] > 0}
     spread = (max(ends.values()) - min(ends.values())) / base
     print(f"{report.DATASET_LABELS[name]:8s} S(W): baseline {base:.4g}; "
           + ", ".join(f"λ = {lam:.1f}: {v:.4g}" for lam, v in ends.items())

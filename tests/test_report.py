@@ -151,6 +151,11 @@ def test_claims_at_the_boundary_and_their_summary_names_the_convention():
     summary = report.format_tables(report.rows(res, convention=other))
     assert f"d(λ) > d(baseline) under {other} (Table 2's convention)" in summary
     assert "accuracy at most 0.01 below the baseline's: 4/4 held" in summary
+    # a λ run at fewer seeds than its baseline says so
+    res[2]["settings"] = [s for s in res[2]["settings"] if s["lam"] != 1.0]
+    texts = {(c["claim"], c["lam"]): c["text"] for c in report.claims(report.rows(res))}
+    assert texts[("accuracy", 1.0)].endswith("(seeds [0, 1] against the baseline's [0, 1, 2])")
+    assert "seeds" not in texts[("accuracy", 0.5)]
 
 
 def test_format_tables(results):
