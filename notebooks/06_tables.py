@@ -361,14 +361,14 @@ if tuned:
 #   more epochs; at $10^{-5}$ the 15 epochs cover only the start of the cut, on the same curve. The
 #   CPU runs have no CUDA graphs and show the same fall as the GPU units (the jump of the validation
 #   cross-entropy in the table of the previous section), so the fall is not an artefact of the graphs.
-# - **Recovery comes after the cut, and patience 3 stops it early.** With the paper's patience of 3,
-#   the fine-tune ran 51 epochs (best 48; the cut took the first dozen, re-training inside the blocks
-#   the rest) and ended at test accuracy 0.802, 0.034 below its baseline's 0.836: more than three times
-#   what Table 3's claim allows. The same fine-tune with patience 10 (`patience10`: the same run up to epoch 51, since patience only
-#   decides when to stop) trained on for another 149 epochs. Its rule stopped it at epoch 200
-#   (best 190), at test accuracy 0.842, 0.006 *above* the baseline, with an in-block share of 1.000.
-#   So at this seed the loss *against the baseline* goes away when the re-training runs longer: the
-#   paper's stopping rule ends it long before it has recovered. How much of that recovery is owed to
+# - **Recovery comes after the cut, and patience 3 stops it early.** With the paper's patience of 3, the
+#   fine-tune ran 51 epochs (best 48; the cut took the first dozen, re-training inside the blocks the
+#   rest) and ended at test accuracy 0.802, 0.034 below its baseline's 0.836: more than three times what
+#   Table 3's claim allows. The same fine-tune with patience 10 (`patience10`: the same run up to epoch
+#   51, since patience only decides when to stop) trained on for another 149 epochs. Its rule stopped it
+#   at epoch 200 (best 190), at test accuracy 0.842, 0.006 *above* the baseline, with an in-block share
+#   of 1.000. So at this seed the loss *against the baseline* goes away when the re-training runs longer:
+#   the paper's stopping rule ends it long before it has recovered. How much of that recovery is owed to
 #   the block structure and how much to fine-tuning as such is the controls' question (below).
 # - **The baseline is a moving target.** The CPU baseline's best validation epoch was its 40th (test
 #   accuracy 0.836), while the GPU baselines of the same recipe were stopped after 16-20 epochs (test

@@ -257,7 +257,8 @@ def verdict(name, rows=rows, blanks=BLANKS, ses=SES):
             "pixels). Top-2 pointing "
             + ", ".join(f"{report.or_dash(base['point2'][0], '.0%')} → {report.or_dash(r['point2'][0], '.0%')}"
                         for r in blank)
-            + "; Eq. 7's d " + ", ".join(f"{base['diffusion'][0]:.2f} → {r['diffusion'][0]:.2f}" for r in blank) + ".")
+            + "; Eq. 7's d " + ", ".join(f"{base['diffusion'][0]:.2f} → {r['diffusion'][0]:.2f}" for r in blank)
+            + ".")
     if top1_blank:
         b0 = blanks.get((name, base["model"], base["method"]), (None, None))[0]
         too = ", too," if all(r in blank for r, _ in top1_blank) else ""
@@ -313,10 +314,11 @@ book.show_markdown(book.markdown_table(["data set", "network", "test: top-1 logi
                                         "composites: top-2 logit ≤ 0"], body))
 
 # %% [markdown]
-# After a full-profile fine-tuning (19-89 epochs in the committed runs, 28-79 for the seed-0 networks
-# of MNIST and Fashion-MNIST, against the quick profile's two) it is the rule: in the section on the full profile below, the regularized networks'
-# second-class heatmap holds no positive relevance on any scored composite, and their *first*-class
-# heatmap none on 92-95 % of them (column *blank*) — which is why their top-1 pointing game falls too.
+# After a full-profile fine-tuning (19-89 epochs in the committed runs, 28-79 for the seed-0 networks of
+# MNIST and Fashion-MNIST, against the quick profile's two) it is the rule: in the section on the full
+# profile below, the regularized networks' second-class heatmap holds no positive relevance on any
+# scored composite, and their *first*-class heatmap none on 92-95 % of them (column *blank*) — which is
+# why their top-1 pointing game falls too.
 
 # %% [markdown]
 # ## What it looks like

@@ -13,16 +13,16 @@
 # %% [markdown]
 # # Beyond the paper: what causes diffusion?
 #
-# The paper names two suspects. Section 3 describes the mechanism, "highly activated neurons
-# overshadow the neurons that activate for features not as dominant", and Section 4 locates it in the
-# **dense layers**, which its block-wise regularization separates (and what the "intuitive approach" it sets aside — a dedicated
-# copy of the dense layers per class — would separate completely). Section 6 adds the **rule**: "we
-# suspect that another cause is only considering positive weights during the relevance propagation, as
-# DTD does not take features speaking against a class into account". A third factor is known from the
-# literature: $z^+$ explanations of deeper networks depend less and less on the upper layers, so on
-# the class, which makes the **depth** of the convolutional trunk a suspect too. Two choices of DTD
-# itself complete the list: the constraint **$b \le 0$** on the biases, and the **first layer's rule**
-# ($z^B$, Eq. 4).
+# The paper names two suspects. Section 3 describes the mechanism, "highly activated neurons overshadow
+# the neurons that activate for features not as dominant", and Section 4 locates it in the **dense
+# layers**, which its block-wise regularization separates (and what the "intuitive approach" it sets
+# aside — a dedicated copy of the dense layers per class — would separate completely). Section 6 adds
+# the **rule**: "we suspect that another cause is only considering positive weights during the relevance
+# propagation, as DTD does not take features speaking against a class into account". A third factor is
+# known from the literature: $z^+$ explanations of deeper networks depend less and less on the upper
+# layers, so on the class, which makes the **depth** of the convolutional trunk a suspect too. Two
+# choices of DTD itself complete the list: the constraint **$b \le 0$** on the biases, and the **first
+# layer's rule** ($z^B$, Eq. 4).
 #
 # This chapter varies one factor at a time on the networks of {doc}`06_tables` and measures diffusion
 # twice: as the paper does (Eq. 7 on real test images, with the cosine similarity of the top-1 and
@@ -550,7 +550,8 @@ def hypotheses(rows, by, first_layer=None):
     # the rule: methods that keep negative weights, on the baseline
     rule = {}
     for n in names:
-        signed = [by[(n, "baseline", m)] for m in ("epsilon", "alphabeta", "gradient_x_input") if (n, "baseline", m) in by]
+        signed = [by[(n, "baseline", m)] for m in ("epsilon", "alphabeta", "gradient_x_input")
+                  if (n, "baseline", m) in by]
         if signed:
             rule[n] = (mean_or_none([r["cosine"][0] - ref[n]["cosine"][0] for r in signed]),
                        mean_or_none([diff(r["mass_obj2"][0], ref[n]["mass_obj2"][0]) for r in signed]))

@@ -397,8 +397,11 @@ def tuning_verdicts(tuning_rows: Sequence[dict], tolerance: float = ACCURACY_TOL
         def name(c: tuple) -> str:
             return c[0] + (f" (from the baseline at {c[1]:.4f})" if c[0] in twice else "")
 
-        keep = [c for c in cands if all(r["keeps"] for r in rs if (r["name"], r.get("baseline_accuracy")) == c)]
-        pilots = [c for c in keep if any(not r["stopped_early"] for r in rs if (r["name"], r.get("baseline_accuracy")) == c)]
+        def of(c: tuple) -> list[dict]:
+            return [r for r in rs if (r["name"], r.get("baseline_accuracy")) == c]
+
+        keep = [c for c in cands if all(r["keeps"] for r in of(c))]
+        pilots = [c for c in keep if any(not r["stopped_early"] for r in of(c))]
         label = DATASET_LABELS.get(key[0], key[0])
         lines.append(f"{label}, seed {key[1]}: at most {tolerance:g} below the baseline at every λ run: "
                      + (", ".join(map(name, keep)) if keep else "no candidate")

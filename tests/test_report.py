@@ -271,8 +271,8 @@ def test_controls_are_told_apart_from_fine_tunes():
     control = row("p10", report.CONTROL_LAM, 0.8200, 0.190, epochs=60)
     rows_ = [control, row("p10", 1.0, 0.8416, 0.128, False, 200), row("paper", 1.0, 0.8018, 0.12)]
     # the control, 0.0156 below the baseline, is no candidate for Table 3's claim: p10 keeps at every λ
-    assert report.tuning_verdicts(rows_) == ["CIFAR10, seed 0: at most 0.01 below the baseline at every λ run: p10 (of "
-                                             "these, p10 ended at the epoch cap, not by the stopping rule)."]
+    assert report.tuning_verdicts(rows_) == ["CIFAR10, seed 0: at most 0.01 below the baseline at every λ run: p10 "
+                                             "(of these, p10 ended at the epoch cap, not by the stopping rule)."]
     (line,) = report.tuning_controls(rows_)                 # paper has no control: no sentence
     assert line == ("CIFAR10 seed 0, p10: its control (same start, settings and data order, no penalty) stopped after "
                     "60 epochs (best 50) at test accuracy 0.8200 (-0.0156 against the baseline), d 0.190, top-2 cosine "
