@@ -651,10 +651,11 @@ if full_rows:
                        + factor_lines(full_fac, full_by) + "\n\n" + hypotheses(full_rows, full_by))
 
 # %% [markdown]
-# Taken together with {doc}`09_ground_truth`: Eq. 7 measures whether two explanations differ, and a
-# factor can raise it without making the second explanation any more right — compare, in the factor
-# tables, the Δ d of the fine-tuning with λ = 1.0 and of the separate dense layers with their last
-# column. SGLRP even raises it by construction: its top-2 heatmap is almost the negative of the top-1
-# heatmap whenever two classes share the probability (its second explanation does also move onto its
-# object, see the factor tables). The ground-truth columns are what separate "different" from
-# "separable".
+# Taken together with {doc}`09_ground_truth`: Eq. 7 and the cosine measure whether two explanations
+# differ, and a factor can make them differ without making the second explanation any more right. In
+# the committed full-profile results the fine-tuning with λ = 1.0 raises $d$ and lowers the cosine
+# while its second explanation holds no positive relevance on the composites at all; separate dense
+# layers make the explanations differ *and* move the second one onto its object. SGLRP raises Eq. 7
+# by construction: its top-2 heatmap is almost the negative of the top-1 heatmap whenever two classes
+# share the probability (its second explanation does also move onto its object, see the factor
+# tables). The ground-truth columns are what separate "different" from "separable".
