@@ -69,9 +69,10 @@ with torch.no_grad():
     p = torch.softmax(net(data.to_float(cifar.x_test[pool]).to(dev)), dim=1).cpu()
 correct = p.argmax(1) == cifar.y_test[pool]
 score = torch.where(correct, p.max(1).values, torch.zeros(()))
-index = int(pool[score.argmax()])
 if not correct.any():
     print("No image of the pool is classified correctly (an untrained network?): showing the most confident one.")
+    score = p.max(1).values
+index = int(pool[score.argmax()])
 image = cifar.x_test[index]
 x = data.to_float(image[None]).to(dev)
 with torch.no_grad():

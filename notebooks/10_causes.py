@@ -444,7 +444,7 @@ plt.show()
 # method on every network). Data sets missing here were not run at the full profile.
 
 # %%
-_, full_rows = book.committed_beyond(profile, seed, CONVENTION)
+full_results, full_rows = book.committed_beyond(profile, seed, CONVENTION)
 if full_rows:
     full_by = {(r["dataset"], r["model"], r["method"]): r for r in full_rows}
     full_fac = beyond.factors(full_rows, lam=1.0)
@@ -520,8 +520,11 @@ def factor_lines(fac, by):
                             if c["d_cosine"] < 0 else
                             f"no change lowers the cosine (the smallest rise: {c['change']}, {c['d_cosine']:+.3f})")
             if m is not None:
+                fell = m["d_point2"] is not None and m["d_point2"] < -0.05
                 said.append(f"the largest gain on the ground truth is {m['change']} (top-2 on objects "
-                            f"{m['d_mass_obj2']:+.3f}, {removed(name, m, by)} of the top-2 error)"
+                            f"{m['d_mass_obj2']:+.3f}, {removed(name, m, by)} of the top-2 error"
+                            + (f"; but its top-2 pointing game falls by {-m['d_point2']:.2f}" if fell else "")
+                            + ")"
                             if m["d_mass_obj2"] > 0 else
                             f"no change moves the top-2 explanation onto its object (the smallest loss: {m['change']}, "
                             f"{m['d_mass_obj2']:+.3f})")
@@ -539,10 +542,11 @@ def diff(a, b):
     return None if a is None or b is None else a - b
 
 
-def hypotheses(rows, by, first_layer=None):
+def hypotheses(rows, by, blanks, first_layer=None):
     """The paper's hypotheses, and the contrastive and depth findings, as computed sentences.
 
-    ``first_layer``: ``(rule_dcos, first_layer_small)`` of Factor 5, where this build measured it.
+    ``blanks``: :func:`sepdtd.book.blank_shares` of the same results. ``first_layer``:
+    ``(rule_dcos, first_layer_small)`` of Factor 5, where this build measured it.
     """
     names = [n for n in DATASETS if (n, "baseline", "dtd") in by]
     ref = {n: by[(n, "baseline", "dtd")] for n in names}
@@ -558,15 +562,16 @@ def hypotheses(rows, by, first_layer=None):
     if rule:
         gt = [v[1] for v in rule.values() if v[1] is not None]
         text.append("**Section 6's rule hypothesis** (positive weights only): replacing $z^+$ above the first layer "
-                    "by a rule that keeps negative weights (LRP-ε, LRP-α2β1, gradient × input; mean of the three) "
+                    "(gradient × input: at every layer) by a rule that keeps negative weights (LRP-ε, LRP-α2β1, gradient × input; mean of the three) "
                     "changes the top-2 cosine by " + ", ".join(f"{v[0]:+.3f} ({LABELS[n]})" for n, v in rule.items())
                     + " and the top-2 mass on the objects by "
                     + ", ".join(report.or_dash(v[1], "+.3f") for v in rule.values()) + ". "
                     + ("It holds: keeping negative weights makes the two explanations far less alike and moves the "
                        "second one towards its object."
                        if all(v[0] < -0.1 for v in rule.values()) and gt and all(g > 0 for g in gt) else
-                       "It holds for the similarity of the explanations"
-                       + ("" if gt and all(g > 0 for g in gt) else ", but not everywhere for their correctness") + "."
+                       "It holds for the similarity of the explanations (the cosine falls everywhere)"
+                       + ("" if gt and all(g > 0 for g in gt) else ", but not everywhere for their correctness" if gt
+                          else "; the ground truth was not measured") + "."
                        if all(v[0] < 0 for v in rule.values()) else
                        "It does not hold everywhere even for the similarity of the explanations."))
     # the dense layers: Eq. 6 (soft) and separate dense layers (hard), DTD
@@ -579,23 +584,31 @@ def hypotheses(rows, by, first_layer=None):
             if r is None:
                 continue
             dc, dm = r["cosine"][0] - ref[n]["cosine"][0], diff(r["mass_obj2"][0], ref[n]["mass_obj2"][0])
+            dp = diff(r["point2"][0], ref[n]["point2"][0])
+            b2 = blanks.get((n, model, "dtd"), (None, None))[1]
             fam["The fine-tuning with Eq. 6 (λ = 1.0)" if model == "lam1.0" else "Separate dense layers"
-                ].append((dc, dm))
+                ].append((dc, dm, b2))
             parts.append(f"{LABELS[n]} {'λ = 1.0' if model == 'lam1.0' else model}: cos {dc:+.3f}, on objects "
-                         + report.or_dash(dm, "+.3f"))
+                         f"{report.or_dash(dm, '+.3f')}, top-2 pointing {report.or_dash(dp, '+.2f')}, top-2 heatmap "
+                         f"blank on {report.or_dash(b2, '.0%')} of the composites")
     verdicts = []
     for label, vals in fam.items():
         if not vals:
             continue
-        differ = sum(dc < -0.05 for dc, _ in vals)
-        scored = [dm for _, dm in vals if dm is not None]
-        right, wrong, blank = sum(dm > 0.02 for dm in scored), sum(dm < -0.02 for dm in scored), len(vals) - len(scored)
+        differ = sum(dc < -0.05 for dc, _, _ in vals)
+        mostly_blank = [b for _, _, b in vals if b is not None and b > 0.5]
+        seen = [dm for _, dm, b in vals if dm is not None and not (b is not None and b > 0.5)]
+        right, wrong = sum(dm > 0.02 for dm in seen), sum(dm < -0.02 for dm in seen)
         said = (f"{label}: the cosine falls by more than 0.05 (less diffusion by the paper's measure) in {differ} of "
-                f"{len(vals)} cases, the top-2 explanation moves onto its object (by more than 0.02) in {right}"
-                + (f", off it in {wrong}" if wrong else ""))
-        if blank:
-            said += (f"; in {blank} the top-2 heatmap holds no positive relevance on any scored composite (—; DTD "
-                     "relevance keeps the sign of the logit it starts from), so it cannot point at the second object")
+                f"{len(vals)} cases")
+        if mostly_blank:
+            said += (f"; in {len(mostly_blank)} of them the top-2 heatmap holds no positive relevance on most scored "
+                     f"composites ({', '.join(f'{b:.0%}' for b in mostly_blank)}; DTD relevance keeps the sign of the "
+                     "logit it starts from), so it rarely points at the second object, and its mass accuracy, where "
+                     "defined at all, covers only the other composites")
+        if seen:
+            said += (f"; the top-2 explanation moves onto its object (by more than 0.02) in {right} of the "
+                     f"{len(seen)} others" + (f", off it in {wrong}" if wrong else ""))
         verdicts.append(said + (": the hypothesis holds for them on both counts." if differ == right == len(vals)
                                 else "."))
     if parts:
@@ -611,15 +624,14 @@ def hypotheses(rows, by, first_layer=None):
                         [r["cosine"][0] - ref[n]["cosine"][0] for r in d_rows if r["n_conv"] > t])
     if depth:
         deeper = [np.mean(v[1]) for v in depth.values() if v[1]]
-        text.append("**Depth**: fewer convolutions change the DTD cosine by "
-                    + ", ".join(f"{np.mean(v[0]):+.3f} ({LABELS[n]})" for n, v in depth.items() if v[0])
-                    + "; more convolutions by "
-                    + ", ".join(f"{np.mean(v[1]):+.3f} ({LABELS[n]})" for n, v in depth.items() if v[1])
-                    + " (means over the depths run). "
+        fewer = ", ".join(f"{np.mean(v[0]):+.3f} ({LABELS[n]})" for n, v in depth.items() if v[0]) or "— (none run)"
+        more = ", ".join(f"{np.mean(v[1]):+.3f} ({LABELS[n]})" for n, v in depth.items() if v[1]) or "— (none run)"
+        text.append(f"**Depth**: fewer convolutions change the DTD cosine by {fewer}; more convolutions by {more} "
+                    "(means over the depths run). "
                     + ("Deeper trunks make DTD's explanations more alike, as expected of $z^+$."
                        if deeper and all(v > 0.005 for v in deeper) else
                        "Deeper trunks do not consistently make DTD's explanations more alike "
-                       "(changes of the cosine below 0.005 count as none)."))
+                       "(changes of the cosine below 0.005 count as none)." if deeper else ""))
     # contrastive methods: f_c explained alone?
     contrast = {n: [g for g in (diff(by[(n, "baseline", m)]["mass_obj2"][0], ref[n]["mass_obj2"][0])
                                 for m in ("clrp", "sglrp") if (n, "baseline", m) in by) if g is not None]
@@ -645,17 +657,20 @@ def hypotheses(rows, by, first_layer=None):
 
 
 book.show_markdown(f"**This build (profile `{profile}`)**\n\n" + range_table(fac, by) + "\n\n" + factor_lines(fac, by)
-                   + "\n\n" + hypotheses(rows, by, first_layer=(rule_dcos, first_layer_small)))
+                   + "\n\n" + hypotheses(rows, by, book.blank_shares(results),
+                                           first_layer=(rule_dcos, first_layer_small)))
 if full_rows:
     book.show_markdown("**The committed full-profile results**\n\n" + range_table(full_fac, full_by) + "\n\n"
-                       + factor_lines(full_fac, full_by) + "\n\n" + hypotheses(full_rows, full_by))
+                       + factor_lines(full_fac, full_by) + "\n\n"
+                       + hypotheses(full_rows, full_by, book.blank_shares(full_results)))
 
 # %% [markdown]
 # Taken together with {doc}`09_ground_truth`: Eq. 7 and the cosine measure whether two explanations
-# differ, and a factor can make them differ without making the second explanation any more right. In
-# the committed full-profile results the fine-tuning with λ = 1.0 raises $d$ and lowers the cosine
-# while its second explanation holds no positive relevance on the composites at all; separate dense
-# layers make the explanations differ *and* move the second one onto its object. SGLRP raises Eq. 7
-# by construction: its top-2 heatmap is almost the negative of the top-1 heatmap whenever two classes
-# share the probability (its second explanation does also move onto its object, see the factor
-# tables). The ground-truth columns are what separate "different" from "separable".
+# differ, and a factor can make them differ without making the second explanation any more right. In the
+# committed full-profile results the fine-tuning with λ = 1.0 raises $d$ and lowers the cosine while its
+# second explanation holds no positive relevance on the composites at all; separate dense layers lower
+# the cosine further, but their second explanation too is blank on most composites, and their top-2
+# pointing game falls (where it is not blank, it lies more on its object). SGLRP raises Eq. 7 by
+# construction: its top-2 heatmap is almost the negative of the top-1 heatmap whenever two classes share
+# the probability (its second explanation does also move onto its object, see the factor tables). The
+# ground-truth columns are what separate "different" from "separable".
