@@ -562,7 +562,8 @@ def hypotheses(rows, by, blanks, first_layer=None):
     if rule:
         gt = [v[1] for v in rule.values() if v[1] is not None]
         text.append("**Section 6's rule hypothesis** (positive weights only): replacing $z^+$ above the first layer "
-                    "(gradient × input: at every layer) by a rule that keeps negative weights (LRP-ε, LRP-α2β1, gradient × input; mean of the three) "
+                    "(gradient × input: at every layer) by a rule that keeps negative weights (LRP-ε, LRP-α2β1, "
+                    "gradient × input; mean of the three) "
                     "changes the top-2 cosine by " + ", ".join(f"{v[0]:+.3f} ({LABELS[n]})" for n, v in rule.items())
                     + " and the top-2 mass on the objects by "
                     + ", ".join(report.or_dash(v[1], "+.3f") for v in rule.values()) + ". "
