@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -199,6 +199,14 @@ def committed_beyond(profile: str, seed: int, convention: str) -> tuple[list[dic
     return results, beyond.summary(results, convention=convention)
 
 
+def _beyond_methods(results: Iterable[Mapping]) -> Iterator[tuple[tuple[str, str, str], Mapping]]:
+    """``((data set, network, method), measures)`` for every method of every network of chapter 9-10 results."""
+    for res in results:
+        for e in res["entries"]:
+            for method, m in e["methods"].items():
+                yield (res["dataset"], e["model"], method), m
+
+
 def blank_shares(results: Iterable[Mapping]) -> dict[tuple[str, str, str], tuple[float | None, float | None]]:
     """Share of the scored composites whose top-1 / top-2 heatmap holds no positive relevance.
 
@@ -208,15 +216,12 @@ def blank_shares(results: Iterable[Mapping]) -> dict[tuple[str, str, str], tuple
     them as misses; the mass accuracy is the mean over the *other* composites only.
     """
     acc: dict[tuple[str, str, str], list[list[float]]] = {}
-    for res in results:
-        for e in res["entries"]:
-            for method, m in e["methods"].items():
-                n = m.get("n_scored") or 0
-                if not n or not m.get("mass_nan"):
-                    continue
-                acc.setdefault((res["dataset"], e["model"], method), [[], []])
-                for k in (0, 1):
-                    acc[(res["dataset"], e["model"], method)][k].append(m["mass_nan"][k] / n)
+    for key, m in _beyond_methods(results):
+        n = m.get("n_scored") or 0
+        if not n or not m.get("mass_nan"):
+            continue
+        for k in (0, 1):
+            acc.setdefault(key, [[], []])[k].append(m["mass_nan"][k] / n)
     return {key: tuple(sum(v) / len(v) if v else None for v in pair) for key, pair in acc.items()}
 
 
@@ -230,15 +235,13 @@ def mass_se(results: Iterable[Mapping]) -> dict[tuple[str, str, str], tuple[floa
     divide by ``n_scored``, blank composites included, and so come out too small where many are blank.)
     """
     acc: dict[tuple[str, str, str], list[list[float]]] = {}
-    for res in results:
-        for e in res["entries"]:
-            for method, m in e["methods"].items():
-                pair = acc.setdefault((res["dataset"], e["model"], method), [[], []])
-                for k in (0, 1):
-                    sd = (m.get("mass_sd") or [None, None])[k]
-                    n = (m.get("n_scored") or 0) - (m.get("mass_nan") or [0, 0])[k]
-                    if sd is not None and n > 0:
-                        pair[k].append(sd / math.sqrt(n))
+    for key, m in _beyond_methods(results):
+        pair = acc.setdefault(key, [[], []])
+        for k in (0, 1):
+            sd = (m.get("mass_sd") or [None, None])[k]
+            n = (m.get("n_scored") or 0) - (m.get("mass_nan") or [0, 0])[k]
+            if sd is not None and n > 0:
+                pair[k].append(sd / math.sqrt(n))
     return {key: tuple(math.sqrt(sum(v * v for v in ses)) / len(ses) if ses else None for ses in pair)
             for key, pair in acc.items()}
 

@@ -471,15 +471,19 @@ def tuning_controls(tuning_rows: Sequence[dict], tolerance: float = ACCURACY_TOL
 def tuning_labels(tuned: Iterable[dict]) -> dict[tuple[int, float], str]:
     """A label per fine-tune of :func:`sepdtd.tuning.load_results`, unique within its unit and λ.
 
-    The label is the candidate's name; where two results of one (data set, seed, λ) share it (a CPU
-    and a GPU run of one candidate, say), the device is added, and where that is not enough either,
-    the result's config hash.
+    The label is the candidate's name; where two results of one (data set, seed, baseline, λ) share it
+    (a CPU and a GPU run of one candidate from one baseline, say), the device is added, and where that
+    is not enough either, the result's config hash. Runs from different baselines are drawn apart
+    anyway (chapter 6 groups its curves by baseline), so they keep their names.
 
     Returns
     -------
     dict
         ``(id(result), λ)`` -> label, for every fine-tune of every result.
     """
+    def scope(r: dict, e: dict) -> tuple:
+        return r["dataset"], r["seed"], (r.get("baseline") or {}).get("accuracy"), e["lam"]
+
     tuned = list(tuned)
     labels = {(id(r), e["lam"]): r["name"] for r in tuned for e in r["finetunes"]}
     extras = (lambda r: r.get("provenance", {}).get("device") or "unknown device", lambda r: r["config_hash"])
@@ -487,10 +491,10 @@ def tuning_labels(tuned: Iterable[dict]) -> dict[tuple[int, float], str]:
         seen = defaultdict(int)
         for r in tuned:
             for e in r["finetunes"]:
-                seen[r["dataset"], r["seed"], e["lam"], labels[id(r), e["lam"]]] += 1
+                seen[scope(r, e), labels[id(r), e["lam"]]] += 1
         for r in tuned:
             for e in r["finetunes"]:
-                if seen[r["dataset"], r["seed"], e["lam"], labels[id(r), e["lam"]]] > 1:
+                if seen[scope(r, e), labels[id(r), e["lam"]]] > 1:
                     labels[id(r), e["lam"]] += f" ({extra(r)})"
     return labels
 
