@@ -22,7 +22,9 @@
 # object pass relevance to *every* class and drown the weaker class's own evidence.
 #
 # This page builds that toy network, explains both of its classes with the $z^+$ rule (Eq. 3) and
-# draws it as Figure 2 does.
+# draws it in the manner of Figure 2. The paper gives only the weights (0.1 or 1.0) and that the input
+# layer sums the colour intensities; the hidden layer, which weight goes where and the example's
+# intensities are our reconstruction from its figure and text.
 
 # %% tags=["remove-cell"]
 # On Google Colab: install the package first (elsewhere it is already installed; see "Reproducing").

@@ -58,8 +58,9 @@ book.show_provenance(prov)
 # The training objective (Eq. 5) adds the penalty $S(W)$ to the cross-entropy,
 #
 # $$\underset{W,b}{\text{minimize}}\; -\frac{1}{N}\sum_{n=1}^N \hat{\mathbf{y}}_n^\top \log \mathbf{y}_n
-#   + \lambda\, S(W), \qquad
-#   S(W) = \sum_l \sum_{i} \sum_{j} \max(0, w^l_{ij})\; 1[\text{block}(i) \neq \text{block}(j)],
+#   + \lambda\, S(W), \tag{Eq. 5}$$
+#
+# $$S(W) = \sum_l \sum_{i} \sum_{j} \max(0, w^l_{ij})\; 1[\text{block}(i) \neq \text{block}(j)],
 #   \tag{Eq. 6}$$
 #
 # summed over the dense layers $l$. Only *positive* weights are penalised, because only they carry
@@ -73,7 +74,8 @@ book.show_provenance(prov)
 # ## Figure 3: where the penalty acts
 #
 # Grey weights are penalised, white ones (the diagonal blocks) are free. Left, a small layer with three
-# classes, to see the pattern; middle and right, the two dense layers of the CIFAR-10 network.
+# classes, to see the pattern; middle and right, the two dense layers of the CIFAR-10 network. (The
+# paper's Figure 3 draws a regularized layer inside the DTD picture; we draw only its weight masks.)
 
 # %%
 masks = {

@@ -19,7 +19,9 @@
 # the penalty of Eq. 6, "the positive weights are largely restricted to the respective class blocks and
 # will therefore not influence each other during relevance propagation". This page draws the dense
 # weights of the CIFAR-10 baseline and of the network fine-tuned with $\lambda = 1.0$, and puts a number
-# on "largely": the share of the positive weight mass that lies inside the diagonal blocks.
+# on "largely": the share of the positive weight mass that lies inside the diagonal blocks. (The paper
+# does not say which network, layer or λ its figure shows; CIFAR-10, both dense layers and λ = 1.0, the
+# λ of its Figures 4-5, are our choice.)
 
 # %% tags=["remove-cell"]
 # On Google Colab: install the package first (elsewhere it is already installed; see "Reproducing").

@@ -143,7 +143,7 @@ book.show_markdown(f"Seed {seed}. *both*: share of all pixels that belong to bot
 #   $$\mathrm{mass}(R, O_c) = \frac{\sum_{p \in O_c \setminus B} R_p^+}{\sum_{p \notin B} R_p^+}.$$
 #   Background pixels (overlays only) stay in the denominator: relevance on the black background is not
 #   on the object.
-# - **Pointing game** (Zhang et al. 2018, the paper's reference [13]; used for LRP by Kohlbrenner et al.
+# - **Pointing game** (Zhang et al. 2016, the paper's reference [13]; used for LRP by Kohlbrenner et al.
 #   2020): a hit when the heatmap's largest value outside $B$ lies on $O_c$ (strictly larger than
 #   everywhere else, so ties and blank heatmaps are misses).
 #
@@ -223,6 +223,9 @@ def verdict(name, rows=rows, blanks=BLANKS, ses=SES):
     rs = dtd_rows(name, rows)
     base = next(r for r in rs if r["lam"] == 0)
     lines, blank, unscored, top1_blank = [], [], [], []
+    if not any(base["n_scored"]):
+        return (f"**{LABELS[name]}**: the baseline recognised none of the composites (its top-2 classes were "
+                "never the two classes present), so nothing was scored and no network can be compared with it.")
     for r in rs:
         if r["lam"] == 0:
             continue

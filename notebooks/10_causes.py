@@ -570,7 +570,10 @@ def hypotheses(rows, by, blanks, first_layer=None):
                     + ("It holds: keeping negative weights makes the two explanations far less alike and moves the "
                        "second one towards its object."
                        if all(v[0] < -0.1 for v in rule.values()) and gt and all(g > 0 for g in gt) else
-                       "It holds for the similarity of the explanations (the cosine falls everywhere)"
+                       ("It holds for the similarity of the explanations (the cosine falls by more than 0.05 "
+                        "everywhere)" if all(v[0] < -0.05 for v in rule.values()) else
+                        "It holds only weakly for the similarity of the explanations (the cosine falls everywhere, "
+                        "but by 0.05 or less somewhere)")
                        + ("" if gt and all(g > 0 for g in gt) else ", but not everywhere for their correctness" if gt
                           else "; the ground truth was not measured") + "."
                        if all(v[0] < 0 for v in rule.values()) else

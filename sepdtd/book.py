@@ -27,8 +27,8 @@ from typing import Any
 
 __all__ = [
     "NOTEBOOK_DIR", "provenance", "provenance_line", "show_provenance", "setup_notebook", "book_root",
-    "markdown_table", "show_markdown", "plausible_examples",
-    "source_cells", "is_executed_copy", "choose_sources", "execute", "setup",
+    "markdown_table", "show_markdown", "beyond_results", "committed_beyond", "blank_shares", "mass_se",
+    "plausible_examples", "source_cells", "is_executed_copy", "choose_sources", "execute", "setup",
 ]
 
 NOTEBOOK_DIR = "notebooks"
@@ -163,10 +163,13 @@ def markdown_table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
 
 
 def show_markdown(text: str) -> None:
-    """Display Markdown in a notebook (plain text elsewhere)."""
+    """Display Markdown in a notebook or IPython, print it as plain text elsewhere (a script)."""
     try:
+        from IPython import get_ipython
         from IPython.display import Markdown, display
     except ImportError:  # pragma: no cover
+        get_ipython = None
+    if get_ipython is None or get_ipython() is None:
         print(text)
         return
     display(Markdown(text))

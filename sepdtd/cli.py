@@ -1,15 +1,29 @@
 """Command line: ``python -m sepdtd data prepare``, ``reproduce``, ``beyond`` and ``tune``.
 
-The report has its own entry point, ``python -m sepdtd.report <results dir> [--json]``.
+The report has its own entry point, ``python -m sepdtd.report <results dir> [--json]``. A mistake in the
+arguments or a missing data set ends with one line, ``error: ...``, that says what to do, and exit
+status 2; ``SEPDTD_TRACEBACK=1`` shows the traceback instead.
 """
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+
+_EPILOG = """environment:
+  SEPDTD_CACHE             data, checkpoints and torchvision folders (default ~/.cache/sepdtd)
+  SEPDTD_DATA_MIRROR       a folder with mnist/, fashion-mnist/ and cifar10/ to read the data from
+                           (default ../shared/data beside the repository or the working directory)
+  SEPDTD_TORCHVISION_ROOT  torchvision's data folders (default $SEPDTD_CACHE/torchvision)
+  SEPDTD_OFFLINE=1         never try the package registries or torchvision's downloads
+  SEPDTD_TRACEBACK=1       show the traceback of an error instead of one line"""
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m sepdtd", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m sepdtd", epilog=_EPILOG,
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                description="Command line: data prepare, reproduce, beyond and tune. The report: "
+                                            "python -m sepdtd.report <results dir> [--json].")
     sub = p.add_subparsers(dest="command", required=True)
 
     data = sub.add_parser("data", help="data sets: fill the local cache")
@@ -32,6 +46,8 @@ def _parser() -> argparse.ArgumentParser:
     bey.add_argument("--datasets", nargs="+", default=None, metavar="SET")
     bey.add_argument("--seeds", nargs="+", type=int, default=None, metavar="SEED")
     bey.add_argument("--device", default="auto", help="auto (default), cpu, cuda, ...")
+    bey.add_argument("--results-dir", default=None,
+                     help="default: results/<profile>; the units' main results are read or made there too")
     tun = sub.add_parser("tune", help="fine-tuning settings: which keep the baseline's accuracy (Table 3)?")
     tun.add_argument("--profile", default="quick", choices=["smoke", "quick", "full"])
     tun.add_argument("--dataset", default="cifar10", metavar="SET")
@@ -44,11 +60,44 @@ def _parser() -> argparse.ArgumentParser:
     tun.add_argument("--max-epochs", type=int, default=None,
                      help="cap every fine-tune (a pilot; the name gets -cap<N>)")
     tun.add_argument("--device", default="auto", help="auto (default), cpu, cuda, ...")
+    tun.add_argument("--results-dir", default=None,
+                     help="default: results/<profile>; the baseline's unit is read or made there too")
     return p
 
 
+def _check_names(args: argparse.Namespace) -> None:
+    """Refuse unknown data set and candidate names before anything trains."""
+    from sepdtd import experiments
+
+    for name in (getattr(args, "datasets", None) or getattr(args, "sets", None) or []):
+        experiments._dataset_name(name)
+    if args.command == "tune":
+        from sepdtd import tuning
+
+        experiments._dataset_name(args.dataset)
+        unknown = [n for n in args.candidates or [] if n not in tuning.CANDIDATES]
+        if unknown:
+            raise ValueError(f"unknown candidate(s) {', '.join(map(repr, unknown))}: choose from "
+                             f"{', '.join(tuning.CANDIDATES)}")
+    for seed in (getattr(args, "seeds", None) or []):
+        if seed < 0:
+            raise ValueError(f"seeds must be >= 0, got {seed}")
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run the command line; returns the exit status (2 and one ``error:`` line for a user's mistake)."""
     args = _parser().parse_args(argv)
+    if os.environ.get("SEPDTD_TRACEBACK", "") not in ("", "0"):
+        return _run(args)
+    try:
+        return _run(args)
+    except (ValueError, FileNotFoundError) as exc:  # DataNotFoundError, ChecksumError and argument checks
+        print(f"error: {exc} (SEPDTD_TRACEBACK=1 shows where)", file=sys.stderr)
+        return 2
+
+
+def _run(args: argparse.Namespace) -> int:
+    _check_names(args)
     if args.command == "data":
         from sepdtd import data
 
@@ -66,7 +115,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "beyond":
         from sepdtd import beyond
 
-        results = beyond.reproduce(args.profile, datasets=args.datasets, seeds=args.seeds, device=args.device)
+        results = beyond.reproduce(args.profile, datasets=args.datasets, seeds=args.seeds, device=args.device,
+                                   results_dir=args.results_dir)
         for r in results:
             print(f"{r['dataset']} seed {r['seed']}: {r.get('run_wall_s', float('nan')):.1f} s")
         return 0
@@ -74,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
         from sepdtd import tuning
 
         results = tuning.search(args.profile, args.dataset, args.seed, args.candidates, lams=args.lams,
-                                max_epochs=args.max_epochs, device=args.device)
+                                max_epochs=args.max_epochs, device=args.device, results_dir=args.results_dir)
         for r in tuning.summary(results):
             inblock = float("nan") if r["inblock"] is None else r["inblock"]
             print(f"{r['name']:>24} λ={r['lam']:<4} accuracy {r['accuracy']:.4f} ({r['delta']:+.4f} vs baseline "
