@@ -1,0 +1,117 @@
+"""How much of the fall of the top-2 cosine is a sign flip? (CIFAR-10 fine-tuning runs on the CPU.)
+
+DTD relevance keeps the sign of the logit it starts from (every z of Eq. 3-4 is >= 0), so where the
+second class's logit is <= 0 its heatmap is <= 0 everywhere: the signed cosine with the first heatmap
+then falls although the pattern may be the same (chapter 3 averages |cos| for that reason). The
+committed results store only the signed mean cosine. This script re-measures the networks behind
+``results/full/tuning/cifar10/`` from their checkpoints (kept in ``$SEPDTD_CACHE``, not in git) on the
+same evaluation images, checks that it reproduces each file's accuracy and signed cosine, and adds:
+the share of images whose top-2 logit is <= 0, the mean |cos|, and the mean cosine over the images
+whose top-2 logit is > 0.
+
+    python scripts/cosine_signs.py [--out results/full/tuning/cifar10/cosine-signs.json]
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+from sepdtd import data, dtd, experiments, models, training, utils
+
+REPO = Path(__file__).resolve().parent.parent
+TUNING = REPO / "results" / "full" / "tuning" / "cifar10"
+
+
+def _networks() -> list[dict]:
+    """Every network of the committed tuning files whose checkpoint is here: baselines and fine-tunes."""
+    out, seen = [], set()
+    root = experiments.checkpoint_root() / "full"
+    for path in sorted(TUNING.glob("seed*-*.json")):
+        res = json.loads(path.read_text())
+        if res.get("kind") != "tuning":
+            continue
+        unit = experiments.make_config("full", "cifar10", res["seed"])
+        base_ck = experiments.checkpoint_dir(unit) / "baseline.state.pt"
+        if res["seed"] not in seen and base_ck.exists():
+            seen.add(res["seed"])
+            out.append({"label": f"seed {res['seed']} baseline", "seed": res["seed"], "file": path.name,
+                        "checkpoint": base_ck, "expected": res["baseline"]})
+        for ft in res["finetunes"]:
+            ck = root / "tuning" / "cifar10" / f"seed{res['seed']}-{res['config_hash']}" / \
+                f"{experiments._tag(float(ft['lam']))}.state.pt"
+            if ck.exists():
+                out.append({"label": f"seed {res['seed']} {res['name']} λ={ft['lam']:g}", "seed": res["seed"],
+                            "file": path.name, "checkpoint": ck, "expected": ft})
+    return out
+
+
+def _measure(net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int) -> dict:
+    cos, f2, correct = [], [], 0
+    with torch.no_grad():
+        for xb, yb in zip(x.split(batch), y.split(batch)):
+            logits = net(xb)
+            correct += int((logits.argmax(1) == yb).sum())
+            top = logits.topk(2, dim=1)
+            h = dtd.heatmap(net, xb, top.indices, low=0.0, high=1.0).flatten(2)
+            n1 = torch.linalg.vector_norm(h[:, 0], dim=1).clamp(min=1e-12)
+            n2 = torch.linalg.vector_norm(h[:, 1], dim=1).clamp(min=1e-12)
+            cos.append((h[:, 0] * h[:, 1]).sum(1) / (n1 * n2))
+            f2.append(top.values[:, 1])
+    cos, f2 = torch.cat(cos).double(), torch.cat(f2).double()
+    pos = f2 > 0
+    return {"n": int(cos.numel()), "accuracy": correct / int(y.numel()), "cosine": float(cos.mean()),
+            "abs_cosine": float(cos.abs().mean()), "top2_logit_le0": float((~pos).double().mean()),
+            "cosine_top2_pos": float(cos[pos].mean()) if pos.any() else None,
+            "cosine_top2_le0": float(cos[~pos].mean()) if (~pos).any() else None,
+            "cosine_below0": float((cos < 0).double().mean())}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default=str(TUNING / "cosine-signs.json"))
+    ap.add_argument("--threads", type=int, default=None)
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    t0 = time.time()
+    ds = data.load("cifar10")
+    x, y = data.to_float(torch.as_tensor(ds.x_test)), torch.as_tensor(ds.y_test)
+    batch = experiments.PROFILES["full"].eval_batch_size
+    rows = []
+    for spec in _networks():
+        net = models.build("cifar10")
+        net.load_state_dict(torch.load(spec["checkpoint"], map_location="cpu"))
+        net.eval()
+        t = time.time()
+        m = _measure(net, x, y, batch)
+        exp = spec["expected"]
+        row = {"label": spec["label"], "seed": spec["seed"], "file": spec["file"],
+               "lam": exp.get("lam", 0.0), "checkpoint": str(spec["checkpoint"].relative_to(
+                   experiments.checkpoint_root())),
+               "checkpoint_sha256": hashlib.sha256(spec["checkpoint"].read_bytes()).hexdigest()[:16],
+               **m, "file_accuracy": exp["accuracy"], "file_cosine": exp["cosine"], "wall_s": time.time() - t}
+        row["reproduces_file"] = (abs(m["accuracy"] - exp["accuracy"]) < 1e-9
+                                  and abs(m["cosine"] - exp["cosine"]) < 1e-4)
+        rows.append(row)
+        print(f"{row['label']:>36}: acc {m['accuracy']:.4f} (file {exp['accuracy']:.4f}), cos {m['cosine']:+.3f} "
+              f"(file {exp['cosine']:+.3f}), |cos| {m['abs_cosine']:.3f}, top-2 logit <= 0 "
+              f"{m['top2_logit_le0']:.1%}, cos where > 0 {m['cosine_top2_pos']}, {row['wall_s']:.0f} s", flush=True)
+    out = {"kind": "cosine-signs", "dataset": "cifar10", "n_eval": int(y.numel()),
+           "what": __doc__.split("\n\n")[1].replace("\n", " "),
+           "provenance": {"commit": utils.git_commit(), "versions": utils.package_versions(),
+                          "device": utils.device_name(torch.device("cpu")), "host": platform.node(),
+                          "code_hash": experiments.code_hash(), "wall_s": time.time() - t0,
+                          "script": "scripts/cosine_signs.py"},
+           "networks": rows}
+    utils.atomic_write_json(Path(args.out), out)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
