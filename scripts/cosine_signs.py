@@ -52,7 +52,7 @@ def _networks() -> list[dict]:
 
 
 def _measure(net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int) -> dict:
-    cos, f2, correct = [], [], 0
+    cos, f1, f2, correct = [], [], [], 0
     with torch.no_grad():
         for xb, yb in zip(x.split(batch), y.split(batch)):
             logits = net(xb)
@@ -62,13 +62,19 @@ def _measure(net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int)
             n1 = torch.linalg.vector_norm(h[:, 0], dim=1).clamp(min=1e-12)
             n2 = torch.linalg.vector_norm(h[:, 1], dim=1).clamp(min=1e-12)
             cos.append((h[:, 0] * h[:, 1]).sum(1) / (n1 * n2))
+            f1.append(top.values[:, 0])
             f2.append(top.values[:, 1])
-    cos, f2 = torch.cat(cos).double(), torch.cat(f2).double()
-    pos = f2 > 0
+    cos, f1, f2 = torch.cat(cos).double(), torch.cat(f1).double(), torch.cat(f2).double()
+    pos, same = f2 > 0, (f1 > 0) == (f2 > 0)
+
+    def mean(t: torch.Tensor) -> float | None:
+        return float(t.mean()) if t.numel() else None
+
     return {"n": int(cos.numel()), "accuracy": correct / int(y.numel()), "cosine": float(cos.mean()),
-            "abs_cosine": float(cos.abs().mean()), "top2_logit_le0": float((~pos).double().mean()),
-            "cosine_top2_pos": float(cos[pos].mean()) if pos.any() else None,
-            "cosine_top2_le0": float(cos[~pos].mean()) if (~pos).any() else None,
+            "abs_cosine": float(cos.abs().mean()), "top1_logit_le0": float((f1 <= 0).double().mean()),
+            "top2_logit_le0": float((~pos).double().mean()), "opposite_signs": float((~same).double().mean()),
+            "cosine_top2_pos": mean(cos[pos]), "cosine_top2_le0": mean(cos[~pos]),
+            "cosine_same_signs": mean(cos[same]), "cosine_opposite_signs": mean(cos[~same]),
             "cosine_below0": float((cos < 0).double().mean())}
 
 
@@ -99,9 +105,11 @@ def main() -> None:
         row["reproduces_file"] = (abs(m["accuracy"] - exp["accuracy"]) < 1e-9
                                   and abs(m["cosine"] - exp["cosine"]) < 1e-4)
         rows.append(row)
-        print(f"{row['label']:>36}: acc {m['accuracy']:.4f} (file {exp['accuracy']:.4f}), cos {m['cosine']:+.3f} "
-              f"(file {exp['cosine']:+.3f}), |cos| {m['abs_cosine']:.3f}, top-2 logit <= 0 "
-              f"{m['top2_logit_le0']:.1%}, cos where > 0 {m['cosine_top2_pos']}, {row['wall_s']:.0f} s", flush=True)
+        print(f"{row['label']:>28}: acc {m['accuracy']:.4f} (file {exp['accuracy']:.4f}), cos {m['cosine']:+.3f} "
+              f"(file {exp['cosine']:+.3f}), |cos| {m['abs_cosine']:.3f}; logit <= 0: top-1 "
+              f"{m['top1_logit_le0']:.1%}, top-2 {m['top2_logit_le0']:.1%}; opposite signs "
+              f"{m['opposite_signs']:.1%}, cos there {m['cosine_opposite_signs']}, elsewhere "
+              f"{m['cosine_same_signs']}; {row['wall_s']:.0f} s", flush=True)
     out = {"kind": "cosine-signs", "dataset": "cifar10", "n_eval": int(y.numel()),
            "what": __doc__.split("\n\n")[1].replace("\n", " "),
            "provenance": {"commit": utils.git_commit(), "versions": utils.package_versions(),
