@@ -47,6 +47,8 @@ from sepdtd import book
 book.setup_notebook(data_dir)
 
 # %%
+import json
+
 import matplotlib.pyplot as plt
 
 from sepdtd import experiments, metrics, plots, report, tuning
@@ -80,12 +82,20 @@ if not full:
 # - `sum`: each heatmap divided by its total $\sum |R|$;
 # - `softmax`: the relevance starts at the class probability instead of the logit;
 #
-# plus the scale-free mean **cosine** similarity of the two heatmaps (1 = the same explanation; lower
-# is less diffusion). **Table 2 below uses the `raw` convention** (`report.BOOK_CONVENTION`): of the
-# four, it is the one that puts our full-profile baselines closest to the paper's Table 2, so it is most
-# likely what the paper measured. That choice is measured, not assumed: the next cell prints, for
-# each set of results, the mean $|\log(d_\text{ours}/d_\text{paper})|$ over the baselines per
-# convention (lower is closer). All conventions are shown after the main tables.
+# plus the scale-free mean **cosine** similarity of the two heatmaps (1 = the same explanation up to a
+# positive scale; lower is less alike). The cosine is signed, and a DTD heatmap has the sign of the
+# logit it starts from: where the second class's logit is $\le 0$, its heatmap is a sign-flipped map,
+# which lowers the cosine even if the pattern is the same (chapter 3 averages $|\cos|$ for that
+# reason). The section on other fine-tuning settings below measures how much of the fall that explains
+# on CIFAR-10.
+#
+# **Table 2 below uses the `raw` convention** (`report.BOOK_CONVENTION`): of the four, it puts our
+# full-profile baselines closest to the paper's Table 2 (the first score printed below: the mean
+# $|\log(d_\text{ours}/d_\text{paper})|$ over the baselines; lower is closer). But the paper's
+# fine-tuned values are 0.9 to 4.5 times its baselines, and that *relative* change is reproduced better by
+# the normalised conventions (the second score: the mean $|\log|$ of the ratio of our $d_\lambda/d_0$
+# to the paper's). Which scale the paper used cannot be settled from its table; all conventions are
+# shown after the main tables.
 
 # %%
 all_rows = {label: report.rows(rs) for label, rs in sources.items()}
@@ -95,6 +105,10 @@ for label, rows in all_rows.items():
     print("  distance of the baselines to the paper's Table 2, per convention: "
           + ", ".join(f"{c} {v:.2f}" for c, v in sorted(scores.items(), key=lambda kv: kv[1])))
     print(f"  closest: {report.closest_convention(rows)}; Table 2 uses: {report.BOOK_CONVENTION}")
+    ratios = report.convention_ratio_scores(rows)
+    if ratios:
+        print("  distance of d(λ)/d(baseline) to the paper's, per convention: "
+              + ", ".join(f"{c} {v:.2f}" for c, v in sorted(ratios.items(), key=lambda kv: kv[1])))
 
 
 # %%
@@ -271,7 +285,10 @@ else:
 #
 # The validation curves of the same fine-tunes, per epoch (a control beside every fine-tune of its
 # unit), against the baseline's validation accuracy (dashed) and the 0.01 below it that Table 3's claim
-# allows (dotted):
+# allows (dotted). Runs that share their first epochs draw over each other: `paper`, its capped pilot
+# and its control lie under `patience10` and its control until they stop, so a legend entry may have no
+# visible line of its own (`paper` is the fine-tune as we read the paper's protocol, Adam at 1e-4 with
+# patience 3; `patience10` is the same with patience 10):
 
 # %%
 if tuned:
@@ -406,6 +423,90 @@ if tuned:
 #   `patience10` took about 4 hours (200 epochs), its control 1.3 hours (71 epochs, beside other runs);
 #   on the GPU runner (`TUNE="lr3e-5 lr1e-5 patience10 ..."` with `TUNE_LAMS="1e-30 1.0"` in
 #   `scripts/gpu/job.sh`) it would take minutes per candidate, by the measured throughput.
+
+# %% [markdown]
+# ## What the cosine measures: the signs of the logits
+#
+# A DTD heatmap has the sign of the logit it starts from (every $z$ of Eq. 3-4 is $\ge 0$). Where the
+# two top logits have opposite signs, the two heatmaps have opposite signs, and their cosine is
+# negative even if they show the same pattern; where both are $\le 0$, both heatmaps are maps of
+# negative relevance. The results files hold only the mean signed cosine, so a fall of it could be a
+# change of sign rather than of pattern. `scripts/cosine_signs.py` re-measures the networks of the
+# fine-tuning search above from their checkpoints (on the CPU, which ran them; the GPU networks of
+# Tables 2-3 were not kept), on the same 10,000 test images, checks that it reproduces each file's
+# accuracy and cosine, and splits the cosine by the signs of the two logits; $|\cos|$ is the
+# sign-blind similarity of the patterns:
+
+# %%
+signs_path = full_dir / "tuning" / "cifar10" / "cosine-signs.json"
+signs = json.loads(signs_path.read_text()) if signs_path.exists() else None
+if signs is None:
+    book.show_markdown("*No re-measurement of the fine-tuning networks in this checkout "
+                       "(`results/full/tuning/cifar10/cosine-signs.json`).*")
+else:
+    sp = signs["provenance"]
+    book.show_markdown(f"*{sp['script']} at commit `{str(sp['commit'])[:12]}` on {sp['device']}, torch "
+                       f"{sp['versions'].get('torch', '?')}; {signs['n_eval']:,} test images per network; every "
+                       f"network reproduces its file's accuracy and cosine: "
+                       f"{'yes' if all(r['reproduces_file'] for r in signs['networks']) else 'NO'}.*")
+
+    def pct(v):
+        return report.or_dash(None if v is None else 100 * v, ".1f") + (" %" if v is not None else "")
+
+    book.show_markdown(book.markdown_table(
+        ["network", "accuracy", "cosine", "|cos|", "top-1 logit ≤ 0", "top-2 logit ≤ 0", "signs differ",
+         "cosine where they agree", "where they differ"],
+        [[r["label"].replace("λ=1e-30", "control"), f"{r['accuracy']:.4f}", f"{r['cosine']:+.3f}",
+          f"{r['abs_cosine']:.3f}", pct(r.get("top1_logit_le0")), pct(r["top2_logit_le0"]),
+          pct(r.get("opposite_signs")), report.or_dash(r.get("cosine_same_signs"), "+.3f"),
+          report.or_dash(r.get("cosine_opposite_signs"), "+.3f")] for r in signs["networks"]]))
+
+
+def sign_findings(rows):
+    """What the sign split says, per kind of network (baselines and controls, pilots, finished fine-tunes)."""
+    kinds = {"baselines and controls": [r for r in rows if "baseline" in r["label"] or r["lam"] < 1e-20],
+             "fine-tunes stopped by the rule (λ = 1)": [r for r in rows if r["lam"] >= 1e-20
+                                                        and "-cap" not in r["label"]],
+             "pilots capped before the end of the cut (λ = 1)": [r for r in rows if "-cap" in r["label"]]}
+    out = []
+    for kind, rs in kinds.items():
+        if not rs:
+            continue
+
+        def span(key, fmt):
+            vals = [r[key] for r in rs if r.get(key) is not None]
+            if not vals:
+                return "—"
+            lo, hi = min(vals), max(vals)
+            return format(lo, fmt) if format(lo, fmt) == format(hi, fmt) else f"{format(lo, fmt)} to {format(hi, fmt)}"
+        gap = max(r["abs_cosine"] - r["cosine"] for r in rs)
+        text = (f"**{kind}** ({len(rs)}): signed cosine {span('cosine', '+.3f')}, |cos| {span('abs_cosine', '.3f')}; "
+                f"top-2 logit ≤ 0 on {span('top2_logit_le0', '.1%')} of the images, top-1 on "
+                f"{span('top1_logit_le0', '.1%')}. ")
+        if gap > 0.1:
+            text += (f"Here the signed cosine understates the similarity by up to {gap:.2f}: part of its fall is a "
+                     "change of sign (opposite logits), not of pattern.")
+        elif min(r["abs_cosine"] for r in rs) > 0.9:
+            text += "The two explanations are the same pattern (|cos| > 0.9): diffusion as the paper describes it."
+        else:
+            text += ("|cos| is close to the signed cosine, so the fall of the cosine is a change of pattern, not of "
+                     "sign.")
+        out.append(text)
+    return out
+
+
+if signs is not None:
+    book.show_markdown("\n".join(f"- {t}" for t in sign_findings(signs["networks"])))
+
+# %% [markdown]
+# So on CIFAR-10 the separation that the cosine shows after a finished fine-tune is real: the two
+# explanations show different patterns, also without their signs. But it comes with a change the
+# paper does not mention: after the fine-tune both top logits are $\le 0$ on almost every test image
+# (the network still ranks the classes, by how *little* negative their logits are), so DTD explains
+# both classes with negative relevance only. The same happens on MNIST and Fashion-MNIST, where
+# {doc}`09_ground_truth` finds the fine-tuned networks' heatmaps without any positive relevance on
+# most composite images. And a fine-tune stopped half-way through the cut can show a low signed cosine
+# that is mostly a change of sign (|cos| stays near the baseline's).
 
 # %% [markdown]
 # ## Every convention, and the cosine similarity

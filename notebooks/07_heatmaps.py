@@ -78,6 +78,9 @@ def compare(name, prefer, figure_name, n=2):
     pool = torch.randperm(ds.x_test.shape[0], generator=torch.Generator().manual_seed(seed))[:2000]
     pairs = [(ds.classes.index(a), ds.classes.index(b)) for a, b in prefer]
     picks = book.plausible_examples(nets, ds.x_test[pool], ds.y_test[pool], n=n, prefer=pairs)
+    found = any(set(p["classes"]) == set(pairs[0]) for p in picks)
+    print(f"The paper's pair ({', '.join(prefer[0])}) is {'' if found else 'not '}among the images shown"
+          + ("." if found else ": no image of the pool met the criteria for it."))
     for k, pick in enumerate(picks):
         index = int(pool[pick["index"]])
         image = ds.x_test[index]
@@ -114,7 +117,10 @@ compare("fashion_mnist", [("Sneaker", "Ankle boot"), ("Shirt", "T-shirt/top"), (
 # %% [markdown]
 # The printed norms are these images' terms of Eq. 7 under Table 2's convention, and the cosine
 # similarities say how alike the two explanations are (1 = identical up to scale). A single image can
-# go either way; Table 2 averages over hundreds. Whether the differences point at *meaningful*
+# go either way; Table 2 averages over hundreds. And the networks matter: at the quick profile the
+# fine-tunes stop after two epochs with most of the off-block weight in place (chapter 5), so the
+# baseline's and the regularized network's heatmaps are nearly the same; the paper's setting is the
+# full profile (`make book PROFILE=full`, on a GPU). Whether the differences point at *meaningful*
 # evidence, like the wing for *plane* in the paper, is for the reader to judge from the figures; the
 # paper's Discussion makes the same reservation: there is no ground truth for explanations.
 # {doc}`08_weights` shows what the regularization did to the weights.

@@ -27,7 +27,8 @@ from typing import Any
 
 __all__ = [
     "NOTEBOOK_DIR", "provenance", "provenance_line", "show_provenance", "setup_notebook", "book_root",
-    "markdown_table", "show_markdown", "beyond_results", "committed_beyond", "blank_shares", "mass_se",
+    "markdown_table", "show_markdown", "beyond_results", "committed_beyond", "committed_inblock", "blank_shares",
+    "mass_se",
     "plausible_examples", "source_cells", "is_executed_copy", "choose_sources", "execute", "setup",
 ]
 
@@ -183,7 +184,23 @@ def beyond_results(profile: str, seed: int, device: str, datasets: Sequence[str]
     ran = [beyond.ensure(profile, name, seed, device, progress=False) for name in datasets]
     units = {(r["dataset"], r["seed"]): r for r in beyond.load_results(profile)}
     units.update({(r["dataset"], r["seed"]): r for r in ran})
-    return [units[k] for k in sorted(units, key=lambda k: (list(datasets).index(k[0]), k[1]))]
+    results = [units[k] for k in sorted(units, key=lambda k: (list(datasets).index(k[0]), k[1]))]
+    _warn_stale_beyond(results)
+    return results
+
+
+def _warn_stale_beyond(results: Sequence[dict]) -> list[dict]:
+    """Show a warning for chapter 9-10 results made by other code than the current package's; return them."""
+    from sepdtd import beyond
+
+    current = beyond.code_hash()
+    stale = [r for r in results if r.get("code_hash") != current]
+    if stale:
+        hashes = ", ".join(sorted({str(r.get("code_hash")) for r in stale}))
+        show_markdown("**Stale:** " + ", ".join(f"{r['dataset']} seed {r['seed']}" for r in stale)
+                      + f" were produced by other code (code hash {hashes}, the package's is {current}); "
+                      "their numbers may differ from what it computes now.")
+    return stale
 
 
 def committed_beyond(profile: str, seed: int, convention: str) -> tuple[list[dict], list[dict]]:
@@ -199,7 +216,42 @@ def committed_beyond(profile: str, seed: int, convention: str) -> tuple[list[dic
         show_markdown("*No other full-profile results of this chapter in this checkout.*")
         return [], []
     show_provenance(provenance(results, profile="full", seed=seed, device=None))
+    _warn_stale_beyond(results)
     return results, beyond.summary(results, convention=convention)
+
+
+def committed_inblock(profile: str) -> str | None:
+    """A Markdown table of the committed full-profile in-block shares (Figure 6), for a build at another
+    profile; None when this build is the full profile or none are committed.
+
+    One row per data set: the baselines' share and the fine-tunes' range over every λ and seed, hidden /
+    output layer (:func:`sepdtd.regularization.inblock_share`).
+    """
+    from sepdtd import experiments, report
+
+    folder = experiments.default_results_dir("full")
+    if profile == "full" or not folder.is_dir():
+        return None
+    results = experiments.load_results(folder)
+    if not results:
+        return None
+
+    def span(values: list[float]) -> str:
+        lo, hi = min(values), max(values)
+        return f"{lo:.1%}" if f"{lo:.1%}" == f"{hi:.1%}" else f"{lo:.1%}-{hi:.1%}"
+
+    rows = []
+    for name in sorted({r["dataset"] for r in results}):
+        sets = [s for r in results if r["dataset"] == name for s in r["settings"]
+                if all(v is not None for v in s["inblock"])]
+        cells = []
+        for fine in (False, True):
+            chosen = [s for s in sets if (s["lam"] > 0) == fine]
+            layers = range(len(chosen[0]["inblock"])) if chosen else ()
+            cells.append(" / ".join(span([s["inblock"][k] for s in chosen]) for k in layers) or "—")
+        seeds = sorted({r["seed"] for r in results if r["dataset"] == name})
+        rows.append([report.DATASET_LABELS.get(name, name), ", ".join(map(str, seeds)), *cells])
+    return markdown_table(["data set", "seeds", "baseline", "fine-tuned (every λ)"], rows)
 
 
 def _beyond_methods(results: Iterable[Mapping]) -> Iterator[tuple[tuple[str, str, str], Mapping]]:

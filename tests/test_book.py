@@ -147,6 +147,35 @@ def test_mass_se_counts_only_the_composites_with_a_defined_mass():
     assert two[("mnist", "lam1.0", "dtd")][1] is None and two[("mnist", "depth-0", "dtd")] == (None, None)
 
 
+def test_committed_inblock_spans_baselines_and_fine_tunes(tmp_path, monkeypatch):
+    from sepdtd import experiments
+
+    def unit(seed, base, tuned):
+        return {"schema": 1, "profile": "full", "dataset": "mnist", "seed": seed, "settings": [
+            {"lam": 0.0, "inblock": base}, *({"lam": lam, "inblock": tuned} for lam in (0.1, 1.0))]}
+
+    (tmp_path / "mnist").mkdir()
+    for seed, base, tuned in ((0, [0.1, 0.09], [1.0, 0.99]), (1, [0.11, 0.09], [1.0, 1.0])):
+        (tmp_path / "mnist" / f"seed{seed}.json").write_text(json.dumps(unit(seed, base, tuned)))
+    monkeypatch.setattr(experiments, "default_results_dir", lambda profile: tmp_path)
+    lines = book.committed_inblock("quick").splitlines()
+    assert lines[2] == "| MNIST | 0, 1 | 10.0%-11.0% / 9.0% | 100.0% / 99.0%-100.0% |"
+    assert book.committed_inblock("full") is None                     # the build's own table says it
+    monkeypatch.setattr(experiments, "default_results_dir", lambda profile: tmp_path / "none")
+    assert book.committed_inblock("quick") is None
+
+
+def test_stale_beyond_results_are_named(capsys):
+    from sepdtd import beyond
+
+    current = {"dataset": "mnist", "seed": 0, "code_hash": beyond.code_hash()}
+    old = {"dataset": "cifar10", "seed": 2, "code_hash": "0" * 12}
+    assert book._warn_stale_beyond([current]) == [] and capsys.readouterr().out == ""
+    assert book._warn_stale_beyond([current, old]) == [old]
+    out = capsys.readouterr().out
+    assert out.startswith("**Stale:** cifar10 seed 2") and "0" * 12 in out and beyond.code_hash() in out
+
+
 def test_markdown_table_escapes_pipes():
     text = book.markdown_table(["a", "b"], [(1, "x|y")])
     assert text.splitlines() == ["| a | b |", "| --- | --- |", "| 1 | x\\|y |"]

@@ -7,6 +7,8 @@ import subprocess
 import sys
 import warnings
 
+import math
+
 import pytest
 
 from sepdtd import experiments, report
@@ -115,6 +117,20 @@ def test_closest_convention():
         report.closest_convention([])
 
 
+def test_convention_ratio_scores_compare_the_change_against_the_baseline():
+    paper = report.PAPER_TABLE2["mnist"]
+    # "max" (scale 3) reproduces every ratio d_λ / d_0 of the paper; "raw" halves each λ's
+    d = {lam: v * 3 for lam, v in paper.items()}
+    rs = report.rows([result("mnist", 0, d=d, acc=flat(0.9), t=(0.0, 1.0))])
+    for r in rs:
+        r["variants"] = {"max": r["variants"]["max"],
+                         "raw": r["variants"]["raw"] * (1.0 if r["lam"] == 0 else 0.5)}
+    scores = report.convention_ratio_scores(rs)
+    assert scores["max"] == pytest.approx(0.0, abs=1e-12)
+    assert scores["raw"] == pytest.approx(math.log(2))
+    assert report.convention_ratio_scores([r for r in rs if r["lam"] > 0]) == {}   # no baseline, no score
+
+
 def test_claims():
     d = {0.0: 0.5, 0.1: 0.6, 0.5: 0.7, 1.0: 0.8, 5.0: 0.4}             # λ = 5 falls below the baseline
     acc = {0.0: 0.985, 0.1: 0.99, 0.5: 0.98, 1.0: 0.97, 5.0: 0.96}     # λ = 1: -0.015, λ = 5: -0.025
@@ -135,7 +151,7 @@ def test_claims():
     assert not near["held"] and "rounding" in near["text"]
     assert "rounding" not in next(c for c in low if c["claim"] == "baseline_accuracy")["text"]
     text = report.format_claims(cs)
-    assert "NOT held" in text and f"MNIST λ=5: d[{report.BOOK_CONVENTION}] 0.4 > baseline 0.5" in text
+    assert "NOT held" in text and f"MNIST λ=5: d[{report.BOOK_CONVENTION}] 0.4, baseline 0.5 (claim: above the baseline)" in text
     assert len(cs) == 1 + 4 * (len(CONVENTIONS) + 1)
 
 
