@@ -417,7 +417,8 @@ if tuned:
 #   0.186 and 0.223 at seed 0, 0.119 at seed 1). Fine-tuning alone, for up to 61 epochs, does not. By
 #   Table 2's raw $d$, though, λ = 1 *lowers* the difference (0.080 and 0.128 against 0.196 at seed 0,
 #   0.119 against 0.154 at seed 1), as in Table 2 above: the separation shows in the scale-free
-#   measures, not in raw $d$.
+#   measures, not in raw $d$. The next section checks that the cosine's fall is not a change of sign
+#   alone, and finds the logits of both top classes $\le 0$ after these fine-tunes.
 # - **Not answered:** whether a slower cut (`lr3e-5`, `lr1e-5`) ends higher or sooner, and what
 #   `patience10` does on other seeds, and the controls at other λ, on seed 2 and on the GPU. On this CPU,
 #   `patience10` took about 4 hours (200 epochs), its control 1.3 hours (71 epochs, beside other runs);

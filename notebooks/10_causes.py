@@ -112,12 +112,15 @@ def cell(pair, digits=2, pct=False):
 # ## Factor 1: the rule
 #
 # The baseline network and the network fine-tuned with λ = 1.0, explained by every method, on the test
-# images that `sepdtd.beyond` draws with the seed (`n_eval` of the profile). $d$ is Eq. 7
-# with each heatmap divided by its largest $|R|$ (convention `max`: the methods' heatmaps have different scales, so raw $d$, Table 2's convention, would compare scales, not shapes), *cos* the cosine similarity of the top-1 and top-2
-# heatmaps of real test images (1: identical explanations); *mass* and *pointing* are the ground-truth
-# metrics of {doc}`09_ground_truth` on the recognised composites, *on objects* the mass accuracy counted
-# on the two objects' pixels only (a rule that gives relevance to the black background of an overlay is
-# not penalised for it there).
+# images that `sepdtd.beyond` draws with the seed (`n_eval` of the profile). $d$ is Eq. 7 with each heatmap
+# divided by its largest $|R|$ (convention `max`: the methods' heatmaps have different scales, so raw $d$,
+# Table 2's convention, would compare scales, not shapes), *cos* the cosine similarity of the top-1 and
+# top-2 heatmaps of real test images (1: identical explanations; signed, so for DTD, whose heatmaps have the
+# sign of their logit, two logits of opposite signs make it negative even for the same pattern: see
+# {doc}`06_tables`, "What the cosine measures"); *mass* and *pointing* are the ground-truth metrics of
+# {doc}`09_ground_truth` on the recognised composites, *on objects* the mass accuracy counted on the two
+# objects' pixels only (a rule that gives relevance to the black background of an overlay is not penalised
+# for it there).
 
 # %%
 def method_table(name, model):
