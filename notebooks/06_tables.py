@@ -439,28 +439,29 @@ if tuned:
 # sign-blind similarity of the patterns:
 
 # %%
-signs_path = full_dir / "tuning" / "cifar10" / "cosine-signs.json"
-signs = json.loads(signs_path.read_text()) if signs_path.exists() else None
-if signs is None:
+signs = [json.loads(p.read_text()) for p in sorted((full_dir / "tuning").glob("*/cosine-signs.json"))]
+if not signs:
     book.show_markdown("*No re-measurement of the fine-tuning networks in this checkout "
-                       "(`results/full/tuning/cifar10/cosine-signs.json`).*")
-else:
-    sp = signs["provenance"]
-    book.show_markdown(f"*{sp['script']} at commit `{str(sp['commit'])[:12]}` on {sp['device']}, torch "
-                       f"{sp['versions'].get('torch', '?')}; {signs['n_eval']:,} test images per network; every "
-                       f"network reproduces its file's accuracy and cosine: "
-                       f"{'yes' if all(r['reproduces_file'] for r in signs['networks']) else 'NO'}.*")
+                       "(`results/full/tuning/<data set>/cosine-signs.json`).*")
 
-    def pct(v):
-        return report.or_dash(None if v is None else 100 * v, ".1f") + (" %" if v is not None else "")
 
+def pct(v):
+    return "—" if v is None else f"{100 * v:.1f} %"
+
+
+for sg in signs:
+    sp = sg["provenance"]
+    book.show_markdown(f"**{report.DATASET_LABELS[sg['dataset']]}** — *{sp['script']} at commit "
+                       f"`{str(sp['commit'])[:12]}` on {sp['device']}, torch {sp['versions'].get('torch', '?')}; "
+                       f"{sg['n_eval']:,} test images per network; every network reproduces its file's accuracy "
+                       f"and cosine: {'yes' if all(r['reproduces_file'] for r in sg['networks']) else 'NO'}.*")
     book.show_markdown(book.markdown_table(
         ["network", "accuracy", "cosine", "|cos|", "top-1 logit ≤ 0", "top-2 logit ≤ 0", "signs differ",
          "cosine where they agree", "where they differ"],
         [[r["label"].replace("λ=1e-30", "control"), f"{r['accuracy']:.4f}", f"{r['cosine']:+.3f}",
           f"{r['abs_cosine']:.3f}", pct(r.get("top1_logit_le0")), pct(r["top2_logit_le0"]),
           pct(r.get("opposite_signs")), report.or_dash(r.get("cosine_same_signs"), "+.3f"),
-          report.or_dash(r.get("cosine_opposite_signs"), "+.3f")] for r in signs["networks"]]))
+          report.or_dash(r.get("cosine_opposite_signs"), "+.3f")] for r in sg["networks"]]))
 
 
 def sign_findings(rows):
@@ -496,8 +497,9 @@ def sign_findings(rows):
     return out
 
 
-if signs is not None:
-    book.show_markdown("\n".join(f"- {t}" for t in sign_findings(signs["networks"])))
+for sg in signs:
+    book.show_markdown(f"{report.DATASET_LABELS[sg['dataset']]}:\n\n"
+                       + "\n".join(f"- {t}" for t in sign_findings(sg["networks"])))
 
 # %% [markdown]
 # So on CIFAR-10 the separation that the cosine shows after a finished fine-tune is real: the two

@@ -1,15 +1,15 @@
-"""How much of the fall of the top-2 cosine is a sign flip? (CIFAR-10 fine-tuning runs on the CPU.)
+"""How much of the fall of the top-2 cosine is a sign flip? (The fine-tuning search's CPU networks.)
 
 DTD relevance keeps the sign of the logit it starts from (every z of Eq. 3-4 is >= 0), so where the
 second class's logit is <= 0 its heatmap is <= 0 everywhere: the signed cosine with the first heatmap
 then falls although the pattern may be the same (chapter 3 averages |cos| for that reason). The
 committed results store only the signed mean cosine. This script re-measures the networks behind
-``results/full/tuning/cifar10/`` from their checkpoints (kept in ``$SEPDTD_CACHE``, not in git) on the
+``results/full/tuning/<dataset>/`` from their checkpoints (kept in ``$SEPDTD_CACHE``, not in git) on the
 same evaluation images, checks that it reproduces each file's accuracy and signed cosine, and adds:
 the share of images whose top-2 logit is <= 0, the mean |cos|, and the mean cosine over the images
 whose top-2 logit is > 0.
 
-    python scripts/cosine_signs.py [--out results/full/tuning/cifar10/cosine-signs.json]
+    python scripts/cosine_signs.py [--dataset cifar10] [--out results/full/tuning/<dataset>/cosine-signs.json]
 """
 from __future__ import annotations
 
@@ -25,25 +25,25 @@ import torch
 from sepdtd import data, dtd, experiments, models, training, utils
 
 REPO = Path(__file__).resolve().parent.parent
-TUNING = REPO / "results" / "full" / "tuning" / "cifar10"
+TUNING = REPO / "results" / "full" / "tuning"
 
 
-def _networks() -> list[dict]:
+def _networks(dataset: str) -> list[dict]:
     """Every network of the committed tuning files whose checkpoint is here: baselines and fine-tunes."""
     out, seen = [], set()
     root = experiments.checkpoint_root() / "full"
-    for path in sorted(TUNING.glob("seed*-*.json")):
+    for path in sorted((TUNING / dataset).glob("seed*-*.json")):
         res = json.loads(path.read_text())
         if res.get("kind") != "tuning":
             continue
-        unit = experiments.make_config("full", "cifar10", res["seed"])
+        unit = experiments.make_config("full", dataset, res["seed"])
         base_ck = experiments.checkpoint_dir(unit) / "baseline.state.pt"
         if res["seed"] not in seen and base_ck.exists():
             seen.add(res["seed"])
             out.append({"label": f"seed {res['seed']} baseline", "seed": res["seed"], "file": path.name,
                         "checkpoint": base_ck, "expected": res["baseline"]})
         for ft in res["finetunes"]:
-            ck = root / "tuning" / "cifar10" / f"seed{res['seed']}-{res['config_hash']}" / \
+            ck = root / "tuning" / dataset / f"seed{res['seed']}-{res['config_hash']}" / \
                 f"{experiments._tag(float(ft['lam']))}.state.pt"
             if ck.exists():
                 out.append({"label": f"seed {res['seed']} {res['name']} λ={ft['lam']:g}", "seed": res["seed"],
@@ -80,18 +80,20 @@ def _measure(net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int)
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", default=str(TUNING / "cosine-signs.json"))
+    ap.add_argument("--dataset", default="cifar10", choices=("mnist", "fashion_mnist", "cifar10"))
+    ap.add_argument("--out", default=None, help="default: results/full/tuning/<dataset>/cosine-signs.json")
     ap.add_argument("--threads", type=int, default=None)
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    t0 = time.time()
-    ds = data.load("cifar10")
+    t0, commit = time.time(), utils.git_commit()  # the commit of the code that runs, read before it runs
+    out_path = Path(args.out) if args.out else TUNING / args.dataset / "cosine-signs.json"
+    ds = data.load(args.dataset)
     x, y = data.to_float(torch.as_tensor(ds.x_test)), torch.as_tensor(ds.y_test)
     batch = experiments.PROFILES["full"].eval_batch_size
     rows = []
-    for spec in _networks():
-        net = models.build("cifar10")
+    for spec in _networks(args.dataset):
+        net = models.build(args.dataset)
         net.load_state_dict(torch.load(spec["checkpoint"], map_location="cpu"))
         net.eval()
         t = time.time()
@@ -110,15 +112,15 @@ def main() -> None:
               f"{m['top1_logit_le0']:.1%}, top-2 {m['top2_logit_le0']:.1%}; opposite signs "
               f"{m['opposite_signs']:.1%}, cos there {m['cosine_opposite_signs']}, elsewhere "
               f"{m['cosine_same_signs']}; {row['wall_s']:.0f} s", flush=True)
-    out = {"kind": "cosine-signs", "dataset": "cifar10", "n_eval": int(y.numel()),
+    out = {"kind": "cosine-signs", "dataset": args.dataset, "n_eval": int(y.numel()),
            "what": __doc__.split("\n\n")[1].replace("\n", " "),
-           "provenance": {"commit": utils.git_commit(), "versions": utils.package_versions(),
+           "provenance": {"commit": commit, "versions": utils.package_versions(),
                           "device": utils.device_name(torch.device("cpu")), "host": platform.node(),
                           "code_hash": experiments.code_hash(), "wall_s": time.time() - t0,
                           "script": "scripts/cosine_signs.py"},
            "networks": rows}
-    utils.atomic_write_json(Path(args.out), out)
-    print(f"wrote {args.out}")
+    utils.atomic_write_json(out_path, out)
+    print(f"wrote {out_path}")
 
 
 if __name__ == "__main__":
