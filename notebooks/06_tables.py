@@ -506,7 +506,10 @@ for sg in signs:
 # explanations show different patterns, also without their signs. But it comes with a change the
 # paper does not mention: after the fine-tune both top logits are $\le 0$ on almost every test image
 # (the network still ranks the classes, by how *little* negative their logits are), so DTD explains
-# both classes with negative relevance only. The same happens on MNIST and Fashion-MNIST, where
+# both classes with negative relevance only. A likely reason: the cross-entropy depends only on the
+# differences of the logits, the cut removes about nine tenths of the positive weight of the dense
+# layers, which lowers every logit, and nothing in Eq. 5 raises them again (the output biases, too, are
+# kept $\le 0$ for DTD). The same happens on MNIST and Fashion-MNIST, where
 # {doc}`09_ground_truth` finds the fine-tuned networks' heatmaps without any positive relevance on
 # most composite images. And a fine-tune stopped half-way through the cut can show a low signed cosine
 # that is mostly a change of sign (|cos| stays near the baseline's).
