@@ -531,7 +531,8 @@ for sg in signs:
 # %% [markdown]
 # ## Every convention, and the cosine similarity
 #
-# Mean over seeds; for the cosine similarity of the top-2 heatmaps, *lower* is less diffusion.
+# Mean over seeds; for the cosine similarity of the top-2 heatmaps, *lower* is less alike, but see
+# "What the cosine measures" above: the signed cosine also falls where the two logits' signs differ.
 
 # %%
 for label, rows in all_rows.items():
