@@ -224,6 +224,21 @@ book.show_markdown(f"On these {d['n']} test images, after the fine-tuning, d " +
                    f"test accuracy changed by {reg['accuracy'] - base['accuracy']:+.4f}.")
 
 # %% [markdown]
+# The cosine is signed, and a DTD heatmap has the sign of the logit it starts from: where the second
+# logit is $\le 0$ and the first $> 0$, the two heatmaps have opposite signs and a negative cosine even
+# for the same pattern. So look at the signs too ({doc}`06_tables`, "What the cosine measures"):
+
+# %%
+for label, model in nets.items():
+    with torch.no_grad():
+        top = model(x).topk(2, dim=1)
+        h = dtd.heatmap(model, x, top.indices, low=0.0, high=1.0).flatten(2)
+    cos = torch.nn.functional.cosine_similarity(h[:, 0], h[:, 1], dim=1, eps=1e-12)
+    print(f"{label:>10}: cosine {float(cos.mean()):+.3f}, |cos| {float(cos.abs().mean()):.3f}; "
+          f"logit <= 0 for the top-1 class on {float((top.values[:, 0] <= 0).float().mean()):.0%} "
+          f"and for the top-2 class on {float((top.values[:, 1] <= 0).float().mean()):.0%} of the test images")
+
+# %% [markdown]
 # The top-2 heatmaps of two test images for both networks, on one colour scale per image, with
 # their difference (what Eq. 7 measures), chosen as Figures 4-5 choose theirs
 # (`book.plausible_examples`: correctly classified by both networks, the same two classes on top):
