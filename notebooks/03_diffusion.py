@@ -128,5 +128,5 @@ print(f"mean |cos| between different classes: {float(pairs.mean()):.3f} "
 # the paper proposes. {doc}`05_block_regularization` introduces the cure and {doc}`06_tables` measures
 # it with Eq. 7. The absolute value matters: the tables report the mean *signed* cosine of the top-2
 # heatmaps, which is lower for the full-profile MNIST and Fashion-MNIST baselines (about 0.5-0.6) than
-# for CIFAR-10's (0.98), but for a CPU baseline of MNIST that is the sign alone: without it the two
+# for CIFAR-10's (0.98), but for CPU baselines of both that is the sign alone: without it the two
 # heatmaps are the same pattern ($|\cos|$ 0.993; {doc}`06_tables`, "What the cosine measures").
