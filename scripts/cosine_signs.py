@@ -6,8 +6,9 @@ then falls although the pattern may be the same (chapter 3 averages |cos| for th
 committed results store only the signed mean cosine. This script re-measures the networks behind
 ``results/full/tuning/<dataset>/`` from their checkpoints (kept in ``$SEPDTD_CACHE``, not in git) on the
 same evaluation images, checks that it reproduces each file's accuracy and signed cosine, and adds:
-the share of images whose top-2 logit is <= 0, the mean |cos|, and the mean cosine over the images
-whose top-2 logit is > 0.
+the mean |cos|; the shares of images whose top-1 and top-2 logits are <= 0, whose two logits have
+opposite signs, and whose cosine is < 0; and the mean cosine over the images whose top-2 logit is
+> 0 or <= 0, and over those whose two logits' signs agree or differ.
 
     python scripts/cosine_signs.py [--dataset cifar10] [--out results/full/tuning/<dataset>/cosine-signs.json]
 """

@@ -1,8 +1,9 @@
 """Command line: ``python -m sepdtd data prepare``, ``reproduce``, ``beyond`` and ``tune``.
 
 The report has its own entry point, ``python -m sepdtd.report <results dir> [--json]``. A mistake in the
-arguments or a missing data set ends with one line, ``error: ...``, that says what to do, and exit
-status 2; ``SEPDTD_TRACEBACK=1`` shows the traceback instead.
+arguments (checked before anything runs) or a missing or damaged data set ends with an ``error: ...``
+message that says what to do, and exit status 2, instead of a traceback; ``SEPDTD_TRACEBACK=1`` shows
+the traceback. Any other error propagates with its traceback.
 """
 from __future__ import annotations
 
@@ -65,33 +66,44 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+class UsageError(ValueError):
+    """A mistake in the command line's arguments, found before anything runs."""
+
+
 def _check_names(args: argparse.Namespace) -> None:
-    """Refuse unknown data set and candidate names before anything trains."""
+    """Refuse unknown data set and candidate names and negative seeds before anything trains."""
     from sepdtd import experiments
 
-    for name in (getattr(args, "datasets", None) or getattr(args, "sets", None) or []):
-        experiments._dataset_name(name)
+    try:
+        for name in (getattr(args, "datasets", None) or getattr(args, "sets", None) or []):
+            experiments._dataset_name(name)
+        if args.command == "tune":
+            experiments._dataset_name(args.dataset)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
     if args.command == "tune":
         from sepdtd import tuning
 
-        experiments._dataset_name(args.dataset)
         unknown = [n for n in args.candidates or [] if n not in tuning.CANDIDATES]
         if unknown:
-            raise ValueError(f"unknown candidate(s) {', '.join(map(repr, unknown))}: choose from "
+            raise UsageError(f"unknown candidate(s) {', '.join(map(repr, unknown))}: choose from "
                              f"{', '.join(tuning.CANDIDATES)}")
-    for seed in (getattr(args, "seeds", None) or []):
+    seeds = list(getattr(args, "seeds", None) or []) + ([args.seed] if args.command == "tune" else [])
+    for seed in seeds:
         if seed < 0:
-            raise ValueError(f"seeds must be >= 0, got {seed}")
+            raise UsageError(f"seeds must be >= 0, got {seed}")
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the command line; returns the exit status (2 and one ``error:`` line for a user's mistake)."""
+    """Run the command line; returns the exit status (2 and an ``error:`` message for a user's mistake)."""
+    from sepdtd.data import ChecksumError, DataNotFoundError
+
     args = _parser().parse_args(argv)
     if os.environ.get("SEPDTD_TRACEBACK", "") not in ("", "0"):
         return _run(args)
     try:
         return _run(args)
-    except (ValueError, FileNotFoundError) as exc:  # DataNotFoundError, ChecksumError and argument checks
+    except (UsageError, DataNotFoundError, ChecksumError) as exc:
         print(f"error: {exc} (SEPDTD_TRACEBACK=1 shows where)", file=sys.stderr)
         return 2
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from sepdtd import beyond, book, cli, experiments, tuning
+from sepdtd import beyond, book, cli, data, experiments, tuning
 
 
 @pytest.fixture
@@ -12,7 +12,7 @@ def no_work(monkeypatch):
     def boom(*args, **kwargs):
         raise AssertionError("the command ran before refusing its arguments")
 
-    for mod, name in ((experiments, "reproduce"), (beyond, "reproduce"), (tuning, "search")):
+    for mod, name in ((experiments, "reproduce"), (beyond, "reproduce"), (tuning, "search"), (data, "prepare")):
         monkeypatch.setattr(mod, name, boom)
 
 
@@ -22,6 +22,7 @@ def no_work(monkeypatch):
     (["tune", "--profile", "smoke", "--dataset", "svhn"], "unknown data set 'svhn'"),
     (["tune", "--profile", "smoke", "--candidates", "paper", "lr9"], "unknown candidate(s) 'lr9'"),
     (["reproduce", "--profile", "smoke", "--seeds", "0", "-1"], "seeds must be >= 0"),
+    (["tune", "--profile", "smoke", "--seed", "-1"], "seeds must be >= 0"),
     (["data", "prepare", "--sets", "svhn"], "unknown data set 'svhn'"),
 ])
 def test_bad_arguments_end_with_one_line_before_any_work(no_work, capsys, argv, expected):
@@ -41,6 +42,15 @@ def test_a_missing_data_set_says_where_to_get_it(tmp_path, monkeypatch, capsys):
     assert cli.main(["data", "prepare", "--sets", "mnist"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "SEPDTD_DATA_MIRROR" in err
+
+
+def test_other_errors_keep_their_traceback(monkeypatch):
+    def bug(*args, **kwargs):
+        raise ValueError("an internal error, not the user's")
+
+    monkeypatch.setattr(experiments, "reproduce", bug)
+    with pytest.raises(ValueError, match="internal"):
+        cli.main(["reproduce", "--profile", "smoke", "--datasets", "mnist"])
 
 
 def test_traceback_on_request(no_work, monkeypatch):
