@@ -17,7 +17,7 @@ _EPILOG = """environment:
                            (default ../shared/data beside the repository or the working directory)
   SEPDTD_TORCHVISION_ROOT  torchvision's data folders (default $SEPDTD_CACHE/torchvision)
   SEPDTD_OFFLINE=1         never try the package registries or torchvision's downloads
-  SEPDTD_TRACEBACK=1       show the traceback of an error instead of one line"""
+  SEPDTD_TRACEBACK=1       show the traceback of an error instead of the "error:" message"""
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -30,7 +30,8 @@ from sepdtd.metrics import CONVENTIONS
 __all__ = ["PAPER_TABLE2", "PAPER_TABLE3", "BOOK_CONVENTION", "DATASET_LABELS", "ACCURACY_TOLERANCE", "CONTROL_LAM",
            "finetune_fit", "at_equal_penalty", "or_dash", "is_control", "lam_text", "tuning_verdicts",
            "tuning_controls", "tuning_labels", "tuning_starts", "tuning_endpoints", "rows", "seed_walls",
-           "closest_convention", "convention_scores", "convention_ratio_scores", "format_tables", "claims", "format_claims", "main"]
+           "closest_convention", "convention_scores", "convention_ratio_scores", "format_tables", "claims",
+           "format_claims", "main"]
 
 _LAMS = (0.0, 0.1, 0.5, 1.0, 5.0)
 
