@@ -230,13 +230,10 @@ book.show_markdown(f"On these {d['n']} test images, after the fine-tuning, d " +
 
 # %%
 for label, model in nets.items():
-    with torch.no_grad():
-        top = model(x).topk(2, dim=1)
-        h = dtd.heatmap(model, x, top.indices, low=0.0, high=1.0).flatten(2)
-    cos = torch.nn.functional.cosine_similarity(h[:, 0], h[:, 1], dim=1, eps=1e-12)
+    cos, logits, _ = book.top2_cosines(model, x)  # per image
     print(f"{label:>10}: cosine {float(cos.mean()):+.3f}, |cos| {float(cos.abs().mean()):.3f}; "
-          f"logit <= 0 for the top-1 class on {float((top.values[:, 0] <= 0).float().mean()):.0%} "
-          f"and for the top-2 class on {float((top.values[:, 1] <= 0).float().mean()):.0%} of the test images")
+          f"logit <= 0 for the top-1 class on {float((logits[:, 0] <= 0).double().mean()):.0%} "
+          f"and for the top-2 class on {float((logits[:, 1] <= 0).double().mean()):.0%} of the test images")
 
 # %% [markdown]
 # The top-2 heatmaps of two test images for both networks, on one colour scale per image, with

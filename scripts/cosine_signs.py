@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from sepdtd import data, dtd, experiments, models, training, utils
+from sepdtd import book, data, experiments, models, utils
 
 REPO = Path(__file__).resolve().parent.parent
 TUNING = REPO / "results" / "full" / "tuning"
@@ -53,19 +53,9 @@ def _networks(dataset: str) -> list[dict]:
 
 
 def _measure(net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int) -> dict:
-    cos, f1, f2, correct = [], [], [], 0
-    with torch.no_grad():
-        for xb, yb in zip(x.split(batch), y.split(batch)):
-            logits = net(xb)
-            correct += int((logits.argmax(1) == yb).sum())
-            top = logits.topk(2, dim=1)
-            h = dtd.heatmap(net, xb, top.indices, low=0.0, high=1.0).flatten(2)
-            n1 = torch.linalg.vector_norm(h[:, 0], dim=1).clamp(min=1e-12)
-            n2 = torch.linalg.vector_norm(h[:, 1], dim=1).clamp(min=1e-12)
-            cos.append((h[:, 0] * h[:, 1]).sum(1) / (n1 * n2))
-            f1.append(top.values[:, 0])
-            f2.append(top.values[:, 1])
-    cos, f1, f2 = torch.cat(cos).double(), torch.cat(f1).double(), torch.cat(f2).double()
+    cos, logits, classes = book.top2_cosines(net, x, batch_size=batch)
+    f1, f2 = logits[:, 0], logits[:, 1]
+    correct = int((classes[:, 0] == y.to(classes.device)).sum())
     pos, same = f2 > 0, (f1 > 0) == (f2 > 0)
 
     def mean(t: torch.Tensor) -> float | None:

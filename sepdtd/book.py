@@ -28,7 +28,7 @@ from typing import Any
 __all__ = [
     "NOTEBOOK_DIR", "provenance", "provenance_line", "show_provenance", "setup_notebook", "book_root",
     "markdown_table", "show_markdown", "beyond_results", "committed_beyond", "committed_inblock", "blank_shares",
-    "mass_se",
+    "mass_se", "top2_cosines",
     "plausible_examples", "source_cells", "is_executed_copy", "choose_sources", "execute", "setup",
 ]
 
@@ -252,6 +252,36 @@ def committed_inblock(profile: str) -> str | None:
         seeds = sorted({r["seed"] for r in results if r["dataset"] == name})
         rows.append([report.DATASET_LABELS.get(name, name), ", ".join(map(str, seeds)), *cells])
     return markdown_table(["data set", "seeds", "baseline", "fine-tuned (every λ)"], rows)
+
+
+def top2_cosines(model: Any, x: Any, *, batch_size: int = 500) -> tuple[Any, Any, Any]:
+    """Per image, the cosine of the top-1 and top-2 DTD heatmaps, with the two logits and classes.
+
+    The per-image terms of :func:`sepdtd.metrics.cosine` (same heatmaps, same norm clamp), kept apart so
+    that they can be split by the signs of the logits (chapter 6, "What the cosine measures").
+
+    Returns
+    -------
+    cosines : torch.Tensor
+        ``(N,)`` float64, in ``[-1, 1]``.
+    logits, classes : torch.Tensor
+        ``(N, 2)``: the top-2 logits and their classes.
+    """
+    import torch
+
+    from sepdtd import dtd
+
+    cos, values, indices = [], [], []
+    with torch.no_grad():
+        for xb in x.split(batch_size):
+            top = model(xb).topk(2, dim=1)
+            h = dtd.heatmap(model, xb, top.indices, low=0.0, high=1.0).flatten(2)
+            n1 = torch.linalg.vector_norm(h[:, 0], dim=1).clamp(min=1e-12)
+            n2 = torch.linalg.vector_norm(h[:, 1], dim=1).clamp(min=1e-12)
+            cos.append((h[:, 0] * h[:, 1]).sum(1) / (n1 * n2))
+            values.append(top.values)
+            indices.append(top.indices)
+    return torch.cat(cos).double(), torch.cat(values).double(), torch.cat(indices)
 
 
 def _beyond_methods(results: Iterable[Mapping]) -> Iterator[tuple[tuple[str, str, str], Mapping]]:
