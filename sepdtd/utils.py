@@ -1,6 +1,7 @@
 """Small shared helpers: devices, atomic files, provenance, seeding."""
 from __future__ import annotations
 
+import glob
 import json
 import os
 import platform
@@ -15,7 +16,7 @@ import numpy as np
 import torch
 
 __all__ = [
-    "resolve_device", "atomic_write_bytes", "atomic_write_json", "atomic_torch_save",
+    "resolve_device", "atomic_write_bytes", "remove_stale_temporaries", "atomic_write_json", "atomic_torch_save",
     "git_commit", "package_versions", "seed_everything", "device_name",
 ]
 
@@ -38,11 +39,43 @@ def device_name(device: str | torch.device) -> str:
     return f"cpu ({platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads)"
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except PermissionError:  # another user's process
+        return True
+    except (ProcessLookupError, OverflowError):
+        return False
+    return True
+
+
+def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
+    """Remove the temporary files that writers of ``path`` (:func:`atomic_write_bytes`) killed midway left.
+
+    A temporary file is named ``<name>.tmp-<pid>-<random>``; it is removed when process ``<pid>`` no
+    longer runs on this machine. Files of a live writer, and temporaries of other names, are kept.
+    Returns the removed paths.
+    """
+    path = Path(path)
+    removed = []
+    for tmp in path.parent.glob(glob.escape(path.name) + ".tmp-*"):
+        pid = tmp.name[len(path.name) + len(".tmp-"):].split("-", 1)[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+    return removed
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    """Write ``data`` to ``path`` atomically: a temporary file in the same folder, fsync, rename."""
+    """Write ``data`` to ``path`` atomically: a temporary file in the same folder, fsync, rename.
+
+    The temporary file carries this process's id, so that the next write of ``path`` removes what a
+    writer killed midway left (:func:`remove_stale_temporaries`).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".tmp-", dir=path.parent)
+    remove_stale_temporaries(path)
+    fd, tmp = tempfile.mkstemp(prefix=f"{path.name}.tmp-{os.getpid()}-", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
