@@ -10,9 +10,9 @@ Eq. 5-6, with the b <= 0 projection), it times:
 - ``stacked xG``: :func:`sepdtd.training.fit_stacked` training G networks at once (the fine-tunes of
   a unit), in member-images/s (each image passes through all G members);
 - ``dataloader(wK)``: the textbook loop — a :class:`torch.utils.data.Dataset` over uint8 HWC arrays with
-  per-sample torchvision transforms (``RandomHorizontalFlip`` + ``RandomCrop(32, padding=3,
-  padding_mode="edge")`` for CIFAR-10, i.e. the same flips and up-to-3-px nearest-fill shifts; then
-  ``ToTensor``), a shuffling ``DataLoader`` with ``num_workers=K``, ``.to(device)`` per batch, plain
+  per-sample torchvision transforms (``ToTensor``; then, for CIFAR-10, ``RandomHorizontalFlip`` +
+  ``RandomCrop(32, padding=3, padding_mode="edge")``, i.e. the same flips and up-to-3-px nearest-fill
+  shifts), a shuffling ``DataLoader`` with ``num_workers=K``, ``.to(device)`` per batch, plain
   ``torch.optim.Adam`` and ``loss.item()`` every step.
 
 The data are SYNTHETIC random uint8 images of the right shapes (throughput does not depend on the

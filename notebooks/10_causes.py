@@ -20,7 +20,8 @@
 # the **rule**: "we suspect that another cause is only considering positive weights during the relevance
 # propagation, as DTD does not take features speaking against a class into account". A third factor is
 # known from the literature: $z^+$ explanations of deeper networks depend less and less on the upper
-# layers, so on the class, which makes the **depth** of the convolutional trunk a suspect too. Two
+# layers, so on the class (Sixt, Granz and Landgraf 2020, "When explanations lie: why many modified BP
+# attributions fail", ICML), which makes the **depth** of the convolutional trunk a suspect too. Two
 # choices of DTD itself complete the list: the constraint **$b \le 0$** on the biases, and the **first
 # layer's rule** ($z^B$, Eq. 4).
 #
@@ -63,7 +64,7 @@ DATASETS = ("mnist", "fashion_mnist", "cifar10")
 LABELS = report.DATASET_LABELS
 METHODS = list(attribution.METHODS)
 dev = utils.resolve_device(device)
-# every seed of this profile that has been run (the full profile has three), this build's included
+# every seed of this profile that has been run, this build's included (see the provenance)
 results = book.beyond_results(profile, seed, device, DATASETS)
 CONVENTION = "max"  # scale-free d, comparable across methods and networks
 rows = beyond.summary(results, convention=CONVENTION)
@@ -169,9 +170,9 @@ for name in DATASETS:
 # (Eq. 6, λ = 1.0), and the hard one it sets aside in Section 4 — **separate dense layers per class**
 # on the shared convolutional trunk (`models.build_separate`): each class has its own hidden layer and
 # its output reads only that. The book's version splits Table 1's hidden layer among the classes
-# (`width="split"`: 51-52 neurons per class for a 512-wide layer), so it costs no more than Table 1's
-# network: the paper's worry that the intuitive approach would "highly increase the training cost" holds
-# only for a full-width copy per class (`width="full"`, ten times the dense parameters; trained in the
+# (`width="split"`: 51-52 neurons per class for a 512-wide layer), so it has no more parameters than
+# Table 1's network: the paper's worry that the intuitive approach would "highly increase the training
+# cost" holds, in parameters, only for a full-width copy per class (`width="full"`, ten times the dense parameters; trained in the
 # `full` profile). The extra networks are trained like the baseline (the profile's pre-training
 # stage on the same training subset). Parameters count trainable weights (the output weights pinned at
 # zero are not counted).
@@ -204,7 +205,9 @@ for name in DATASETS:
 # Training times are wall-clock seconds on the device of the provenance line: the baseline's is the
 # pre-training of {doc}`06_tables`; λ = 1.0's is the fine-tuning from the baseline, where all λ of
 # the unit are trained as one stack (`training.fit_stacked`), so it is the stack's time, shared by the
-# four.
+# four. Trainings that run at the same time share the device, and the extra networks did not run beside
+# the same load as the baselines (in the committed full-profile run, more jobs shared the GPU with
+# them), so these times compare as orders of magnitude, not as costs.
 #
 # ## Factor 3: depth
 #
@@ -382,8 +385,10 @@ book.show_markdown(
 # ## Which factor accounts for how much?
 #
 # Every change against the paper's setting (baseline network, DTD), as the difference variant − reference:
-# of the cosine similarity of the top-2 heatmaps (negative: less diffusion by the paper's measure), of
-# Eq. 7's $d$ (positive: less diffusion), and of the top-2 class's mass accuracy, on-object mass accuracy
+# of the cosine similarity of the top-2 heatmaps (negative: less alike by the book's measure; it also
+# falls when the second heatmap turns negative because its logit did, see {doc}`06_tables`, "What the
+# cosine measures" — a change below −1 can only come from such a sign), of Eq. 7's $d$ (positive: less
+# diffusion by the paper's measure), and of the top-2 class's mass accuracy, on-object mass accuracy
 # and pointing game (positive: its explanation moved onto its own object). The last column is the share
 # of the baseline's *top-2 error on the objects* — the part of the top-2 class's relevance on the two
 # objects that lies on the wrong one, $1 - \text{mass}_\text{objects}$ — that the change removes.
@@ -443,12 +448,16 @@ plt.show()
 # ### At the full profile (committed results)
 #
 # The same comparison from the committed full-profile run (`results/full/beyond/`: the full-profile
-# networks of {doc}`06_tables`, the extra networks trained to convergence on the GPU runner, every
-# method on every network). Data sets missing here were not run at the full profile.
+# networks of {doc}`06_tables`, the extra networks trained to the profile's early-stopping rule on the
+# GPU runner, every method on every network). Data sets and seeds missing here were not run at the full
+# profile; the line below names those that were.
 
 # %%
 full_results, full_rows = book.committed_beyond(profile, seed, CONVENTION)
+FULL_RUN = ", ".join(f"{LABELS[d]} seed(s) {sorted(r['seed'] for r in full_results if r['dataset'] == d)}"
+                     for d in DATASETS if any(r["dataset"] == d for r in full_results))
 if full_rows:
+    print(f"committed: {FULL_RUN}")
     full_by = {(r["dataset"], r["model"], r["method"]): r for r in full_rows}
     full_fac = beyond.factors(full_rows, lam=1.0)
     for name in DATASETS:
@@ -468,8 +477,9 @@ if full_rows:
 # ## Conclusions
 #
 # The statements below are computed from the tables above: first from this build's profile and seeds,
-# then, where they are committed, from the full-profile results, which are the ones to quote. (The
-# first layer's rule, Factor 5, is measured in this build only.)
+# then, where they are committed, from the full-profile results, which are the ones to quote, with their
+# seeds (with one seed there is no spread over training runs). (The first layer's rule, Factor 5, is
+# measured in this build only.)
 
 # %%
 def best(items, key, sign=1):
@@ -496,18 +506,38 @@ def range_table(fac, by):
                         f"error removed {span([error_removed(name, f, by) for f in fs], lambda v: f'{v:+.0%}')}")
         body.append(line)
     return ("Range over the changes of each factor (Δcos: change of the top-2 cosine; error removed: share of "
-            "the baseline's top-2 error on the objects that the change removes):\n\n"
+            "the baseline's top-2 error on the objects that the change removes, over the composites whose top-2 "
+            "heatmap is not blank — for the dense-layer changes a minority, see below — and undefined where it "
+            "is blank on all):\n\n"
             + book.markdown_table(["factor"] + [LABELS[d] for d in DATASETS], body))
 
 
-def factor_lines(fac, by):
-    """Per data set and factor: the change that lowers the cosine most, and the one that helps the ground truth most."""
+def factor_keys(name, fac, by):
+    """``(network, method)`` of each change of ``beyond.factors`` for one data set, in its order."""
+    rows_ = list(by.values())
+    keys = [("rule", ("baseline", m)) for m in METHODS if m != "dtd" and (name, "baseline", m) in by]
+    keys += [("dense", ("lam1.0", "dtd"))] if (name, "lam1.0", "dtd") in by else []
+    keys += [("dense", (r["model"], "dtd")) for r in rows_
+             if r["dataset"] == name and r["method"] == "dtd" and r["family"] == "separate"]
+    keys += [("depth", (r["model"], "dtd")) for r in rows_
+             if r["dataset"] == name and r["method"] == "dtd" and r["family"] == "depth"]
+    fs = [f for f in fac if f["dataset"] == name]
+    assert [k for k, _ in keys] == [f["factor"] for f in fs], "beyond.factors changed its order"
+    return {id(f): key for f, (_, key) in zip(fs, keys)}
+
+
+def factor_lines(fac, by, blanks):
+    """Per data set and factor: the change that lowers the cosine most, and the one that helps the ground truth most.
+
+    ``blanks``: :func:`sepdtd.book.blank_shares` of the same results, to say on how many composites a gain rests.
+    """
     lines = []
     for name in DATASETS:
         fs = [f for f in fac if f["dataset"] == name]
         ref = by.get((name, "baseline", "dtd"))
         if ref is None:
             continue
+        keys = factor_keys(name, fac, by)
         out = [f"**{LABELS[name]}** — paper's setting: cos {ref['cosine'][0]:.3f}, top-2 mass "
                f"{report.or_dash(ref['mass2'][0], '.2f')} (on objects {report.or_dash(ref['mass_obj2'][0], '.2f')}), "
                f"top-2 pointing {report.or_dash(ref['point2'][0], '.0%')}."]
@@ -524,8 +554,11 @@ def factor_lines(fac, by):
                             f"no change lowers the cosine (the smallest rise: {c['change']}, {c['d_cosine']:+.3f})")
             if m is not None:
                 fell = m["d_point2"] is not None and m["d_point2"] < -0.05
+                b2 = blanks.get((name, *keys[id(m)]), (None, None))[1]
+                few = (f"; only on the {1 - b2:.0%} of the composites whose top-2 heatmap is not blank"
+                       if b2 is not None and b2 > 0.5 else "")
                 said.append(f"the largest gain on the ground truth is {m['change']} (top-2 on objects "
-                            f"{m['d_mass_obj2']:+.3f}, {removed(name, m, by)} of the top-2 error"
+                            f"{m['d_mass_obj2']:+.3f}, {removed(name, m, by)} of the top-2 error{few}"
                             + (f"; but its top-2 pointing game falls by {-m['d_point2']:.2f}" if fell else "")
                             + ")"
                             if m["d_mass_obj2"] > 0 else
@@ -606,8 +639,8 @@ def hypotheses(rows, by, blanks, first_layer=None):
         mostly_blank = [b for _, _, b in vals if b is not None and b > 0.5]
         seen = [dm for _, dm, b in vals if dm is not None and not (b is not None and b > 0.5)]
         right, wrong = sum(dm > 0.02 for dm in seen), sum(dm < -0.02 for dm in seen)
-        said = (f"{label}: the cosine falls by more than 0.05 (less diffusion by the paper's measure) in {differ} of "
-                f"{len(vals)} cases")
+        said = (f"{label}: the cosine falls by more than 0.05 (less alike by the book's measure, or a second heatmap "
+                f"turned negative) in {differ} of {len(vals)} cases")
         if mostly_blank:
             said += (f"; in {len(mostly_blank)} of them the top-2 heatmap holds no positive relevance on most scored "
                      f"composites ({', '.join(f'{b:.0%}' for b in mostly_blank)}; DTD relevance keeps the sign of the "
@@ -615,7 +648,7 @@ def hypotheses(rows, by, blanks, first_layer=None):
                      "defined at all, covers only the other composites")
         if seen:
             said += (f"; the top-2 explanation moves onto its object (by more than 0.02) in {right} of the "
-                     f"{len(seen)} others" + (f", off it in {wrong}" if wrong else ""))
+                     f"{len(seen)} " + ("others" if mostly_blank else "cases") + (f", off it in {wrong}" if wrong else ""))
         verdicts.append(said + (": the hypothesis holds for them on both counts." if differ == right == len(vals)
                                 else "."))
     if parts:
@@ -631,14 +664,25 @@ def hypotheses(rows, by, blanks, first_layer=None):
                         [r["cosine"][0] - ref[n]["cosine"][0] for r in d_rows if r["n_conv"] > t])
     if depth:
         deeper = [np.mean(v[1]) for v in depth.values() if v[1]]
+        shallower = [np.mean(v[0]) for v in depth.values() if v[0]]
         fewer = ", ".join(f"{np.mean(v[0]):+.3f} ({LABELS[n]})" for n, v in depth.items() if v[0]) or "— (none run)"
         more = ", ".join(f"{np.mean(v[1]):+.3f} ({LABELS[n]})" for n, v in depth.items() if v[1]) or "— (none run)"
+        TOL = 0.01  # no standard error of the cosine is stored: smaller changes count as none
+
+        def direction(values, expected):
+            """How a set of cosine changes compares with the sign z+ would lead us to expect."""
+            if not values:
+                return "not run"
+            if all(expected * v > TOL for v in values):
+                return "as expected of $z^+$"
+            if all(-expected * v > TOL for v in values):
+                return "the opposite of what $z^+$ would lead us to expect"
+            return "not consistently in either direction"
+
         text.append(f"**Depth**: fewer convolutions change the DTD cosine by {fewer}; more convolutions by {more} "
-                    "(means over the depths run). "
-                    + ("Deeper trunks make DTD's explanations more alike, as expected of $z^+$."
-                       if deeper and all(v > 0.005 for v in deeper) else
-                       "Deeper trunks do not consistently make DTD's explanations more alike "
-                       "(changes of the cosine below 0.005 count as none)." if deeper else ""))
+                    f"(means over the depths run). Deeper trunks: {direction(deeper, +1)}; shallower trunks: "
+                    f"{direction(shallower, -1)} (changes of the cosine below {TOL} count as none: the cosines "
+                    "come without a standard error).")
     # contrastive methods: f_c explained alone?
     contrast = {n: [g for g in (diff(by[(n, "baseline", m)]["mass_obj2"][0], ref[n]["mass_obj2"][0])
                                 for m in ("clrp", "sglrp") if (n, "baseline", m) in by) if g is not None]
@@ -663,12 +707,12 @@ def hypotheses(rows, by, blanks, first_layer=None):
     return "\n\n".join(text)
 
 
-book.show_markdown(f"**This build (profile `{profile}`)**\n\n" + range_table(fac, by) + "\n\n" + factor_lines(fac, by)
+book.show_markdown(f"**This build (profile `{profile}`)**\n\n" + range_table(fac, by) + "\n\n" + factor_lines(fac, by, book.blank_shares(results))
                    + "\n\n" + hypotheses(rows, by, book.blank_shares(results),
                                            first_layer=(rule_dcos, first_layer_small)))
 if full_rows:
-    book.show_markdown("**The committed full-profile results**\n\n" + range_table(full_fac, full_by) + "\n\n"
-                       + factor_lines(full_fac, full_by) + "\n\n"
+    book.show_markdown(f"**The committed full-profile results** ({FULL_RUN})\n\n" + range_table(full_fac, full_by) + "\n\n"
+                       + factor_lines(full_fac, full_by, book.blank_shares(full_results)) + "\n\n"
                        + hypotheses(full_rows, full_by, book.blank_shares(full_results)))
 
 # %% [markdown]
@@ -676,8 +720,9 @@ if full_rows:
 # differ, and a factor can make them differ without making the second explanation any more right. In the
 # committed full-profile results the fine-tuning with λ = 1.0 raises $d$ and lowers the cosine while its
 # second explanation holds no positive relevance on the composites at all; separate dense layers lower
-# the cosine further, but their second explanation too is blank on most composites, and their top-2
-# pointing game falls (where it is not blank, it lies more on its object). SGLRP raises Eq. 7 by
+# the (signed) cosine further — much of that fall is the sign of a blank second heatmap — but their
+# second explanation too is blank on most composites, and their top-2 pointing game falls (where it is
+# not blank, a minority of the composites, it lies more on its object). SGLRP raises Eq. 7 by
 # construction: its top-2 heatmap is almost the negative of the top-1 heatmap whenever two classes share
 # the probability (its second explanation does also move onto its object, see the factor tables). The
 # ground-truth columns are what separate "different" from "separable".

@@ -28,7 +28,7 @@ from typing import Any
 __all__ = [
     "NOTEBOOK_DIR", "provenance", "provenance_line", "show_provenance", "setup_notebook", "book_root",
     "markdown_table", "show_markdown", "beyond_results", "committed_beyond", "committed_inblock", "blank_shares",
-    "mass_se", "top2_cosines",
+    "mass_se", "pointing_beyond_nonblank", "top2_cosines",
     "plausible_examples", "source_cells", "is_executed_copy", "choose_sources", "execute", "setup",
 ]
 
@@ -297,8 +297,9 @@ def blank_shares(results: Iterable[Mapping]) -> dict[tuple[str, str, str], tuple
 
     From the chapter 9-10 results (:mod:`sepdtd.beyond`): for each (data set, network, method), the
     mean over seeds of ``mass_nan[k] / n_scored`` — the heatmaps whose mass accuracy is undefined
-    because no positive relevance lies outside the pixels both objects share. The pointing game counts
-    them as misses; the mass accuracy is the mean over the *other* composites only.
+    because no positive relevance lies outside the pixels both objects share. The mass accuracy is the
+    mean over the *other* composites only; the pointing game of the committed code takes the largest
+    value as it is, so such a heatmap can still score a hit (see :func:`pointing_beyond_nonblank`).
     """
     acc: dict[tuple[str, str, str], list[list[float]]] = {}
     for key, m in _beyond_methods(results):
@@ -308,6 +309,38 @@ def blank_shares(results: Iterable[Mapping]) -> dict[tuple[str, str, str], tuple
         for k in (0, 1):
             acc.setdefault(key, [[], []])[k].append(m["mass_nan"][k] / n)
     return {key: tuple(sum(v) / len(v) if v else None for v in pair) for key, pair in acc.items()}
+
+
+def pointing_beyond_nonblank(results: Iterable[Mapping], *, objects_only: bool = False,
+                             ) -> list[tuple[str, str, str, int, int, float, float]]:
+    """Results whose pointing game scores more hits than they have heatmaps with positive relevance.
+
+    ``metrics.pointing_game`` (as the committed results ran it) takes the heatmap's largest value as
+    it is, so a heatmap without positive relevance ("blank") points at its least negative pixel, which
+    may lie on the object. Where a unit's hit rate exceeds its share of non-blank heatmaps
+    (``1 - mass_nan[k] / n_scored``), some hits certainly came from blank heatmaps; where it does not,
+    blank hits are possible but bounded by that share.
+
+    Returns
+    -------
+    list of tuple
+        ``(dataset, network, method, seed, k, pointing, non-blank share)`` for every (unit, class
+        k = 1 or 2) over the bound, from ``pointing`` (all pixels) or, with ``objects_only``,
+        ``pointing_objects``.
+    """
+    key = "pointing_objects" if objects_only else "pointing"
+    out = []
+    for res in results:
+        for e in res["entries"]:
+            for method, m in e["methods"].items():
+                n = m.get("n_scored") or 0
+                if not n or not m.get("mass_nan") or not m.get(key):
+                    continue
+                for k in (0, 1):
+                    hits, nonblank = m[key][k], 1 - m["mass_nan"][k] / n
+                    if hits is not None and hits > nonblank + 1e-9:
+                        out.append((res["dataset"], e["model"], method, res.get("seed"), k + 1, hits, nonblank))
+    return out
 
 
 def mass_se(results: Iterable[Mapping]) -> dict[tuple[str, str, str], tuple[float | None, float | None]]:

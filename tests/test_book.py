@@ -133,6 +133,20 @@ def test_blank_shares_average_the_undefined_mass_over_seeds():
     assert book.blank_shares([]) == {}
 
 
+def test_pointing_beyond_nonblank_names_units_whose_hits_exceed_their_non_blank_heatmaps():
+    def unit(seed, pointing, pointing_objects, nan, n=100):
+        return {"dataset": "mnist", "seed": seed, "entries": [
+            {"model": "lam1.0", "methods": {"dtd": {"n_scored": n, "mass_nan": nan, "pointing": pointing,
+                                                    "pointing_objects": pointing_objects}}},
+            {"model": "depth-0", "methods": {"dtd": {"n_scored": 0, "mass_nan": [0, 0], "pointing": [None, None]}}}]}
+
+    results = [unit(0, [0.05, 0.0], [0.30, 0.2], [95, 100]), unit(1, [0.5, 0.1], [0.5, 0.1], [50, 90])]
+    assert book.pointing_beyond_nonblank(results) == []          # 5 % <= 5 %, 0 <= 0; 50 % <= 50 %, 10 % <= 10 %
+    over = book.pointing_beyond_nonblank(results, objects_only=True)
+    assert [(o[3], o[4]) for o in over] == [(0, 1), (0, 2)]
+    assert over[0][5:] == pytest.approx((0.30, 0.05)) and over[1][5:] == pytest.approx((0.2, 0.0))
+
+
 def test_mass_se_counts_only_the_composites_with_a_defined_mass():
     def unit(dataset, seed, sd, nan, n=2000):
         return {"dataset": dataset, "seed": seed, "entries": [
