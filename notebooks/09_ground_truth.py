@@ -225,8 +225,10 @@ def blank_pointing_check(results):
                 "blank heatmaps (whether any do, the stored shares cannot tell).")
     return ("Pointing and blank heatmaps: in " + ", ".join(
         f"{LABELS[d]} {m} {meth} seed {sd} top-{k} ({p:.0%} hits, {nb:.0%} not blank)"
-        for d, m, meth, sd, k, p, nb in over) + " the pointing game scores more hits than there are heatmaps "
-        "with positive relevance: blank heatmaps scored there, and those pointing values overstate.")
+        for d, m, meth, sd, k, p, nb in over) + " the pointing game's hit rate exceeds the share of heatmaps "
+        "with positive relevance: blank heatmaps most likely scored there (the two shares differ slightly in "
+        "their denominators: a composite whose object lies inside the shared pixels has no pointing value), "
+        "and those pointing values overstate.")
 
 
 book.show_markdown(blank_pointing_check(results))
@@ -241,6 +243,7 @@ def verdict(name, rows=rows, blanks=BLANKS, ses=SES):
     rs = dtd_rows(name, rows)
     base = next(r for r in rs if r["lam"] == 0)
     lines, blank, unscored, top1_blank, few = [], [], [], [], []
+    base_b2 = blanks.get((name, base["model"], base["method"]), (None, None))[1]
     if not any(base["n_scored"]):
         return (f"**{LABELS[name]}**: the baseline recognised none of the composites (its top-2 classes were "
                 "never the two classes present), so nothing was scored and no network can be compared with it.")
@@ -257,8 +260,8 @@ def verdict(name, rows=rows, blanks=BLANKS, ses=SES):
             blank.append(r)
             continue
         b2 = blanks.get((name, r["model"], r["method"]), (None, None))[1]
-        if b2 is not None and b2 > 0.5:
-            few.append((r, b2))
+        if b2 is not None and b2 > 0.5 or base_b2 is not None and base_b2 > 0.5:
+            few.append((r, b2 if b2 is not None and b2 > 0.5 else base_b2))
             continue
         dm = r["mass2"][0] - base["mass2"][0]
         se = [ses.get((name, x["model"], x["method"]), (None, None))[1] or 0.0 for x in (r, base)]
@@ -271,9 +274,9 @@ def verdict(name, rows=rows, blanks=BLANKS, ses=SES):
                      f"{r['point2'][0]:.0%}; Eq. 7's d {base['diffusion'][0]:.2f} → {r['diffusion'][0]:.2f}")
     if few:
         lines.append(
-            "λ = " + ", ".join(f"{r['lam']:.1f}" for r, _ in few) + ": the top-2 heatmap is blank on "
-            + ", ".join(f"{b:.0%}" for _, b in few) + " of the scored composites; the top-2 mass accuracy of the "
-            "others (" + ", ".join(f"{r['mass2'][0]:.3f}" for r, _ in few) + f", baseline {base['mass2'][0]:.3f}) "
+            "λ = " + ", ".join(f"{r['lam']:.1f}" for r, _ in few) + ": the top-2 heatmap (of this network or the "
+            "baseline) is blank on " + ", ".join(f"{b:.0%}" for _, b in few) + " of the scored composites; the "
+            "top-2 mass accuracy of the others (" + ", ".join(f"{r['mass2'][0]:.3f}" for r, _ in few) + f", baseline {base['mass2'][0]:.3f}) "
             "speaks for a minority of the composites, so no verdict is drawn from it.")
     if unscored:
         lines.append("λ = " + ", ".join(f"{r['lam']:.1f}" for r in unscored) + ": no composite was recognised by "
@@ -297,7 +300,9 @@ def verdict(name, rows=rows, blanks=BLANKS, ses=SES):
             "λ = " + ", ".join(f"{r['lam']:.1f}" for r, _ in top1_blank) + f": the *top-1* heatmap{too} holds no "
             "positive relevance on " + ", ".join(f"{b:.0%}" for _, b in top1_blank) + " of the scored composites "
             f"(baseline {report.or_dash(b0, '.0%')}), so the top-1 logit is ≤ 0 there (or all its positive "
-            "relevance lies on the shared pixels). Top-1 pointing falls with them ("
+            "relevance lies on the shared pixels). Top-1 pointing "
+            + ("falls with them" if all(r["point1"][0] < base["point1"][0] for r, _ in top1_blank) else "changes")
+            + " ("
             + ", ".join(f"{base['point1'][0]:.0%} → {r['point1'][0]:.0%}" for r, _ in top1_blank)
             + ") and the top-1 mass accuracy ("
             + ", ".join(f"{report.or_dash(r['mass1'][0], '.2f')}" for r, _ in top1_blank)

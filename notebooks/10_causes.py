@@ -385,10 +385,10 @@ book.show_markdown(
 # ## Which factor accounts for how much?
 #
 # Every change against the paper's setting (baseline network, DTD), as the difference variant − reference:
-# of the cosine similarity of the top-2 heatmaps (negative: less alike by the book's measure; it also
-# falls when the second heatmap turns negative because its logit did, see {doc}`06_tables`, "What the
-# cosine measures" — a change below −1 can only come from such a sign), of Eq. 7's $d$ (positive: less
-# diffusion by the paper's measure), and of the top-2 class's mass accuracy, on-object mass accuracy
+# of the cosine similarity of the top-2 heatmaps (negative: less alike by the book's measure; a DTD
+# cosine also falls when the second heatmap turns negative because its logit did, see
+# {doc}`06_tables`, "What the cosine measures": DTD heatmaps carry one sign each, so a DTD cosine below
+# zero can only come from such a sign), of Eq. 7's $d$ (positive: less diffusion by the paper's measure), and of the top-2 class's mass accuracy, on-object mass accuracy
 # and pointing game (positive: its explanation moved onto its own object). The last column is the share
 # of the baseline's *top-2 error on the objects* — the part of the top-2 class's relevance on the two
 # objects that lies on the wrong one, $1 - \text{mass}_\text{objects}$ — that the change removes.
@@ -523,6 +523,9 @@ def factor_keys(name, fac, by):
              if r["dataset"] == name and r["method"] == "dtd" and r["family"] == "depth"]
     fs = [f for f in fac if f["dataset"] == name]
     assert [k for k, _ in keys] == [f["factor"] for f in fs], "beyond.factors changed its order"
+    for f, (_, key) in zip(fs, keys):
+        r = by[(name, *key)]
+        assert (r["mass2"][0], r["point2"][0]) == (f["mass2"], f["point2"]), f"{f['change']} is not {key}"
     return {id(f): key for f, (_, key) in zip(fs, keys)}
 
 
@@ -720,7 +723,8 @@ if full_rows:
 # differ, and a factor can make them differ without making the second explanation any more right. In the
 # committed full-profile results the fine-tuning with λ = 1.0 raises $d$ and lowers the cosine while its
 # second explanation holds no positive relevance on the composites at all; separate dense layers lower
-# the (signed) cosine further — much of that fall is the sign of a blank second heatmap — but their
+# the (signed) cosine further — below zero, which for DTD needs heatmaps of opposite signs, so part of
+# that fall is the second logit turning ≤ 0 (how much, the stored cosines cannot tell) — but their
 # second explanation too is blank on most composites, and their top-2 pointing game falls (where it is
 # not blank, a minority of the composites, it lies more on its object). SGLRP raises Eq. 7 by
 # construction: its top-2 heatmap is almost the negative of the top-1 heatmap whenever two classes share

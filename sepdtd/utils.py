@@ -6,8 +6,10 @@ import json
 import os
 import platform
 import random
+import re
 import subprocess
 import tempfile
+import time
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -40,42 +42,62 @@ def device_name(device: str | torch.device) -> str:
 
 
 def _pid_alive(pid: int) -> bool:
+    if os.name == "nt":  # os.kill(pid, 0) would terminate the process there: assume it lives
+        return True
     try:
         os.kill(pid, 0)
     except PermissionError:  # another user's process
         return True
     except (ProcessLookupError, OverflowError):
         return False
+    except OSError:
+        return True
     return True
+
+
+def _host() -> str:
+    return re.sub(r"[^A-Za-z0-9]", "_", platform.node()) or "host"
+
+
+#: A temporary younger than this is left alone even when its writer looks dead (a reused or foreign pid).
+STALE_AFTER_S = 600.0
 
 
 def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
     """Remove the temporary files that writers of ``path`` (:func:`atomic_write_bytes`) killed midway left.
 
-    A temporary file is named ``<name>.tmp-<pid>-<random>``; it is removed when process ``<pid>`` no
-    longer runs on this machine. Files of a live writer, and temporaries of other names, are kept.
-    Returns the removed paths.
+    A temporary file is named ``<name>.tmp-<host>-<pid>-<random>``; it is removed when it was written on
+    this host, process ``<pid>`` no longer runs, and it is older than :data:`STALE_AFTER_S`. Files of a
+    live writer, of another host, of other names, and young ones are kept; the cleanup never fails the
+    write that calls it. Returns the removed paths.
     """
     path = Path(path)
+    prefix = f"{path.name}.tmp-{_host()}-"
     removed = []
-    for tmp in path.parent.glob(glob.escape(path.name) + ".tmp-*"):
-        pid = tmp.name[len(path.name) + len(".tmp-"):].split("-", 1)[0]
-        if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
-            tmp.unlink(missing_ok=True)
-            removed.append(tmp)
+    now = time.time()
+    for tmp in path.parent.glob(glob.escape(prefix) + "*"):
+        pid = re.match(r"([0-9]+)-", tmp.name[len(prefix):])
+        if pid is None or int(pid.group(1)) == os.getpid() or _pid_alive(int(pid.group(1))):
+            continue
+        try:
+            if now - tmp.stat().st_mtime > STALE_AFTER_S:
+                tmp.unlink()
+                removed.append(tmp)
+        except OSError:
+            pass
     return removed
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     """Write ``data`` to ``path`` atomically: a temporary file in the same folder, fsync, rename.
 
-    The temporary file carries this process's id, so that the next write of ``path`` removes what a
-    writer killed midway left (:func:`remove_stale_temporaries`).
+    The temporary file carries this host's name and process id, so that a later write of ``path``
+    removes what a writer killed midway left (:func:`remove_stale_temporaries`).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(path)
-    fd, tmp = tempfile.mkstemp(prefix=f"{path.name}.tmp-{os.getpid()}-", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f"{path.name}.tmp-{_host()}-{os.getpid()}-", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
