@@ -276,8 +276,9 @@ def verdict(name, rows=rows, blanks=BLANKS, ses=SES):
         lines.append(
             "λ = " + ", ".join(f"{r['lam']:.1f}" for r, _ in few) + ": the top-2 heatmap (of this network or the "
             "baseline) is blank on " + ", ".join(f"{b:.0%}" for _, b in few) + " of the scored composites; the "
-            "top-2 mass accuracy of the others (" + ", ".join(f"{r['mass2'][0]:.3f}" for r, _ in few) + f", baseline {base['mass2'][0]:.3f}) "
-            "speaks for a minority of the composites, so no verdict is drawn from it.")
+            "top-2 mass accuracy of the others (" + ", ".join(f"{r['mass2'][0]:.3f}" for r, _ in few)
+            + f", baseline {base['mass2'][0]:.3f}) speaks for a minority of the composites, so no verdict is "
+            "drawn from it.")
     if unscored:
         lines.append("λ = " + ", ".join(f"{r['lam']:.1f}" for r in unscored) + ": no composite was recognised by "
                      "this network, so nothing was scored.")
