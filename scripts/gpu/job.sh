@@ -17,6 +17,9 @@
 # A rerun on the same machine resumes interrupted units from the checkpoints under /root/cache.
 # What the committed run still lacks (results/full/README.md): chapters 9-10 for CIFAR-10, i.e.
 #   FRESH=0 SEED_GROUPS="0" BEYOND=1 (seed 0's networks are retrained first: checkpoints are not committed).
+# The next full rerun should first merge the held-back fixes (CONTRIBUTING.md, "Waiting for the next
+# full-profile rerun": `git merge rerun-fixes`, or `git am -3 patches/rerun-fixes.mbox`): they change the
+# code hash, so every committed result is stale afterwards and the rerun is FRESH=1 for all of them.
 set -uo pipefail
 OUT=${OUT:-$PWD/gpu-out}
 mkdir -p "$OUT"
