@@ -412,8 +412,7 @@ full_results, full_rows = book.committed_beyond(profile, seed, CONVENTION)
 full_blanks = book.blank_shares(full_results)
 full_ses = book.mass_se(full_results)
 if full_results:
-    print("committed: " + ", ".join(f"{LABELS[d]} seed(s) {sorted(r['seed'] for r in full_results if r['dataset'] == d)}"
-                                    for d in DATASETS if any(r["dataset"] == d for r in full_results)))
+    print(f"committed: {book.committed_seeds(full_results)}")
     book.show_markdown(blank_pointing_check(full_results))
 for name in DATASETS:
     if dtd_rows(name, full_rows):

@@ -454,8 +454,7 @@ plt.show()
 
 # %%
 full_results, full_rows = book.committed_beyond(profile, seed, CONVENTION)
-FULL_RUN = ", ".join(f"{LABELS[d]} seed(s) {sorted(r['seed'] for r in full_results if r['dataset'] == d)}"
-                     for d in DATASETS if any(r["dataset"] == d for r in full_results))
+FULL_RUN = book.committed_seeds(full_results)
 if full_rows:
     print(f"committed: {FULL_RUN}")
     full_by = {(r["dataset"], r["model"], r["method"]): r for r in full_rows}

@@ -28,7 +28,7 @@ from typing import Any
 __all__ = [
     "NOTEBOOK_DIR", "provenance", "provenance_line", "show_provenance", "setup_notebook", "book_root",
     "markdown_table", "show_markdown", "beyond_results", "committed_beyond", "committed_inblock", "blank_shares",
-    "mass_se", "pointing_beyond_nonblank", "top2_cosines",
+    "mass_se", "pointing_beyond_nonblank", "committed_seeds", "top2_cosines",
     "plausible_examples", "source_cells", "is_executed_copy", "choose_sources", "execute", "setup",
 ]
 
@@ -331,16 +331,25 @@ def pointing_beyond_nonblank(results: Iterable[Mapping], *, objects_only: bool =
     key = "pointing_objects" if objects_only else "pointing"
     out = []
     for res in results:
-        for e in res["entries"]:
-            for method, m in e["methods"].items():
-                n = m.get("n_scored") or 0
-                if not n or not m.get("mass_nan") or not m.get(key):
-                    continue
-                for k in (0, 1):
-                    hits, nonblank = m[key][k], 1 - m["mass_nan"][k] / n
-                    if hits is not None and hits > nonblank + 1e-9:
-                        out.append((res["dataset"], e["model"], method, res.get("seed"), k + 1, hits, nonblank))
+        for (dataset, model, method), m in _beyond_methods([res]):
+            n = m.get("n_scored") or 0
+            if not n or not m.get("mass_nan") or not m.get(key):
+                continue
+            for k in (0, 1):
+                hits, nonblank = m[key][k], 1 - m["mass_nan"][k] / n
+                if hits is not None and hits > nonblank + 1e-9:
+                    out.append((dataset, model, method, res.get("seed"), k + 1, hits, nonblank))
     return out
+
+
+def committed_seeds(results: Iterable[Mapping]) -> str:
+    """The data sets and seeds of chapter 9-10 results, e.g. ``"MNIST seed(s) [0], FASHION seed(s) [0]"``."""
+    from sepdtd import models, report
+
+    seeds: dict[str, list[int]] = {}
+    for res in results:
+        seeds.setdefault(res["dataset"], []).append(res["seed"])
+    return ", ".join(f"{report.DATASET_LABELS[d]} seed(s) {sorted(seeds[d])}" for d in models.MODELS if d in seeds)
 
 
 def mass_se(results: Iterable[Mapping]) -> dict[tuple[str, str, str], tuple[float | None, float | None]]:

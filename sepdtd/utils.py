@@ -46,11 +46,9 @@ def _pid_alive(pid: int) -> bool:
         return True
     try:
         os.kill(pid, 0)
-    except PermissionError:  # another user's process
-        return True
     except (ProcessLookupError, OverflowError):
         return False
-    except OSError:
+    except OSError:  # e.g. PermissionError: another user's process
         return True
     return True
 

@@ -147,6 +147,12 @@ def test_pointing_beyond_nonblank_names_units_whose_hits_exceed_their_non_blank_
     assert over[0][5:] == pytest.approx((0.30, 0.05)) and over[1][5:] == pytest.approx((0.2, 0.0))
 
 
+def test_committed_seeds_names_data_sets_in_order():
+    results = [{"dataset": d, "seed": s} for d, s in (("fashion_mnist", 1), ("mnist", 0), ("fashion_mnist", 0))]
+    assert book.committed_seeds(results) == "MNIST seed(s) [0], FASHION seed(s) [0, 1]"
+    assert book.committed_seeds([]) == ""
+
+
 def test_mass_se_counts_only_the_composites_with_a_defined_mass():
     def unit(dataset, seed, sd, nan, n=2000):
         return {"dataset": dataset, "seed": seed, "entries": [
