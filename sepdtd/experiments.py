@@ -543,6 +543,8 @@ def _train_finetunes(config: Config, todo: list[float], arrays: dict, ckdir: Pat
     t_start = time.time()
     stage = config.finetune
     base = torch.load(ckdir / "baseline.state.pt", map_location="cpu", weights_only=True)
+    # The fine-tunes start from the baseline as it is kept: rounded to float16.
+    base = {k: v.half().float() if v.is_floating_point() else v for k, v in base.items()}
     nets = []
     for _ in config.lams:
         m = models.build(config.dataset, seed=config.seed)
