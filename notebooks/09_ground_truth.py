@@ -145,9 +145,10 @@ book.show_markdown(f"Seed {seed}. *both*: share of all pixels that belong to bot
 #   on the object.
 # - **Pointing game** (Zhang et al. 2016, the paper's reference [13]; used for LRP by Kohlbrenner et al.
 #   2020), in a strict variant without Zhang's 15-pixel tolerance: a hit when the heatmap's largest
-#   value outside $B$ lies on $O_c$ (strictly larger than everywhere else, so ties are misses). The
-#   largest value is taken as it is: a heatmap without positive relevance (*blank*, below) still points,
-#   at its least negative pixel. Where that counts, the check after the first table says so.
+#   positive value outside $B$ lies on $O_c$ (strictly larger than everywhere else, so ties are
+#   misses). The game is played on $R^+$: a heatmap without positive relevance (*blank*, below) is a
+#   miss. (Results of older code took the largest value as it was, so that a blank heatmap pointed at
+#   its least negative pixel; the check after the first table names any unit where that shows.)
 #
 # We score the explanation of the network's **top-1** class and of its **top-2** class. Diffusion, in
 # these terms, is a top-2 heatmap that lies on the *top-1* object. For reference, each table's title

@@ -49,7 +49,10 @@ Biases follow zennit 0.5.1 so that the tests can compare with it: LRP-ε's :math
 :math:`z^+` (and so CLRP/SGLRP) leaves them out, as :mod:`sepdtd.dtd` does (with :math:`b \le 0` that
 is zennit's ``ZPlus``); in :math:`z^B` they cancel. Hence LRP-ε conserves :math:`\sum_i R_i = f_c`
 up to the ε terms and α2β1 exactly, *for zero biases* (a negative bias in the denominator absorbs
-relevance); :math:`z^+` conserves for any :math:`b \le 0` (:mod:`sepdtd.dtd`).
+relevance) and, for α2β1, only where both :math:`z^+_j` and :math:`z^-_j` of a neuron are non-zero
+(where one of them is 0 its term vanishes and the neuron passes on :math:`\alpha R_j` or
+:math:`-\beta R_j` instead of :math:`R_j`); :math:`z^+` conserves for any :math:`b \le 0`
+(:mod:`sepdtd.dtd`).
 """
 from __future__ import annotations
 

@@ -217,18 +217,29 @@ def _heatmaps(method: str, model: torch.nn.Module, x: torch.Tensor, classes: tor
 
 
 def _diffusion(method: str, model: torch.nn.Module, x: torch.Tensor, dev: torch.device, bs: int) -> dict:
-    """Eq. 7 between the top-1 and top-2 heatmaps, per convention, and their cosine similarity."""
+    """Eq. 7 between the top-1 and top-2 heatmaps, per convention, and their cosine similarity.
+
+    Also the mean |cosine| and the shares of images whose top-1 / top-2 logit is <= 0 (as
+    :func:`sepdtd.metrics.diffusion_variants`): a DTD heatmap carries its logit's sign.
+    """
     sums = {c: 0.0 for c in DIFFUSION_CONVENTIONS}
-    cos = 0.0
+    cos = abs_cos = 0.0
+    nonpositive = torch.zeros(2, dtype=torch.float64)
     for sl in _batches(x.shape[0], bs):
-        cls = twoobject.top2(model, x[sl])
+        with torch.no_grad():
+            logits = model(x[sl].to(dev).float() / 255).topk(2, dim=1)
+        cls = logits.indices.cpu()
         h = _heatmaps(method, model, x[sl], cls, dev)
         for c in DIFFUSION_CONVENTIONS:
             hc = metrics.normalize(h, c)
             sums[c] += float(metrics.frobenius(hc[:, 0], hc[:, 1]).sum())
-        cos += metrics.cosine(h[:, 0], h[:, 1]) * h.shape[0]
+        per_image = metrics.cosines(h[:, 0], h[:, 1])
+        cos += float(per_image.sum())
+        abs_cos += float(per_image.abs().sum())
+        nonpositive += (logits.values <= 0).sum(dim=0).double().cpu()
     n = x.shape[0]
-    return {"diffusion": {c: v / n for c, v in sums.items()}, "cosine": cos / n, "n_eval": n}
+    return {"diffusion": {c: v / n for c, v in sums.items()}, "cosine": cos / n, "abs_cosine": abs_cos / n,
+            "logit_nonpositive": (nonpositive / n).tolist(), "n_eval": n}
 
 
 def _ground_truth(method: str, model: torch.nn.Module, tset: twoobject.TwoObjectSet, dev: torch.device,
@@ -236,7 +247,8 @@ def _ground_truth(method: str, model: torch.nn.Module, tset: twoobject.TwoObject
     """Mass accuracy and pointing game of the top-1 and top-2 class on the recognised composites."""
     if len(tset) == 0:
         return {"mass": [None, None], "pointing": [None, None], "mass_objects": [None, None],
-                "pointing_objects": [None, None], "mass_sd": [None, None], "mass_nan": [0, 0], "n_scored": 0}
+                "pointing_objects": [None, None], "mass_sd": [None, None], "mass_nan": [0, 0], "covered": [0, 0],
+                "n_scored": 0}
     mass, point, mass_o, point_o = [], [], [], []
     for sl in _batches(len(tset), bs):
         part = tset.subset(torch.arange(sl.start, sl.stop))
@@ -253,7 +265,9 @@ def _ground_truth(method: str, model: torch.nn.Module, tset: twoobject.TwoObject
             "mass_objects": [_nanmean(mo[:, k]) for k in range(2)],
             "pointing_objects": [_nanmean(po[:, k]) for k in range(2)],
             "mass_sd": [_nansd(m[:, k]) for k in range(2)],
-            "mass_nan": [int(torch.isnan(m[:, k]).sum()) for k in range(2)], "n_scored": int(m.shape[0])}
+            "mass_nan": [int(torch.isnan(m[:, k]).sum()) for k in range(2)],
+            # objects with no pixel outside the shared ones: no mass or pointing value (the rest of mass_nan is blank)
+            "covered": [int(torch.isnan(p[:, k]).sum()) for k in range(2)], "n_scored": int(m.shape[0])}
 
 
 def _nanmean(t: torch.Tensor) -> float | None:
@@ -486,6 +500,11 @@ def reproduce(profile: str, *, datasets: Sequence[str] | None = None, seeds: Seq
     prof = experiments.PROFILES.get(profile)
     if prof is None or profile not in PROFILES:
         raise ValueError(f"unknown profile {profile!r}: choose one of {', '.join(PROFILES)}")
+    if isinstance(datasets, str):
+        datasets = [datasets]
+    for d in datasets or ():  # all names and seeds before the first unit runs
+        for s in (prof.seeds if seeds is None else seeds):
+            make_config(profile, d, s)
     return [ensure(profile, d, s, device, results_dir=results_dir, checkpoints_dir=checkpoints_dir, progress=progress)
             for s in (prof.seeds if seeds is None else seeds) for d in (datasets or prof.datasets)]
 
@@ -493,7 +512,14 @@ def reproduce(profile: str, *, datasets: Sequence[str] | None = None, seeds: Seq
 def load_results(profile: str, *, results_dir: str | os.PathLike | None = None) -> list[dict]:
     """Every current unit file of a profile (``results/<profile>/beyond/``), one per (data set, seed).
 
-    Files of another configuration than the current package's are skipped (with a warning).
+    Files of another configuration than the current package's are skipped (with a warning). Each result
+    gets ``stale``: True when its ``code_hash`` is not the current :func:`code_hash` (the code that
+    produced it has changed since; its numbers may differ from what the package computes now).
+
+    Raises
+    ------
+    ValueError
+        If a ``.json`` file is not valid JSON (results are written atomically, so this means damage).
     """
     root = (Path(results_dir) if results_dir is not None else experiments.default_results_dir(profile)) / "beyond"
     if not root.is_dir():
@@ -502,8 +528,11 @@ def load_results(profile: str, *, results_dir: str | os.PathLike | None = None) 
     for path in sorted(root.rglob("*.json")):
         if ".tmp" in path.name:
             continue
-        res = json.loads(path.read_text())
-        if res.get("kind") != "beyond":
+        try:
+            res = json.loads(path.read_text())
+        except ValueError as e:
+            raise ValueError(f"{path} is not valid JSON ({e}); delete it and rerun") from e
+        if not isinstance(res, dict) or res.get("kind") != "beyond":
             continue
         try:
             current = config_hash(make_config(profile, res["dataset"], int(res["seed"])))
@@ -512,6 +541,7 @@ def load_results(profile: str, *, results_dir: str | os.PathLike | None = None) 
         if res.get("config_hash") != current:
             warnings.warn(f"skipping {path}: written for another configuration", RuntimeWarning, stacklevel=2)
             continue
+        res["stale"] = res.get("code_hash") != code_hash()
         out.append(res)
     return out
 
@@ -532,7 +562,7 @@ def summary(results: Sequence[dict], *, convention: str = "max") -> list[dict]:
     ``point1``, ``point2`` (top-1 / top-2 class), ``mass_obj1``, ``mass_obj2``, ``point_obj1``,
     ``point_obj2`` (the same on the two objects' pixels only, ``objects_only=True``), ``accuracy``,
     ``recognized``, ``train_wall_s``; ``mass1_se``, ``mass2_se``: the standard error of the mean mass
-    accuracy over the scored images (of the seeds' mean), a float or None; plus ``params``,
+    accuracy over the scored images where it is defined (of the seeds' mean), a float or None; plus ``params``,
     ``n_seeds``, ``n_scored`` (per seed) and ``epochs``.
     """
     groups: dict[tuple, list[tuple[dict, dict]]] = defaultdict(list)
@@ -555,8 +585,10 @@ def summary(results: Sequence[dict], *, convention: str = "max") -> list[dict]:
             row[f"mass_obj{k + 1}"] = _stats([m.get("mass_objects", [None, None])[k] for _, m in items])[:2]
             row[f"point_obj{k + 1}"] = _stats([m.get("pointing_objects", [None, None])[k] for _, m in items])[:2]
         for k in (0, 1):
-            ses = [m["mass_sd"][k] / math.sqrt(m["n_scored"]) for _, m in items
-                   if m.get("mass_sd", [None, None])[k] is not None and m.get("n_scored")]
+            # over the composites where the mass accuracy is defined (blank heatmaps left out)
+            defined = [(m["mass_sd"][k], (m.get("n_scored") or 0) - (m.get("mass_nan") or [0, 0])[k])
+                       for _, m in items if (m.get("mass_sd") or [None, None])[k] is not None]
+            ses = [sd / math.sqrt(n) for sd, n in defined if n > 0]
             row[f"mass{k + 1}_se"] = math.sqrt(sum(v * v for v in ses)) / len(ses) if ses else None
         for key in ("accuracy", "recognized", "train_wall_s"):
             row[key] = _stats([e.get(key) for e, _ in items])[:2]

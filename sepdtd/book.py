@@ -269,16 +269,14 @@ def top2_cosines(model: Any, x: Any, *, batch_size: int = 500) -> tuple[Any, Any
     """
     import torch
 
-    from sepdtd import dtd
+    from sepdtd import dtd, metrics
 
     cos, values, indices = [], [], []
     with torch.no_grad():
         for xb in x.split(batch_size):
             top = model(xb).topk(2, dim=1)
-            h = dtd.heatmap(model, xb, top.indices, low=0.0, high=1.0).flatten(2)
-            n1 = torch.linalg.vector_norm(h[:, 0], dim=1).clamp(min=1e-12)
-            n2 = torch.linalg.vector_norm(h[:, 1], dim=1).clamp(min=1e-12)
-            cos.append((h[:, 0] * h[:, 1]).sum(1) / (n1 * n2))
+            h = dtd.heatmap(model, xb, top.indices, low=0.0, high=1.0)
+            cos.append(metrics.cosines(h[:, 0], h[:, 1]))
             values.append(top.values)
             indices.append(top.indices)
     return torch.cat(cos).double(), torch.cat(values).double(), torch.cat(indices)
@@ -296,18 +294,22 @@ def blank_shares(results: Iterable[Mapping]) -> dict[tuple[str, str, str], tuple
     """Share of the scored composites whose top-1 / top-2 heatmap holds no positive relevance.
 
     From the chapter 9-10 results (:mod:`sepdtd.beyond`): for each (data set, network, method), the
-    mean over seeds of ``mass_nan[k] / n_scored`` — the heatmaps whose mass accuracy is undefined
-    because no positive relevance lies outside the pixels both objects share. The mass accuracy is the
-    mean over the *other* composites only; the pointing game of the committed code takes the largest
-    value as it is, so such a heatmap can still score a hit (see :func:`pointing_beyond_nonblank`).
+    mean over seeds of ``(mass_nan[k] - covered[k]) / (n_scored - covered[k])`` — among the composites
+    whose object has pixels outside the ones both objects share (``covered``: those that have none,
+    stored since the pointing game is played on R+; 0 for older results), the heatmaps whose mass
+    accuracy is undefined because no positive relevance lies outside the shared pixels. The mass accuracy is the
+    mean over the *other* composites only, and the pointing game counts them as misses (results of
+    older code could count them as hits, see :func:`pointing_beyond_nonblank`).
     """
     acc: dict[tuple[str, str, str], list[list[float]]] = {}
     for key, m in _beyond_methods(results):
         n = m.get("n_scored") or 0
         if not n or not m.get("mass_nan"):
             continue
+        covered = m.get("covered") or [0, 0]      # objects inside the shared pixels (stored since rerun-fixes)
         for k in (0, 1):
-            acc.setdefault(key, [[], []])[k].append(m["mass_nan"][k] / n)
+            if n > covered[k]:
+                acc.setdefault(key, [[], []])[k].append((m["mass_nan"][k] - covered[k]) / (n - covered[k]))
     return {key: tuple(sum(v) / len(v) if v else None for v in pair) for key, pair in acc.items()}
 
 
@@ -315,9 +317,9 @@ def pointing_beyond_nonblank(results: Iterable[Mapping], *, objects_only: bool =
                              ) -> list[tuple[str, str, str, int, int, float, float]]:
     """Results whose pointing game scores more hits than they have heatmaps with positive relevance.
 
-    ``metrics.pointing_game`` (as the committed results ran it) takes the heatmap's largest value as
-    it is, so a heatmap without positive relevance ("blank") points at its least negative pixel, which
-    may lie on the object. Where a unit's hit rate exceeds its share of non-blank heatmaps
+    ``metrics.pointing_game`` before it was played on ``R+`` took the heatmap's largest value as it
+    was, so a heatmap without positive relevance ("blank") pointed at its least negative pixel, which
+    may lie on the object; results of that code can hold such hits (none of the current code can). Where a unit's hit rate exceeds its share of non-blank heatmaps
     (``1 - mass_nan[k] / n_scored``), some hits certainly came from blank heatmaps; where it does not,
     blank hits are possible but bounded by that share.
 
@@ -335,8 +337,11 @@ def pointing_beyond_nonblank(results: Iterable[Mapping], *, objects_only: bool =
             n = m.get("n_scored") or 0
             if not n or not m.get("mass_nan") or not m.get(key):
                 continue
+            covered = m.get("covered") or [0, 0]
             for k in (0, 1):
-                hits, nonblank = m[key][k], 1 - m["mass_nan"][k] / n
+                if n <= covered[k]:
+                    continue
+                hits, nonblank = m[key][k], 1 - (m["mass_nan"][k] - covered[k]) / (n - covered[k])
                 if hits is not None and hits > nonblank + 1e-9:
                     out.append((dataset, model, method, res.get("seed"), k + 1, hits, nonblank))
     return out
@@ -358,8 +363,8 @@ def mass_se(results: Iterable[Mapping]) -> dict[tuple[str, str, str], tuple[floa
     For each (data set, network, method) of the :mod:`sepdtd.beyond` results: per seed, the sd of the
     mass accuracy over the composites where it is defined (``mass_sd[k]``) divided by the square root of
     their number, ``n_scored - mass_nan[k]``; then the standard error of the seeds' mean,
-    ``sqrt(sum se^2) / n_seeds``. None where no seed has an sd. (``beyond.summary``'s ``mass*_se``
-    divide by ``n_scored``, blank composites included, and so come out too small where many are blank.)
+    ``sqrt(sum se^2) / n_seeds``. None where no seed has an sd. The same as ``beyond.summary``'s
+    ``mass*_se``, keyed for the book's tables.
     """
     acc: dict[tuple[str, str, str], list[list[float]]] = {}
     for key, m in _beyond_methods(results):

@@ -112,8 +112,10 @@ def _leaves(model: nn.Module, prefix: str = "") -> list[tuple[str, nn.Module]]:
     """Flatten (nested) Sequentials into ``(position, layer)`` pairs, position as in ``named_modules``."""
     if _keeps_forward(model, nn.Sequential):
         out: list[tuple[str, nn.Module]] = []
-        for name, child in model.named_children():
-            out += _leaves(child, f"{prefix}{name}" if not prefix else f"{prefix}.{name}")
+        # _modules, not named_children(): that lists a module object used at two positions only once
+        for name, child in model._modules.items():
+            if child is not None:
+                out += _leaves(child, f"{prefix}.{name}" if prefix else name)
         return out
     if isinstance(model, nn.Sequential):
         raise TypeError(
@@ -125,6 +127,21 @@ def _leaves(model: nn.Module, prefix: str = "") -> list[tuple[str, nn.Module]]:
 
 def _unsupported(name: str, layer: nn.Module, why: str) -> TypeError:
     return TypeError(f"layer at position {name} ({type(layer).__name__}: {layer}) {why}")
+
+
+def _hint(layer: nn.Module) -> str:
+    """What to do instead of an unsupported layer, where there is a standard answer."""
+    if isinstance(layer, nn.modules.batchnorm._BatchNorm):
+        return ("; where it directly follows a Conv2d/Linear, fold it into that layer (in eval mode it is an "
+                "affine map: w' = w γ/σ, b' = (b - μ) γ/σ + β) and explain the folded network, whose biases "
+                "must then be <= 0 (Section 2.2)")
+    if isinstance(layer, nn.AdaptiveAvgPool2d):
+        return "; replace it by the AvgPool2d it amounts to for your input size (fixed kernel_size and stride)"
+    if isinstance(layer, nn.AdaptiveMaxPool2d):
+        return "; replace it by the MaxPool2d it amounts to for your input size (fixed kernel_size and stride)"
+    if isinstance(layer, (nn.Tanh, nn.Sigmoid, nn.GELU, nn.ELU, nn.LeakyReLU, nn.SiLU, nn.Softplus, nn.PReLU)):
+        return "; the z+ rule (Eq. 3) is derived for ReLU activations"
+    return ""
 
 
 def _conv_padding(name: str, conv: nn.Conv2d) -> tuple[int, int]:
@@ -147,7 +164,7 @@ def _layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
         cls = next((c for c in SUPPORTED_LAYERS if _keeps_forward(layer, c)), None)
         if cls is None:
             allowed = ", ".join(c.__name__ for c in SUPPORTED_LAYERS)
-            raise _unsupported(name, layer, f"is not supported by DTD; supported layers: {allowed}")
+            raise _unsupported(name, layer, f"is not supported by DTD; supported layers: {allowed}{_hint(layer)}")
         if cls is nn.Conv2d and (layer.groups != 1 or layer.padding_mode != "zeros"):
             raise _unsupported(name, layer, "is supported only with groups=1 and padding_mode='zeros'")
         if cls is nn.Conv2d:
@@ -215,6 +232,24 @@ def _check_x(x: Tensor) -> None:
         raise ValueError(f"x must be a non-empty batch (B, C, H, W) or (B, D), got shape {tuple(x.shape)}")
 
 
+def _check_input_shape(layers: list[tuple[str, nn.Module]], x: Tensor) -> None:
+    """Name the input shape the first weighted layer expects, where ``x`` does not have it."""
+    i = next(i for i, (_, m) in enumerate(layers) if isinstance(m, _WEIGHTED))
+    name, first = layers[i]
+    if isinstance(first, nn.Conv2d):
+        if x.ndim != 4 or x.shape[1] != first.in_channels:
+            raise ValueError(f"x has shape {tuple(x.shape)}, but the first weighted layer, at position {name} "
+                             f"({first}), expects (B, {first.in_channels}, H, W)")
+        return
+    flattened = any(isinstance(m, nn.Flatten) for _, m in layers[:i])
+    values = math.prod(x.shape[1:]) if flattened else (x.shape[1] if x.ndim == 2 else None)
+    if values != first.in_features:
+        expected = (f"(B, ...) with {first.in_features} values per input" if flattened
+                    else f"(B, {first.in_features})")
+        raise ValueError(f"x has shape {tuple(x.shape)}, but the first weighted layer, at position {name} "
+                         f"({first}), expects {expected}")
+
+
 def _box(x: Tensor, low: Bound, high: Bound) -> tuple[Tensor, Tensor]:
     """``low``/``high`` as tensors of one input's shape; check ``low <= x <= high`` exactly."""
     bounds = []
@@ -227,8 +262,15 @@ def _box(x: Tensor, low: Bound, high: Bound) -> tuple[Tensor, Tensor]:
                 f"{label} of shape {tuple(t.shape)} does not broadcast to one input of shape {tuple(x.shape[1:])}"
             ) from None
     lo, hi = bounds
-    if torch.isnan(lo).any() or torch.isnan(hi).any() or (lo > hi).any():
-        raise ValueError("the box must satisfy low <= high everywhere (and contain no NaN)")
+    if not (torch.isfinite(lo).all() and torch.isfinite(hi).all()):
+        raise ValueError("the box [low, high] of the zB rule (Eq. 4) must be finite (and contain no NaN); "
+                         "for images in [0, 1] use low=0.0, high=1.0")
+    if (lo > 0).any() or (hi < 0).any():
+        raise ValueError(
+            "the box [low, high] of the zB rule (Eq. 4) must hold 0, l <= 0 <= h (Section 2.2: the root point of "
+            f"a neuron with b <= 0 then lies in the box); got low up to {float(lo.max()):.6g} and "
+            f"high down to {float(hi.min()):.6g}. Widen the box, or shift the inputs so that 0 is admissible"
+        )
     if lo.stride() == hi.stride() == (0,) * lo.ndim:        # scalar box: compare with min and max of x
         x_min, x_max = (float(v) for v in torch.aminmax(x))
         below, above = float(lo.flatten()[0]) - x_min, x_max - float(hi.flatten()[0])
@@ -360,6 +402,11 @@ def _forward(layers: list[tuple[str, nn.Module]], x: Tensor, lo: Tensor, hi: Ten
                     f"layer at position {name} ({type(layer).__name__}) got an input of shape {tuple(h.shape)}; "
                     f"expected {4 if is_conv else 2} dimensions"
                 )
+            if not is_conv and h.shape[1] != layer.in_features:
+                raise ValueError(
+                    f"layer at position {name} ({layer}) expects {layer.in_features} inputs but gets {h.shape[1]} "
+                    f"from x of shape {tuple(x.shape)}: is the input's height and width the one the network "
+                    "was built for?")
             if layer.weight.device != x.device:
                 raise ValueError(f"model is on {layer.weight.device} but x is on {x.device}; move one of them")
             if pos not in cache:
@@ -675,6 +722,7 @@ def _relevance(model: nn.Module, x: Tensor, classes: Tensor, *, low: Bound, high
     """
     layers = _layers(model)
     _check_x(x)
+    _check_input_shape(layers, x)
     if not eps > 0:
         raise ValueError(f"eps must be > 0 (it keeps 0/0 out of the denominators), got {eps}")
     lo, hi = _box(x, low, high)

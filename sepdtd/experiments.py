@@ -177,7 +177,7 @@ PROFILES: dict[str, Profile] = {
         eval_batch_size=128),
     "quick": Profile(
         name="quick",
-        description=("QUICK, a reduced version of Section 5.1 for CPUs (about 10 minutes for the three "
+        description=("QUICK, a reduced version of Section 5.1 for CPUs (about 5 minutes for the three "
                      "data sets on 2 cores): 10,000 training and 2,000 validation images, pre-training "
                      "capped at 5 epochs and each fine-tune at 2 epochs (early stopping with patience 3 "
                      "rarely triggers within these caps), test accuracy on 2,000 and diffusion on 500 "
@@ -190,11 +190,13 @@ PROFILES: dict[str, Profile] = {
         eval_batch_size=250),
     "full": Profile(
         name="full",
-        description=("FULL, the protocol of Section 5.1: the whole training set minus a random 10 % "
-                     "validation split, pre-training and every fine-tune until the validation objective "
-                     "has not improved for 3 epochs (cap 200 epochs), best weights kept, fine-tunes from a "
-                     "copy of the baseline with a fresh Adam at lr 1e-4; accuracy and diffusion on the "
-                     "whole 10,000-image test set; seeds 0, 1, 2."),
+        description=("FULL, the protocol of Section 5.1: pre-training and every fine-tune until the loss "
+                     "has not improved for 3 epochs, CIFAR-10 with flips and shifts, λ in {0.1, 0.5, 1.0, 5.0} "
+                     "(the paper's); with our choices where it is silent: the whole training set minus a "
+                     "random 10 % validation split whose objective decides the stop, a cap of 200 epochs, "
+                     "best weights kept, Adam at lr 1e-3 for pre-training and a fresh Adam at lr 1e-4 for "
+                     "the fine-tunes from a copy of the baseline; accuracy and diffusion on the whole "
+                     "10,000-image test set; seeds 0, 1, 2."),
         datasets=("mnist", "fashion_mnist", "cifar10"), seeds=(0, 1, 2), lams=LAMBDAS,
         n_train=None, n_val=None, n_test=None, n_eval=None,
         pretrain=Stage(lr=1e-3, batch_size=128, max_epochs=200),
@@ -505,7 +507,9 @@ def _measure(config: Config, lam: float, model: models.PaperNet, hist, arrays: d
         "train_wall_s": t_trained - t_start, "eval_wall_s": t_end - t0, "wall_s": t_end - t_start,
         "t_start": t_start, "t_end": t_end,
         "diffusion": {c: float(dv[c]) for c in metrics.CONVENTIONS},
-        "cosine": float(dv["cosine"]), "inblock": [_finite_or_none(s) for s in inblock],
+        "cosine": float(dv["cosine"]), "abs_cosine": float(dv["abs_cosine"]),
+        "logit_nonpositive": [float(dv["top1_nonpositive"]), float(dv["top2_nonpositive"])],
+        "inblock": [_finite_or_none(s) for s in inblock],
         "n_eval": int(dv["n"]),
         "history": {k: [float(v) for v in h[k]] for k in ("train_loss", "val_loss", "val_accuracy", "penalty")
                     if k in h},
@@ -855,18 +859,57 @@ def load_models(profile: str, dataset: str, *, seed: int = 0, results_dir: str |
                             checkpoints_dir=checkpoints_dir) for lam in (0.0, *config.lams)}
 
 
+def _vouched(ckdir: Path) -> tuple[str | None, set[str]]:
+    """The code hash of a checkpoint folder's ``partial.json`` and the settings it lists as finished.
+
+    ``(None, set())`` when there is none or it is unreadable: then no weight file in the folder is vouched for.
+    """
+    try:
+        state = json.loads((ckdir / "partial.json").read_text())
+        return state.get("code_hash"), set(state.get("settings", {}))
+    except (OSError, ValueError, AttributeError):
+        return None, set()
+
+
 def load_model(profile: str, dataset: str, lam: float = 0.0, *, seed: int = 0,
                results_dir: str | os.PathLike | None = None, device: str | torch.device = "cpu",
                checkpoints_dir: str | os.PathLike | None = None) -> models.PaperNet:
-    """One trained network of a unit (``lam`` 0.0 = baseline), best weights, eval mode (see :func:`load_models`)."""
+    """One trained network of a unit (``lam`` 0.0 = baseline), best weights, eval mode (see :func:`load_models`).
+
+    Warns (``RuntimeWarning``) when the checkpoint folder's ``partial.json`` does not vouch for the
+    weights: they were trained by other code than the current package's (they then belong to the
+    results of that code, stale now), or by a run that was interrupted before this setting.
+
+    Raises
+    ------
+    FileNotFoundError
+        If the checkpoint is missing (the message says which command creates it).
+    ValueError
+        If the checkpoint file is damaged (named, with what to do).
+    """
     config = make_config(profile, dataset, seed)
     if float(lam) != 0.0 and float(lam) not in config.lams:
         raise ValueError(f"λ = {lam} is not one of profile {profile!r}'s {config.lams} (0.0 = baseline)")
-    path = checkpoint_dir(config, checkpoints_dir) / f"{_tag(float(lam))}.state.pt"
+    ckdir = checkpoint_dir(config, checkpoints_dir)
+    path = ckdir / f"{_tag(float(lam))}.state.pt"
     if not path.exists():
         raise FileNotFoundError(_missing_models_message(config, results_dir, path))
+    trained_by, finished = _vouched(ckdir)
+    if trained_by != code_hash() or _tag(float(lam)) not in finished:
+        why = (f"trained by other code (code hash {trained_by}, the package's is {code_hash()}); they belong to "
+               "that code's (stale) results" if trained_by != code_hash() else
+               "not listed as finished by the run that wrote the folder (interrupted?)")
+        warnings.warn(f"the weights {path} are {why}; delete {ckdir} and run sepdtd.experiments.ensure_run("
+                      f"{profile!r}, {config.dataset!r}, {seed}, with_models=True) to train them anew",
+                      RuntimeWarning, stacklevel=2)
     model = models.build(config.dataset, seed=config.seed)
-    model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises RuntimeError, EOFError or pickle errors for a truncated file
+        raise ValueError(f"the checkpoint {path} is damaged ({type(e).__name__}: {e}); delete {ckdir} and rebuild "
+                         f"it with sepdtd.experiments.ensure_run({profile!r}, {config.dataset!r}, {seed}, "
+                         "with_models=True)") from e
+    model.load_state_dict(state)
     return model.to(utils.resolve_device(device)).eval()
 
 
@@ -880,8 +923,10 @@ def ensure_run(profile: str, dataset: str, seed: int = 0, device: str | torch.de
     profile, dataset, seed, device : see :func:`run`.
     with_models : bool, optional
         Also make sure the checkpoints :func:`load_models` needs exist. When the results exist but the
-        checkpoints do not (they are not committed), the unit is trained again into the checkpoint
-        folder; the existing results file is kept as it is and returned.
+        checkpoints do not (they are not committed), or a run of the current code into the checkpoint
+        folder was interrupted, the unit is trained (or resumed) into the checkpoint folder; the
+        existing results file is kept as it is and returned. Checkpoints of other code are kept: they
+        belong to the results that code wrote (:func:`load_model` warns).
     """
     config = make_config(profile, dataset, seed)
     path = result_path(config, results_dir)
@@ -890,9 +935,13 @@ def ensure_run(profile: str, dataset: str, seed: int = 0, device: str | torch.de
         if with_models:
             ckdir = checkpoint_dir(config, checkpoints_dir)
             tags = ["baseline"] + [_tag(lam) for lam in config.lams]
-            if not all((ckdir / f"{t}.state.pt").exists() for t in tags):
-                warnings.warn(f"rebuilding the checkpoints of {path.name} in {ckdir}: the figures will use these "
-                              "retrained networks, the tables the committed results", RuntimeWarning, stacklevel=2)
+            missing = not all((ckdir / f"{t}.state.pt").exists() for t in tags)
+            trained_by, finished = _vouched(ckdir)
+            unfinished = trained_by == code_hash() and not set(tags) <= finished
+            if missing or unfinished:
+                why = "they are missing" if missing else "a run of this code into it was interrupted"
+                warnings.warn(f"rebuilding the checkpoints of {path.name} in {ckdir} ({why}): the figures will use "
+                              "these retrained networks, the tables the results file", RuntimeWarning, stacklevel=2)
                 _compute(config, device=device, results_path=None, progress=progress, checkpoints_dir=checkpoints_dir)
         return res
     return run(config, device=device, results_dir=results_dir, progress=progress, checkpoints_dir=checkpoints_dir)

@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 __all__ = [
-    "CONVENTIONS", "diffusion", "frobenius", "cosine", "normalize", "softmax_scale", "diffusion_variants",
+    "CONVENTIONS", "diffusion", "frobenius", "cosine", "cosines", "normalize", "softmax_scale", "diffusion_variants",
     "relevance_mass_accuracy", "pointing_game",
 ]
 
@@ -98,6 +98,32 @@ def diffusion(h1: _ArrayLike, h2: _ArrayLike) -> float:
     return float(frobenius(h1, h2).mean())
 
 
+def cosines(h1: _ArrayLike, h2: _ArrayLike, *, eps: float = 1e-12) -> torch.Tensor:
+    """Per-sample cosine similarity of flattened heatmaps: the terms whose mean is :func:`cosine`.
+
+    Parameters
+    ----------
+    h1, h2 : torch.Tensor or numpy.ndarray
+        Heatmap batches of the same shape ``(N, ...)``.
+    eps : float, optional
+        Each norm is clamped to at least ``eps`` (see :func:`cosine`).
+
+    Returns
+    -------
+    torch.Tensor
+        ``(N,)`` float64, ``<h1[n], h2[n]> / (max(||h1[n]||, eps) max(||h2[n]||, eps))`` in ``[-1, 1]``.
+
+    Raises
+    ------
+    ValueError
+        If the shapes differ or the batch is empty.
+    """
+    a, b = _pair(h1, h2)
+    na = torch.linalg.vector_norm(a, dim=1).clamp(min=eps)
+    nb = torch.linalg.vector_norm(b, dim=1).clamp(min=eps)
+    return (a * b).sum(dim=1) / (na * nb)
+
+
 def cosine(h1: _ArrayLike, h2: _ArrayLike, *, eps: float = 1e-12) -> float:
     """Mean cosine similarity of per-sample flattened heatmaps (a scale-free companion of Eq. 7).
 
@@ -120,10 +146,7 @@ def cosine(h1: _ArrayLike, h2: _ArrayLike, *, eps: float = 1e-12) -> float:
     ValueError
         If the shapes differ or the batch is empty.
     """
-    a, b = _pair(h1, h2)
-    na = torch.linalg.vector_norm(a, dim=1).clamp(min=eps)
-    nb = torch.linalg.vector_norm(b, dim=1).clamp(min=eps)
-    return float(((a * b).sum(dim=1) / (na * nb)).mean())
+    return float(cosines(h1, h2, eps=eps).mean())
 
 
 def normalize(h: torch.Tensor, convention: str, *, heatmap_dims: int = 2) -> torch.Tensor:
@@ -234,18 +257,23 @@ def diffusion_variants(
     heatmap_fn : callable, optional
         ``heatmap_fn(model, x, classes, *, low, high) -> (B, K, H, W)`` with ``classes`` a ``(B, K)``
         int64 tensor and relevance started at the logits; defaults to :func:`sepdtd.dtd.heatmap`.
-    conventions : sequence of str, optional
-        Subset of :data:`CONVENTIONS` to compute.
+    conventions : str or sequence of str, optional
+        Subset of :data:`CONVENTIONS` to compute (one name: that convention only).
 
     Returns
     -------
     dict
-        ``{"raw": d, "max": d, "sum": d, "softmax": d, "cosine": c, "n": N}`` (one ``d`` per requested
-        convention) where ``d`` is Eq. 7 for that convention and ``c`` the mean cosine similarity of
-        the raw heatmaps (:func:`cosine`).
+        ``{"raw": d, "max": d, "sum": d, "softmax": d, "cosine": c, "abs_cosine": a,
+        "top1_nonpositive": p1, "top2_nonpositive": p2, "n": N}`` (one ``d`` per requested convention)
+        where ``d`` is Eq. 7 for that convention, ``c`` the mean cosine similarity of the raw heatmaps
+        (:func:`cosine`), ``a`` the mean of its absolute per-image terms (:func:`cosines`), and ``p1``,
+        ``p2`` the shares of images whose top-1 / top-2 logit is <= 0. A DTD heatmap carries the sign of
+        the logit it starts from, so where exactly one of the two logits is <= 0 the cosine is negative
+        however alike the two patterns are; ``a`` measures the patterns alone.
     """
     from sepdtd.utils import resolve_device
 
+    conventions = (conventions,) if isinstance(conventions, str) else tuple(conventions)
     unknown = [c for c in conventions if c not in CONVENTIONS]
     if unknown:
         raise ValueError(f"unknown conventions {unknown}: choose from {', '.join(CONVENTIONS)}")
@@ -259,6 +287,8 @@ def diffusion_variants(
     model.to(dev).eval()
     sums = {c: torch.zeros((), dtype=torch.float64, device=dev) for c in conventions}
     cos_sum = torch.zeros((), dtype=torch.float64, device=dev)
+    abs_cos_sum = torch.zeros((), dtype=torch.float64, device=dev)
+    nonpositive = torch.zeros(2, dtype=torch.float64, device=dev)
     # cuDNN's TF32 convolutions (on by default on GPUs) cost DTD about 1e-3 relative accuracy: measure in fp32.
     tf32 = torch.backends.cudnn.allow_tf32
     torch.backends.cudnn.allow_tf32 = False
@@ -278,13 +308,18 @@ def diffusion_variants(
             for c in conventions:
                 hc = h * softmax_scale(logits, top2, eps=eps)[:, :, None, None] if c == "softmax" else normalize(h, c)
                 sums[c] += frobenius(hc[:, 0], hc[:, 1]).sum()
-            cos_sum += cosine(h[:, 0], h[:, 1]) * h.shape[0]
+            cos = cosines(h[:, 0], h[:, 1])
+            cos_sum += cos.sum()
+            abs_cos_sum += cos.abs().sum()
+            nonpositive += (logits.gather(1, top2) <= 0).sum(dim=0)
     finally:
         torch.backends.cudnn.allow_tf32 = tf32
         model.train(was_training)
     n = int(x.shape[0])
     out: dict = {c: float(sums[c]) / n for c in conventions}
     out["cosine"] = float(cos_sum) / n
+    out["abs_cosine"] = float(abs_cos_sum) / n
+    out["top1_nonpositive"], out["top2_nonpositive"] = (float(v) / n for v in nonpositive)
     out["n"] = n
     return out
 
@@ -352,8 +387,9 @@ def relevance_mass_accuracy(h: _ArrayLike, mask_own: _ArrayLike, mask_other: _Ar
     Returns
     -------
     torch.Tensor
-        float64 ``(N,)``; ``nan`` for a heatmap without positive relevance outside ``B`` (aggregate with
-        :func:`torch.nanmean` and report how many were ``nan``).
+        float64 ``(N,)``; ``nan`` for a heatmap without positive relevance outside ``B``, and where the
+        object has no pixel outside ``B`` (aggregate with :func:`torch.nanmean` and report how many were
+        ``nan``).
 
     Raises
     ------
@@ -364,7 +400,8 @@ def relevance_mass_accuracy(h: _ArrayLike, mask_own: _ArrayLike, mask_other: _Ar
     pos = a.clamp(min=0) * allowed
     num = (pos * own).sum(dim=1)
     den = pos.sum(dim=1)
-    return torch.where(den > 0, num / torch.where(den > 0, den, torch.ones_like(den)),
+    defined = (den > 0) & (own & allowed).any(dim=1)
+    return torch.where(defined, num / torch.where(den > 0, den, torch.ones_like(den)),
                        torch.full_like(den, float("nan")))
 
 
@@ -372,13 +409,15 @@ def pointing_game(h: _ArrayLike, mask_own: _ArrayLike, mask_other: _ArrayLike | 
                   objects_only: bool = False) -> torch.Tensor:
     r"""Does the heatmap's maximum lie on the explained object? (the pointing game)
 
-    The pointing game of Zhang et al. 2018 ("Top-down neural attention by excitation backprop", IJCV;
-    the paper's reference [13]), as used for LRP by Kohlbrenner et al. 2020 ("Towards best practice in
-    explaining neural network decisions with LRP", IJCNN): a *hit* when the largest relevance lies on
-    the object of the explained class. Pixels of both objects are left out, as in
-    :func:`relevance_mass_accuracy`. To be well defined with ties (e.g. an all-zero heatmap), a hit
-    needs the maximum over the object's own pixels to be *strictly* larger than the maximum over every
-    other pixel left in.
+    The pointing game of Zhang et al. ("Top-down neural attention by excitation backprop", ECCV 2016,
+    the paper's reference [13]; IJCV 2018), as used for LRP by Kohlbrenner et al. 2020 ("Towards best
+    practice in explaining neural network decisions with LRP", IJCNN): a *hit* when the largest
+    positive relevance lies on the object of the explained class; a strict variant, without Zhang's
+    15-pixel tolerance. Pixels of both objects are left out, as in :func:`relevance_mass_accuracy`. The
+    game is played on :math:`R^+`, so that a heatmap without positive relevance points nowhere (a miss)
+    instead of at its least negative pixel; and to be well defined with ties, a hit needs the maximum
+    of :math:`R^+` over the object's own pixels to be positive and *strictly* larger than its maximum
+    over every other pixel left in.
 
     Parameters
     ----------
@@ -391,10 +430,11 @@ def pointing_game(h: _ArrayLike, mask_own: _ArrayLike, mask_other: _ArrayLike | 
         float64 ``(N,)`` of 1.0 (hit) and 0.0 (miss); ``nan`` where the object has no pixel outside ``B``.
     """
     a, own, allowed = _region_args(h, mask_own, mask_other, objects_only)
+    a = a.clamp(min=0)
     inside = own & allowed
     rest = allowed & ~own
     neg_inf = torch.tensor(float("-inf"), dtype=a.dtype, device=a.device)
     best_in = torch.where(inside, a, neg_inf).amax(dim=1)
     best_out = torch.where(rest, a, neg_inf).amax(dim=1)
-    hit = (best_in > best_out).double()
+    hit = ((best_in > best_out) & (best_in > 0)).double()
     return torch.where(inside.any(dim=1), hit, torch.full_like(hit, float("nan")))

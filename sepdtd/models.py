@@ -4,14 +4,16 @@ Each model is a :class:`PaperNet`, an :class:`torch.nn.Sequential` of the layers
 (:mod:`sepdtd.dtd`) understands, taking float images in ``[0, 1]`` of shape ``(B, C, H, W)`` and
 returning logits (the softmax lives in the loss, Eq. 5).
 
-- ``"cifar10"``: the classic Keras CIFAR-10 example that Table 1 describes: conv 32 'same', conv 32
+- ``"cifar10"``: Table 1's network, which we read as the classic Keras CIFAR-10 example (the paper does
+  not name its source): conv 32 'same', conv 32
   'valid', max-pool, dropout 0.25, conv 64 'same', conv 64 'valid', max-pool, dropout 0.25, dense 512,
   dropout 0.5, dense 10.
 - ``"mnist"``: conv 32 (3x3), avg-pool, conv 64 (2x2), avg-pool, dense 512, dense 10.
 - ``"fashion_mnist"``: conv 32 (3x3), avg-pool, dense 256, dense 10.
 
-Table 1 says "Dropout was applied during training"; for MNIST and Fashion-MNIST we place it where the
-Keras example does (0.25 after each pooling, 0.5 after the hidden dense layer).
+Section 5.1 says "Dropout was applied during training to prevent overfitting" but not where; for MNIST
+and Fashion-MNIST we place it where the Keras example does (0.25 after each pooling, 0.5 after the
+hidden dense layer).
 
 Weights are initialised as Keras does (Glorot-uniform weights, zero biases), and biases start at 0 so
 the DTD assumption b <= 0 (Section 2.2) holds from the first step; :func:`clamp_biases_` keeps it.

@@ -39,8 +39,16 @@ _WEIGHTED = (nn.Conv2d, nn.Linear)
 
 
 def _signature(model: nn.Module) -> list[tuple]:
-    sig = []
-    for name, m in model.named_children():
+    sig, weighted = [], {}
+    # _modules, not named_children(): that lists a module object used at two positions only once
+    for name, m in model._modules.items():
+        if m is None:
+            continue
+        if isinstance(m, _WEIGHTED):
+            if id(m) in weighted:
+                raise TypeError(f"layer {name!r} is the module object of layer {weighted[id(m)]!r} again: "
+                                "StackedSequential cannot share weights between positions")
+            weighted[id(m)] = name
         if type(m) not in SUPPORTED:
             raise TypeError(f"layer {name!r} of type {type(m).__name__} is not supported by StackedSequential "
                             f"(supported: {', '.join(t.__name__ for t in SUPPORTED)})")
@@ -94,11 +102,13 @@ class StackedSequential(nn.Module):
         self._layers: list[tuple[str, dict]] = []   # (kind, settings) per layer: no modules are kept
         self._names: list[str] = []                  # names of the weighted layers
         weights, biases = [], []
-        for name, m in template.named_children():
+        for name, m in template._modules.items():
+            if m is None:
+                continue
             if isinstance(m, _WEIGHTED):
                 if m.bias is None:
                     raise TypeError(f"layer {name!r} has no bias: StackedSequential needs biases")
-                per = [dict(mm.named_children())[name] for mm in models]
+                per = [mm._modules[name] for mm in models]
                 weights.append(nn.Parameter(torch.stack([p.weight.detach() for p in per]).clone()))
                 biases.append(nn.Parameter(torch.stack([p.bias.detach() for p in per]).clone()))
                 self._names.append(name)

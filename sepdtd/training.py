@@ -23,6 +23,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import numbers
 import time
 import warnings
 from collections.abc import Callable
@@ -273,6 +274,8 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, device: str 
     """
     if x.shape[0] != y.shape[0] or x.shape[0] == 0:
         raise ValueError(f"need as many labels as images (and at least one): {x.shape[0]} vs {y.shape[0]}")
+    _check_data(x, y, "eval")
+    _check_labels(model, {"eval": y})
     dev = resolve_device(device)
     was_training = model.training
     model.to(dev).eval()
@@ -281,6 +284,29 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, device: str 
     finally:
         model.train(was_training)
     return float(loss) / x.shape[0], int(correct) / x.shape[0]
+
+
+def _check_labels(model: nn.Module, labels: dict[str, torch.Tensor]) -> None:
+    """Labels must index the model's outputs (a CUDA cross-entropy would otherwise fail with a device assert)."""
+    dense = list(dense_layers(model))
+    n_out = getattr(model, "n_classes", None) or (dense[-1].out_features if dense else None)
+    if n_out is None:
+        return
+    for what, y in labels.items():
+        lo, hi = int(y.min()), int(y.max())
+        if lo < 0 or hi >= n_out:
+            raise ValueError(f"y_{what} holds labels in [{lo}, {hi}] but the model has {n_out} outputs")
+
+
+def _as_rate(value: object, message: str) -> float:
+    """``value`` as a float λ >= 0; Python, NumPy and 0-d tensor reals are accepted."""
+    if isinstance(value, torch.Tensor) and value.ndim == 0 and value.dtype != torch.bool and not value.is_complex():
+        value = value.item()
+    elif type(value).__name__ == "ndarray" and getattr(value, "ndim", None) == 0:  # a 0-d NumPy array
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value < 0:
+        raise ValueError(f"{message}, got {value!r}")
+    return float(value)
 
 
 def _check_data(x: torch.Tensor, y: torch.Tensor, what: str) -> None:
@@ -294,6 +320,13 @@ def _check_data(x: torch.Tensor, y: torch.Tensor, what: str) -> None:
         raise ValueError(f"the {what} set is empty")
     if y.is_floating_point():
         raise TypeError(f"y_{what} must hold integer class labels, got {y.dtype}")
+    if x.is_floating_point():
+        lo, hi = (float(v) for v in torch.aminmax(x))
+        if not (math.isfinite(lo) and math.isfinite(hi)):
+            raise ValueError(f"x_{what} holds NaN or infinite values; clean or drop those images first")
+        if lo < 0 or hi > 1:
+            warnings.warn(f"x_{what} spans [{lo:.4g}, {hi:.4g}], outside [0, 1]: the models and DTD's input box "
+                          "(low=0, high=1) expect images in [0, 1] (or uint8)", stacklevel=3)
 
 
 def _make_optimizer(name: str, params: list, lr: float, weight_decay: float,
@@ -587,8 +620,7 @@ def fit(
         written for that epoch.
     """
     t_start = time.perf_counter()
-    if not isinstance(lam, (int, float)) or isinstance(lam, bool) or not math.isfinite(lam) or lam < 0:
-        raise ValueError(f"lam must be a finite number >= 0 (the regularizer rate of Eq. 5), got {lam!r}")
+    lam = _as_rate(lam, "lam must be a finite number >= 0 (the regularizer rate of Eq. 5)")
     if not (isinstance(lr, (int, float)) and lr > 0 and math.isfinite(lr)):
         raise ValueError(f"lr must be a positive number, got {lr!r}")
     for name, v in (("batch_size", batch_size), ("max_epochs", max_epochs), ("eval_batch_size", eval_batch_size)):
@@ -610,12 +642,7 @@ def fit(
         for layer in dense:
             block_mask(layer.out_features, layer.in_features, n_blocks)  # validates n_blocks
 
-    n_out = getattr(model, "n_classes", None) or (dense[-1].out_features if dense else None)
-    if n_out is not None:
-        for what, y in (("train", y_train), ("val", y_val)):
-            lo, hi = int(y.min()), int(y.max())
-            if lo < 0 or hi >= n_out:
-                raise ValueError(f"y_{what} holds labels in [{lo}, {hi}] but the model has {n_out} outputs")
+    _check_labels(model, {"train": y_train, "val": y_val})
 
     dev = resolve_device(device)
     model.to(dev)
@@ -856,12 +883,9 @@ device, seed, progress, optimizer, weight_decay, eval_batch_size, cuda_graph
     from sepdtd.stacked import StackedSequential
 
     t_start = time.perf_counter()
-    models, lams = list(models), [float(v) if not isinstance(v, bool) else v for v in lams]
+    models, lams = list(models), [_as_rate(v, "every λ must be a finite number >= 0 (Eq. 5)") for v in lams]
     if not models or len(models) != len(lams):
         raise ValueError(f"need one λ per model and at least one model, got {len(models)} models, {len(lams)} λ")
-    for lam in lams:
-        if not isinstance(lam, float) or not math.isfinite(lam) or lam < 0:
-            raise ValueError(f"every λ must be a finite number >= 0 (Eq. 5), got {lam!r}")
     if not (isinstance(lr, (int, float)) and lr > 0 and math.isfinite(lr)):
         raise ValueError(f"lr must be a positive number, got {lr!r}")
     for name, v in (("batch_size", batch_size), ("max_epochs", max_epochs), ("eval_batch_size", eval_batch_size)):

@@ -139,8 +139,9 @@ def run(unit: Config, name: str, stage: Stage | None = None, *, lams: Sequence[f
         ``name``, ``config`` (the unit's with the candidate's ``finetune`` and ``lams``), ``config_hash``,
         ``code_hash`` (:func:`code_hash`), ``unit_config_hash``, ``baseline`` (the baseline's entry, as in
         the unit's results), ``finetunes`` (one entry per λ, as the unit's ``settings``),
-        ``provenance`` and ``run_wall_s``. A file written by other code or for another configuration is
-        recomputed, never read as this candidate's result.
+        ``provenance`` and ``run_wall_s`` (from the loaded baseline to the written result: the
+        fine-tunes and their measurement, not a baseline pre-trained first). A file written by other code
+        or for another configuration is recomputed, never read as this candidate's result.
     """
     if stage is None:
         if name not in CANDIDATES:
@@ -154,12 +155,12 @@ def run(unit: Config, name: str, stage: Stage | None = None, *, lams: Sequence[f
         if res is not None:
             return res
 
-    t_start = time.time()
     dev = utils.resolve_device(device)
     arrays_cpu = experiments._prepare_arrays(unit)
     arrays = experiments._to_device(arrays_cpu, dev)
     base_path, base_entry = _baseline(unit, arrays, dev, checkpoints_dir, progress)
     base_state = torch.load(base_path, map_location="cpu", weights_only=True)
+    t_start = time.time()
 
     root = Path(checkpoints_dir) if checkpoints_dir is not None else experiments.checkpoint_root()
     ckdir = root / unit.profile / "tuning" / unit.dataset / f"seed{unit.seed}-{chash}"
@@ -207,10 +208,12 @@ def search(profile: str, dataset: str, seed: int = 0, names: Sequence[str] | Non
     stage and of its results, and the name gets ``-cap<max_epochs>``).
     """
     unit = experiments.make_config(profile, dataset, seed)
+    names = list(CANDIDATES) if names is None else [names] if isinstance(names, str) else list(names)
+    unknown = [name for name in names if name not in CANDIDATES]
+    if unknown:  # before the first candidate runs
+        raise ValueError(f"unknown candidate(s) {', '.join(map(repr, unknown))}: choose from {', '.join(CANDIDATES)}")
     out = []
-    for name in (list(CANDIDATES) if names is None else list(names)):
-        if name not in CANDIDATES:
-            raise ValueError(f"unknown candidate {name!r}: choose from {', '.join(CANDIDATES)}")
+    for name in names:
         stage, label = CANDIDATES[name], name
         if max_epochs is not None:
             stage, label = dataclasses.replace(stage, max_epochs=int(max_epochs)), f"{name}-cap{int(max_epochs)}"

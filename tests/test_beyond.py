@@ -96,6 +96,10 @@ def test_unit_results(smoke_unit):
         assert 0 <= e["recognized"] <= 1 and e["params"] > 0 and 0 <= e["accuracy"] <= 1
         for m in e["methods"].values():
             assert set(m["diffusion"]) == set(beyond.DIFFUSION_CONVENTIONS) and -1 <= m["cosine"] <= 1
+            assert abs(m["cosine"]) <= m["abs_cosine"] + 1e-12 <= 1 + 1e-12
+            assert len(m["logit_nonpositive"]) == 2 and all(0 <= v <= 1 for v in m["logit_nonpositive"])
+            assert m["logit_nonpositive"][0] <= m["logit_nonpositive"][1]      # top-1 logit >= top-2 logit
+            assert all(0 <= c <= nan for c, nan in zip(m["covered"], m["mass_nan"]))  # covered: no mass either
             assert m["n_eval"] == 32 and m["n_scored"] <= 32
             for v in m["mass"] + m["pointing"]:
                 assert v is None or 0 <= v <= 1
@@ -135,6 +139,31 @@ def test_foreign_results_are_refused(smoke_unit):
         beyond.run(config, device="cpu", results_dir=other, checkpoints_dir=root / "ck", progress=False)
 
 
+def test_load_results_marks_stale_and_names_a_damaged_file(smoke_unit, monkeypatch, tmp_path):
+    root, _ = smoke_unit
+    (loaded,) = beyond.load_results("smoke", results_dir=root / "results")
+    assert loaded["stale"] is False
+    monkeypatch.setattr(beyond, "code_hash", lambda: "another0code")
+    assert beyond.load_results("smoke", results_dir=root / "results")[0]["stale"] is True
+    damaged = tmp_path / "beyond" / "mnist" / "seed0-x.json"
+    damaged.parent.mkdir(parents=True)
+    damaged.write_text('{"kind": "beyond", ')
+    with pytest.raises(ValueError, match=r"seed0-x\.json is not valid JSON"):
+        beyond.load_results("smoke", results_dir=tmp_path)
+
+
+def test_reproduce_checks_every_data_set_name_first(monkeypatch):
+    ran = []
+    monkeypatch.setattr(beyond, "ensure", lambda *a, **k: ran.append(a))
+    with pytest.raises(ValueError, match="unknown data set 'svhn'"):
+        beyond.reproduce("smoke", datasets=["mnist", "svhn"], seeds=[0])
+    with pytest.raises(ValueError, match="seed must be an int >= 0"):
+        beyond.reproduce("smoke", datasets=["mnist"], seeds=[0, -1])
+    assert ran == []
+    beyond.reproduce("smoke", datasets="mnist", seeds=[0])                 # one name, not its letters
+    assert [a[1] for a in ran] == ["mnist"]
+
+
 def test_summary_and_factors(smoke_unit):
     _, res = smoke_unit
     rows = beyond.summary([res, {**res, "seed": 1}])
@@ -147,3 +176,20 @@ def test_summary_and_factors(smoke_unit):
     eps = next(r for r in f if r["change"] == attribution.LABELS["epsilon"])
     want = res["entries"][0]["methods"]["epsilon"]["cosine"] - res["entries"][0]["methods"]["dtd"]["cosine"]
     assert eps["d_cosine"] == pytest.approx(want)
+
+
+def test_summary_standard_errors_count_only_defined_masses():
+    """``mass*_se`` over the composites with a defined mass, as :func:`sepdtd.book.mass_se` (committed runs)."""
+    from pathlib import Path
+
+    from sepdtd import book
+
+    committed = Path(__file__).resolve().parent.parent / "results" / "full" / "beyond"
+    results = [json.loads(p.read_text()) for p in sorted(committed.glob("*/seed*.json"))]
+    assert results, "the committed chapter 9-10 results are missing"
+    want = book.mass_se(results)
+    rows = beyond.summary(results)
+    assert any(r["mass2_se"] is None and r["mass1_se"] is not None for r in rows)   # all-blank top-2 heatmaps
+    for r in rows:
+        se = want[(r["dataset"], r["model"], r["method"])]
+        assert (r["mass1_se"], r["mass2_se"]) == pytest.approx(se)

@@ -130,6 +130,10 @@ def test_blank_shares_average_the_undefined_mass_over_seeds():
     assert shares[("mnist", "lam1.0", "epsilon")] == pytest.approx((0.0, 0.15))
     assert shares[("cifar10", "lam1.0", "dtd")] == pytest.approx((0.5, 1.0))
     assert ("mnist", "depth-0", "dtd") not in shares          # nothing scored: no share at all
+    # composites whose object lies inside the shared pixels are neither blank nor scored
+    covered = unit("mnist", 0, [30, 110], [0, 20])
+    covered["entries"][0]["methods"]["dtd"]["covered"] = [10, 10]
+    assert book.blank_shares([covered])[("mnist", "lam1.0", "dtd")] == pytest.approx((20 / 190, 100 / 190))
     assert book.blank_shares([]) == {}
 
 

@@ -6,6 +6,7 @@ import math
 import re
 import subprocess
 import sys
+import warnings
 
 import pytest
 import torch
@@ -332,7 +333,9 @@ def test_smoke_profile_end_to_end(monkeypatch, fixed_code, dirs):
     assert experiments.load_results(dirs["results_dir"]) == [json.loads(json.dumps(res))]
 
     # the saved weights reproduce the recorded test accuracy (oracle: recomputed independently)
-    nets = experiments.load_models("smoke", "mnist", device="cpu", **dirs)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")                      # weights vouched for by partial.json: no warning
+        nets = experiments.load_models("smoke", "mnist", device="cpu", **dirs)
     assert sorted(nets) == [0.0, 0.1, 0.5, 1.0, 5.0] and not nets[0.0].training
     arrays = experiments._prepare_arrays(cfg)
     for s in res["settings"]:
@@ -345,6 +348,31 @@ def test_smoke_profile_end_to_end(monkeypatch, fixed_code, dirs):
     assert experiments.ensure_run("smoke", "mnist", 0, "cpu", **dirs) == results[0]
     table = report.format_tables(report.rows(results))
     assert "Table 2" in table and "Table 3" in table and "MNIST" in table
+
+    # a damaged checkpoint is named, with what to do
+    ck = experiments.checkpoint_dir(cfg, dirs["checkpoints_dir"]) / "lam0.1.state.pt"
+    ck.write_bytes(ck.read_bytes()[:100])
+    with pytest.raises(ValueError, match=r"lam0\.1\.state\.pt is damaged.*with_models=True"):
+        experiments.load_model("smoke", "mnist", 0.1, device="cpu", **dirs)
+    # weights the folder's partial.json does not vouch for: load_model warns; ensure_run(with_models=True)
+    # resumes an interrupted run of this code, and keeps the weights of other code (they belong to its results)
+    ckdir = experiments.checkpoint_dir(cfg, dirs["checkpoints_dir"])
+    rebuilt = []
+    monkeypatch.setattr(experiments, "_compute", lambda config, **k: rebuilt.append(config))
+    state = json.loads((ckdir / "partial.json").read_text())
+    state["settings"] = {"baseline": state["settings"]["baseline"]}          # an interrupted rebuild
+    (ckdir / "partial.json").write_text(json.dumps(state))
+    with pytest.warns(RuntimeWarning, match=r"lam0\.5\.state\.pt are not listed as finished"):
+        experiments.load_model("smoke", "mnist", 0.5, device="cpu", **dirs)
+    with pytest.warns(RuntimeWarning, match="a run of this code into it was interrupted"):
+        experiments.ensure_run("smoke", "mnist", 0, "cpu", with_models=True, **dirs)
+    assert rebuilt == [cfg]
+    monkeypatch.setattr(experiments, "code_hash", lambda: "another0code")
+    with pytest.warns(RuntimeWarning, match=r"baseline\.state\.pt are trained by other code"):
+        experiments.load_model("smoke", "mnist", 0.0, device="cpu", **dirs)
+    with pytest.warns(RuntimeWarning, match="it is stale"):
+        experiments.ensure_run("smoke", "mnist", 0, "cpu", with_models=True, **dirs)
+    assert rebuilt == [cfg]                                                    # not rebuilt again
 
 
 @pytest.mark.slow

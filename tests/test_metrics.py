@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from sepdtd.metrics import CONVENTIONS, cosine, diffusion, diffusion_variants, frobenius, normalize, softmax_scale
+from sepdtd.metrics import CONVENTIONS, cosine, cosines, diffusion, diffusion_variants, frobenius, normalize, softmax_scale
 
 
 def test_identical_heatmaps_have_zero_diffusion_and_cosine_one():
@@ -106,7 +106,8 @@ def test_diffusion_variants_against_hand_computation():
     out = diffusion_variants(model, x, low=0.0, high=1.0, batch_size=3, device="cpu", heatmap_fn=fake)
     assert model.training  # mode restored
     assert fake.calls == [3, 3, 1]
-    assert set(out) == {"raw", "max", "sum", "softmax", "cosine", "n"} and out["n"] == 7
+    assert set(out) == {"raw", "max", "sum", "softmax", "cosine", "abs_cosine", "top1_nonpositive",
+                        "top2_nonpositive", "n"} and out["n"] == 7
 
     model.eval()
     with torch.no_grad():
@@ -127,8 +128,33 @@ def test_diffusion_variants_against_hand_computation():
     assert out["max"] == pytest.approx(mx, rel=1e-5)
     assert out["sum"] == pytest.approx(sm, rel=1e-5)
     assert out["cosine"] == pytest.approx(cosine(h[:, 0], h[:, 1]), rel=1e-5)
+    # the heatmaps carry their logits' signs: |cos| and the shares of logits <= 0 (chapter 6)
+    assert ((f[:, 0] > 0) != (f[:, 1] > 0)).any(), "the test needs an image whose two logits differ in sign"
+    per_image = [torch.nn.functional.cosine_similarity(h[n, 0].flatten(), h[n, 1].flatten(), dim=0).item()
+                 for n in range(7)]
+    assert out["abs_cosine"] == pytest.approx(np.mean(np.abs(per_image)), rel=1e-5)
+    assert out["abs_cosine"] > out["cosine"] + 1e-3
+    assert [out["top1_nonpositive"], out["top2_nonpositive"]] == (f <= 0).double().mean(0).tolist()
     same = diffusion_variants(model, x, low=0.0, high=1.0, batch_size=100, device="cpu", heatmap_fn=fake)
     assert same == pytest.approx(out)
+
+
+def test_cosines_are_the_terms_of_cosine():
+    g = torch.Generator().manual_seed(5)
+    h1, h2 = torch.randn(6, 3, 4, generator=g), torch.randn(6, 3, 4, generator=g)
+    h2[0], h1[1] = -2.5 * h1[0], 0.0
+    c = cosines(h1, h2)
+    assert c.shape == (6,) and c.dtype == torch.float64
+    assert c[0].item() == pytest.approx(-1.0) and c[1].item() == 0.0
+    assert cosine(h1, h2) == pytest.approx(c.mean().item())
+
+
+def test_diffusion_variants_takes_one_convention_by_name():
+    fake = _Patterns(5, 4, 4)
+    x = torch.randint(0, 256, (4, 3, 4, 4), dtype=torch.uint8, generator=torch.Generator().manual_seed(2))
+    one = diffusion_variants(_linear_model(), x, low=0.0, high=1.0, device="cpu", heatmap_fn=fake, conventions="max")
+    every = diffusion_variants(_linear_model(), x, low=0.0, high=1.0, device="cpu", heatmap_fn=fake)
+    assert [c for c in CONVENTIONS if c in one] == ["max"] and one["max"] == pytest.approx(every["max"])
 
 
 def test_diffusion_variants_rejects_bad_input():

@@ -78,6 +78,22 @@ def test_member_state_dicts_round_trip():
     assert nets[0][0].weight.abs().sum() > 0
 
 
+def test_a_module_object_used_twice():
+    def net(seed):
+        torch.manual_seed(seed)
+        relu = nn.ReLU()                                         # one object at two positions
+        return nn.Sequential(nn.Linear(7, 6), relu, nn.Linear(6, 5), relu, nn.Linear(5, 2)).double()
+
+    nets = [net(s) for s in range(2)]
+    x = torch.randn(4, 7, dtype=torch.float64)
+    out = StackedSequential(nets).double()(x)
+    for g, n in enumerate(nets):
+        torch.testing.assert_close(out[g], n(x), rtol=1e-12, atol=1e-12)
+    lin = nn.Linear(4, 4)
+    with pytest.raises(TypeError, match="cannot share weights"):
+        StackedSequential([nn.Sequential(lin, nn.ReLU(), lin)])
+
+
 def test_refuses_what_it_cannot_stack():
     with pytest.raises(TypeError, match="BatchNorm2d"):
         StackedSequential([nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2))])
@@ -151,8 +167,13 @@ def test_fit_stacked_errors(toy_data):
     x, y, xv, yv = toy_data
     xf = x.float() / 255
     xf[5] = float("nan")
-    with pytest.raises(training.NaNLossError, match="lam=0.5"):
+    with pytest.raises(ValueError, match="x_train holds NaN"):
         training.fit_stacked([small_net()], [0.5], xf, y, xv, yv, **KW)
+    broken = small_net()
+    with torch.no_grad():
+        broken[-1].weight[0, 0] = float("nan")
+    with pytest.raises(training.NaNLossError, match="lam=0.5"):
+        training.fit_stacked([small_net(), broken], [0.0, 0.5], x, y, xv, yv, **KW)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

@@ -215,11 +215,45 @@ def test_evaluate_known_model():
     assert loss == pytest.approx((2 * ce_right + ce_wrong) / 3, rel=1e-6)
 
 
-@pytest.mark.parametrize("lam", [-0.1, float("nan"), float("inf")])
+def test_evaluate_checks_labels_and_images_as_fit_does():
+    x, y = _data(8, 0)
+    with pytest.raises(ValueError, match=r"y_eval holds labels in \[0, 2\] but the model has 2 outputs"):
+        evaluate(_net(), x, torch.where(y == 1, 2, y), device="cpu")
+    with pytest.raises(TypeError, match="integer class labels"):
+        evaluate(_net(), x, y.float(), device="cpu")
+    xf = x.float() / 255
+    xf[0, 0, 0, 0] = float("inf")
+    with pytest.raises(ValueError, match="x_eval holds NaN or infinite"):
+        evaluate(_net(), xf, y, device="cpu")
+
+
+@pytest.mark.parametrize("lam", [-0.1, float("nan"), float("inf"), "0.5", True, torch.tensor([0.5])])
 def test_bad_lam_raises(lam):
     x, y = _data(16, 0)
     with pytest.raises(ValueError, match="lam"):
         _fit(_net(), x, y, x, y, lam=lam)
+
+
+def test_lam_takes_numpy_and_0d_tensor_scalars():
+    import numpy as np
+
+    x, y = _data(64, 0)
+    ref = _net()
+    _fit(ref, x, y, x, y, lam=0.5, max_epochs=1, n_blocks=2)
+    for lam in (np.float32(0.5), np.array(0.5), torch.tensor(0.5, dtype=torch.float64)):
+        model = _net()
+        _fit(model, x, y, x, y, lam=lam, max_epochs=1, n_blocks=2)
+        assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), ref.state_dict().values()))
+
+
+def test_non_finite_float_images_are_refused_and_out_of_range_ones_warned():
+    x, y = _data(16, 0)
+    xf = x.float() / 255
+    xf[3, 0, 2, 2] = float("nan")
+    with pytest.raises(ValueError, match="x_train holds NaN or infinite"):
+        _fit(_net(), xf, y, x, y)
+    with pytest.warns(UserWarning, match=r"x_val spans \[0, 1\.804\], outside \[0, 1\]"):
+        _fit(_net(), x, y, x.float() / 127.5, y, max_epochs=1)
 
 
 def test_bad_data_raises():

@@ -58,6 +58,9 @@ def test_another_stage_starts_from_the_same_baseline_and_differs(monkeypatch, sy
                      progress=False, **dirs)
     assert [c[0] for c in calls] == ["fit", "stack"]                 # no baseline yet: pre-trained first
     assert calls[1][1:3] == ([5.0], 1e-6)
+    # run_wall_s is the candidate's own time: it starts after the baseline's pre-training
+    assert res["provenance"]["t_start"] >= res["baseline"]["t_end"]
+    assert res["run_wall_s"] == pytest.approx(res["provenance"]["t_end"] - res["provenance"]["t_start"])
     # the baseline went where the unit keeps it, so the unit itself does not pre-train again
     calls.clear()
     ref = experiments.run(unit, device="cpu", progress=False, **dirs)
@@ -130,6 +133,13 @@ def test_candidates_and_errors(monkeypatch, capsys):
         tuning.run(tiny_config(), "nonsense")
     with pytest.raises(ValueError, match="unknown candidate"):
         tuning.search("smoke", "mnist", 0, ["nonsense"])
+    ran = []
+    monkeypatch.setattr(tuning, "run", lambda *a, **k: ran.append(a))
+    with pytest.raises(ValueError, match="unknown candidate.*'nonsense'"):
+        tuning.search("smoke", "mnist", 0, ["paper", "nonsense"])        # checked before "paper" runs
+    assert ran == []
+    tuning.search("smoke", "mnist", 0, "paper")                            # one name, not its letters
+    assert [a[1] for a in ran] == ["paper"]
     with pytest.raises(ValueError, match="candidate name"):
         tuning.result_path(tiny_config(), "a/b", tiny_config())
     with pytest.raises(TypeError, match="Stage"):

@@ -138,6 +138,9 @@ def test_relevance_mass_accuracy_by_hand():
     hs = torch.stack([h[0], -h2[0].abs()])
     out = metrics.relevance_mass_accuracy(hs, own.expand(2, 2, 2), other.expand(2, 2, 2))
     assert out.shape == (2,) and math.isclose(float(out[0]), 2 / 3) and math.isnan(float(out[1]))
+    # an object entirely covered by the other: undefined, not 0 (as in the pointing game)
+    inside_other = torch.tensor([[[True, False], [False, False]]])
+    assert math.isnan(float(metrics.relevance_mass_accuracy(h2, inside_other, own | other)[0]))
 
 
 def test_pointing_game_by_hand():
@@ -153,6 +156,13 @@ def test_pointing_game_by_hand():
     assert metrics.pointing_game(h, own, other, objects_only=True).tolist() == [1.0, 0.0, 0.0, 1.0]
     # without mask_other the both-pixel counts: image 0's max 9 is on its own object
     assert metrics.pointing_game(h[:1], own[:1])[0] == 1.0
+    # a heatmap without positive relevance points nowhere, not at its least negative pixel
+    blank = torch.tensor([[[-0.5, -0.1], [-0.5, -0.9]]])     # its least negative pixel lies on the object
+    assert metrics.pointing_game(blank, own[:1], other[:1]).tolist() == [0.0]
+    assert metrics.pointing_game(blank, own[:1], other[:1], objects_only=True).tolist() == [0.0]
+    assert metrics.pointing_game(blank, own[:1]).tolist() == [0.0]
+    # nor does it hit where the object holds every pixel left in
+    assert metrics.pointing_game(torch.zeros(1, 2, 2), torch.ones(1, 2, 2, dtype=torch.bool)).tolist() == [0.0]
     # an object entirely covered by the other: undefined
     full = torch.ones(1, 2, 2, dtype=torch.bool)
     assert math.isnan(float(metrics.pointing_game(h[:1], own[:1] & torch.tensor([[[True, False], [False, False]]]),
