@@ -28,7 +28,8 @@ from torch import nn
 
 from sepdtd.models import dense_layers
 
-__all__ = ["block_mask", "block_l1", "inblock_share", "expected_inblock_share", "clear_mask_cache"]
+__all__ = ["PENALTY_LAYERS", "PENALTY_REDUCTIONS", "block_mask", "block_l1", "penalized_layers", "off_block_count",
+           "inblock_share", "expected_inblock_share", "clear_mask_cache"]
 
 _MASKS: dict[tuple, torch.Tensor] = {}
 
@@ -108,36 +109,66 @@ def _resolve_n_blocks(model: nn.Module, n_blocks: int | None) -> int:
     return int(n)
 
 
-def block_l1(model: nn.Module, n_blocks: int | None = None) -> torch.Tensor:
-    """The block-wise L1 penalty S(W) of Eq. 6 over all dense layers of ``model``.
+#: Which dense layers Eq. 6 covers: every dense layer (the paper) or only the output layer.
+PENALTY_LAYERS = ("dense", "output")
+
+#: How the positive off-block weights are combined: their sum (Eq. 6) or their mean.
+PENALTY_REDUCTIONS = ("sum", "mean")
+
+
+def penalized_layers(model: nn.Module, layers: str = "dense") -> list[nn.Linear]:
+    """The dense layers whose weights Eq. 6 covers: all of them (``"dense"``) or the last (``"output"``)."""
+    if layers not in PENALTY_LAYERS:
+        raise ValueError(f"unknown penalty layers {layers!r}: choose one of {', '.join(PENALTY_LAYERS)}")
+    dense = list(dense_layers(model))
+    return dense[-1:] if layers == "output" else dense
+
+
+def off_block_count(model: nn.Module, n_blocks: int | None = None, *, layers: str = "dense") -> int:
+    """Number of off-block weights in the layers of :func:`penalized_layers` (the divisor of ``"mean"``)."""
+    n = _resolve_n_blocks(model, n_blocks)
+    return sum(int(block_mask(d.out_features, d.in_features, n).sum()) for d in penalized_layers(model, layers))
+
+
+def block_l1(model: nn.Module, n_blocks: int | None = None, *, layers: str = "dense",
+             reduction: str = "sum") -> torch.Tensor:
+    """The block-wise L1 penalty S(W) of Eq. 6 over the dense layers of ``model``.
 
     Parameters
     ----------
     model : torch.nn.Module
-        Every :class:`torch.nn.Linear` in it is regularized; convolutions contribute nothing.
+        Its :class:`torch.nn.Linear` layers are regularized; convolutions contribute nothing.
     n_blocks : int, optional
         Number of diagonal blocks (C in Eq. 6); defaults to ``model.n_classes``.
+    layers : {"dense", "output"}, optional
+        Every dense layer (Eq. 6), or only the output layer.
+    reduction : {"sum", "mean"}, optional
+        The sum of Eq. 6, or that sum divided by the number of off-block weights
+        (:func:`off_block_count`), which makes λ a per-weight rate.
 
     Returns
     -------
     torch.Tensor
-        Differentiable scalar on the weights' device: the sum of ``max(0, w)`` over off-block weights.
-        Its gradient is exactly 1 on strictly positive off-block weights and 0 elsewhere (also at
-        ``w == 0``; it uses :func:`torch.relu`). A model without dense layers gives a constant 0.
+        Differentiable scalar on the weights' device. With ``"sum"`` its gradient is exactly 1 on
+        strictly positive off-block weights and 0 elsewhere (also at ``w == 0``; it uses
+        :func:`torch.relu`). A model without dense layers gives a constant 0.
     """
+    if reduction not in PENALTY_REDUCTIONS:
+        raise ValueError(f"unknown penalty reduction {reduction!r}: choose one of {', '.join(PENALTY_REDUCTIONS)}")
     n = _resolve_n_blocks(model, n_blocks)
-    total = None
-    for layer in dense_layers(model):
+    total, count = None, 0
+    for layer in penalized_layers(model, layers):
         w = layer.weight
         out_f, in_f = w.shape
         _check(out_f, in_f, n)
         m = _mask(out_f, in_f, n, w.device, w.dtype)
         term = torch.dot(torch.relu(w).reshape(-1), m.reshape(-1))
         total = term if total is None else total + term
+        count += int(_mask(out_f, in_f, n, w.device).sum()) if reduction == "mean" else 0
     if total is None:
         p = next(model.parameters(), None)
         return torch.zeros((), device=p.device if p is not None else "cpu")
-    return total
+    return total / count if reduction == "mean" and count else total
 
 
 @torch.no_grad()

@@ -26,7 +26,6 @@ import math
 import numbers
 import time
 import warnings
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,7 +35,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from sepdtd.models import clamp_biases_, dense_layers
-from sepdtd.regularization import block_l1, block_mask
+from sepdtd.regularization import PENALTY_LAYERS, PENALTY_REDUCTIONS, block_l1, block_mask
 from sepdtd.utils import atomic_torch_save, resolve_device
 
 __all__ = ["fit", "fit_stacked", "evaluate", "augment_batch", "EarlyStopping", "History", "NaNLossError", "OPTIMIZERS"]
@@ -50,7 +49,7 @@ NAN_CHECK_EVERY = 100
 #: Images augmented per call when :func:`fit` augments an epoch's shuffled copy of the training set.
 AUGMENT_CHUNK = 8192
 
-_CHECKPOINT_FORMAT = 1
+_CHECKPOINT_FORMAT = 2
 
 
 class NaNLossError(RuntimeError):
@@ -162,16 +161,14 @@ class History:
     stopped_early: bool = False
     resumed_from: int = 0
     cuda_graph: bool = False
-    _train_s: float = field(default=0.0, repr=False)
-    _train_images: int = field(default=0, repr=False)
 
     def as_dict(self) -> dict:
         """Plain JSON-able dict of the public fields."""
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if not f.name.startswith("_")}
 
 
-def _to_float(x: torch.Tensor) -> torch.Tensor:
-    return x / 255.0 if x.dtype == torch.uint8 else x.float()
+def _to_float(x: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    return (x / 255.0 if x.dtype == torch.uint8 else x).to(dtype)
 
 
 def augment_batch(x: torch.Tensor, *, generator: torch.Generator | None = None, flip_p: float = 0.5,
@@ -237,13 +234,14 @@ def _evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, dev: torch.dev
     """Summed cross-entropy and number correct, as device tensors (no sync)."""
     loss = torch.zeros((), dtype=torch.float64, device=dev)
     correct = torch.zeros((), dtype=torch.int64, device=dev)
+    dtype = next(model.parameters()).dtype
     for s in range(0, x.shape[0], batch_size):
-        xb = _to_float(x[s:s + batch_size].to(dev, non_blocking=True))
+        xb = _to_float(x[s:s + batch_size].to(dev, non_blocking=True), dtype)
         if channels_last:
             xb = xb.contiguous(memory_format=torch.channels_last)
         yb = y[s:s + batch_size].to(dev, non_blocking=True)
         logits = model(xb)
-        loss += F.cross_entropy(logits.float(), yb, reduction="sum")
+        loss += F.cross_entropy(logits if logits.dtype == torch.float64 else logits.float(), yb, reduction="sum")
         correct += (logits.argmax(1) == yb).sum()
     return loss, correct
 
@@ -373,7 +371,7 @@ def _load_checkpoint(path: Path, fingerprint: str, key: str | None, dev: torch.d
         return None
     try:
         ckpt = torch.load(path, map_location=dev, weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any unreadable file means starting over
+    except Exception as e:  # any unreadable file means starting over
         warnings.warn(f"checkpoint {path} is unreadable ({e}); starting over", RuntimeWarning, stacklevel=3)
         return None
     if not isinstance(ckpt, dict) or ckpt.get("format") != _CHECKPOINT_FORMAT:
@@ -500,7 +498,7 @@ class _Step:
                                    f"vs {want.tolist()}, parameter change differs by "
                                    f"{float((after_graph - after_eager).norm()):.3g} of {float(step):.3g})")
             self.graph, self.graph_shape = graph, tuple(xb.shape)
-        except Exception as e:  # noqa: BLE001 - any failure means: run the ordinary way
+        except Exception as e:  # any failure means: run the ordinary way
             self.graph_failed = True
             self.graph = None
             warnings.warn(f"CUDA graph of the training step not used ({type(e).__name__}: {e}); "
@@ -511,381 +509,77 @@ class _Step:
             self.opt.zero_grad(set_to_none=self.graph is None)
 
 
-def fit(
-    model: nn.Module,
-    x_train: torch.Tensor,
-    y_train: torch.Tensor,
-    x_val: torch.Tensor,
-    y_val: torch.Tensor,
-    *,
-    lam: float = 0.0,
-    n_blocks: int | None = None,
-    lr: float = 1e-3,
-    batch_size: int = 128,
-    max_epochs: int = 100,
-    patience: int = 3,
-    augment: bool = False,
-    clamp_bias: bool = True,
-    device: str | torch.device = "auto",
-    seed: int = 0,
-    checkpoint: str | Path | None = None,
-    checkpoint_key: str | None = None,
-    progress: bool = True,
-    optimizer: str = "adam",
-    weight_decay: float = 0.0,
-    lr_schedule: Callable[[int], float] | None = None,
-    channels_last: bool = False,
-    eval_batch_size: int = 1000,
-    cuda_graph: bool = True,
-) -> History:
-    """Train ``model`` on the objective of Eq. 5 with early stopping; restore the best weights.
+class _Single:
+    """One network in the training loop: :func:`fit`'s view of the members."""
 
-    Parameters
-    ----------
-    model : torch.nn.Module
-        Classifier returning logits; trained in place and moved to ``device``. On return it holds the
-        weights of the best validation epoch and its original train/eval mode.
-    x_train, y_train, x_val, y_val : torch.Tensor
-        Images ``(N, C, H, W)`` (``uint8``, divided by 255 per batch on the device, or float used as
-        is) and int64 labels ``(N,)``. Each set is copied to the device once; each epoch also holds a
-        shuffled (and augmented) copy of the training images there.
-    lam : float, optional
-        λ of Eq. 5, the weight of the block-wise penalty S(W) (Eq. 6); 0 trains the baseline.
-    n_blocks : int, optional
-        Blocks of Eq. 6; defaults to ``model.n_classes`` (else the last dense layer's outputs).
-    lr : float, optional
-        Learning rate.
-    batch_size : int, optional
-        Training batch size; the last, smaller batch of an epoch is kept.
-    max_epochs : int, optional
-        Upper bound on the number of epochs (counting epochs loaded from a checkpoint).
-    patience : int, optional
-        Early stopping (:class:`EarlyStopping`) on the validation objective — validation cross-entropy
-        + ``lam * S(W)``, the same objective as training (Section 5.1: "until the loss no longer
-        improved for three concurrent epochs").
-    augment : bool, optional
-        Random flips and shifts (:func:`augment_batch`), as the paper does for CIFAR-10.
-    clamp_bias : bool, optional
-        After every optimizer step project the biases onto ``b <= 0`` (DTD's assumption, Section 2.2).
-    device : str or torch.device, optional
-        ``"auto"``: CUDA when available.
-    seed : int, optional
-        Seeds the shuffling/augmentation generator and (inside a forked RNG, so the caller's global RNG
-        state is untouched) the global RNG used by dropout. Same seed and device -> same run.
-    checkpoint : str or Path, optional
-        File for a resumable training state (model, optimizer, best weights, early stopping, history,
-        every RNG state), written atomically after every epoch. If it exists and matches this run
-        (``checkpoint_key`` and a fingerprint of the settings, parameter shapes and data), training
-        resumes from it and continues exactly as an uninterrupted run would (bit for bit on CPU; on
-        a GPU as far as its kernels are deterministic); otherwise a
-        :class:`RuntimeWarning` is issued and training starts over. ``max_epochs`` and ``patience`` may
-        change between the parts.
-    checkpoint_key : str, optional
-        Caller's identity of the run (e.g. a config hash) stored in and checked against the checkpoint;
-        it must cover anything the fingerprint cannot see (e.g. the code of ``lr_schedule``).
-    progress : bool, optional
-        Show a tqdm bar over epochs (loss, validation loss and accuracy).
-    optimizer : {"adam", "sgd", "rmsprop"}, optional
-        Adam; SGD with momentum 0.9; RMSprop with Keras' defaults (``rho=0.9, eps=1e-7``). Fused/foreach
-        implementations are used.
-    weight_decay : float, optional
-        Passed to the optimizer (coupled L2).
-    lr_schedule : callable, optional
-        ``lr_schedule(epoch) -> factor``: the learning rate of 0-based ``epoch`` is ``lr * factor``.
-    channels_last : bool, optional
-        Run convolutions in channels-last memory format. Off by default: for the float32 Table 1
-        networks it was within about +-15 % on an H200 (faster for CIFAR-10, slower for the others);
-        ``benchmarks/bench_train.py --channels-last`` measures it.
-    eval_batch_size : int, optional
-        Batch size of the validation passes.
-    cuda_graph : bool, optional
-        On a CUDA device, replay the training step from a CUDA graph (see :class:`_Step`; checked
-        against an ordinary step before use). Used with Adam, no ``lr_schedule`` and no
-        ``channels_last``; it changes how the step is launched, not what it computes.
+    def __init__(self, model: nn.Module, lam: float, n_blocks: int, penalty: dict, channels_last: bool):
+        self.module, self.models, self.lams = model, [model], [lam]
+        self.n_blocks, self.penalty, self.channels_last = n_blocks, penalty, channels_last
+        self.dense = bool(list(dense_layers(model)))
 
-    Returns
-    -------
-    History
-        Per-epoch losses and accuracy, best epoch, timing.
-
-    Raises
-    ------
-    ValueError, TypeError
-        For invalid settings or data.
-    NaNLossError
-        When a training loss (or the validation loss) is not finite; the message names the epoch and
-        step. Every step's loss is written to a device buffer without synchronising; the host looks at
-        it every :data:`NAN_CHECK_EVERY` steps (a ``.item()`` per step would stall a GPU) and at the end of each epoch, so at most that many steps
-        run after the first bad one. The model is left in its failed state and no checkpoint is
-        written for that epoch.
-    """
-    t_start = time.perf_counter()
-    lam = _as_rate(lam, "lam must be a finite number >= 0 (the regularizer rate of Eq. 5)")
-    if not (isinstance(lr, (int, float)) and lr > 0 and math.isfinite(lr)):
-        raise ValueError(f"lr must be a positive number, got {lr!r}")
-    for name, v in (("batch_size", batch_size), ("max_epochs", max_epochs), ("eval_batch_size", eval_batch_size)):
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise ValueError(f"{name} must be an int >= 1, got {v!r}")
-    if weight_decay < 0:
-        raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
-    if optimizer not in OPTIMIZERS:
-        raise ValueError(f"unknown optimizer {optimizer!r}: choose one of {', '.join(OPTIMIZERS)}")
-    _check_data(x_train, y_train, "train")
-    _check_data(x_val, y_val, "val")
-    stopper = EarlyStopping(patience)
-    dense = list(dense_layers(model))
-    if n_blocks is None:
-        n_blocks = getattr(model, "n_classes", None) or (dense[-1].out_features if dense else 1)
-    if lam > 0:
-        if not dense:
-            raise ValueError("lam > 0 but the model has no dense layers for Eq. 6 to regularize")
-        for layer in dense:
-            block_mask(layer.out_features, layer.in_features, n_blocks)  # validates n_blocks
-
-    _check_labels(model, {"train": y_train, "val": y_val})
-
-    dev = resolve_device(device)
-    model.to(dev)
-    if channels_last:
-        model.to(memory_format=torch.channels_last)
-    x_tr, y_tr = x_train.to(dev), y_train.to(dev).long()
-    x_va, y_va = x_val.to(dev), y_val.to(dev).long()
-    n_train = x_tr.shape[0]
-    steps_per_epoch = math.ceil(n_train / batch_size)
-    params = [p for p in model.parameters() if p.requires_grad]
-    graph = bool(cuda_graph and dev.type == "cuda" and optimizer == "adam" and lr_schedule is None
-                 and not channels_last)
-    opt = _make_optimizer(optimizer, params, lr, weight_decay, dev, capturable=graph)
-    biases = [m.bias for m in model.modules()
-              if isinstance(m, (nn.Conv2d, nn.Linear)) and m.bias is not None] if clamp_bias else []
-
-    def objective(xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
-        loss = F.cross_entropy(model(xb), yb)
-        if lam > 0:
-            loss = loss + lam * block_l1(model, n_blocks)
+    def objective(self, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
+        loss = F.cross_entropy(self.module(xb), yb)
+        if self.lams[0] > 0:
+            loss = loss + self.lams[0] * block_l1(self.module, self.n_blocks, **self.penalty)
         return loss
 
-    train_step = _Step(objective, opt, params, biases, graph)
+    def validate(self, x: torch.Tensor, y: torch.Tensor, dev: torch.device, batch_size: int
+                 ) -> tuple[list[float], list[float], list[float]]:
+        loss, correct = _evaluate(self.module, x, y, dev, batch_size, self.channels_last)
+        with torch.no_grad():
+            pen = float(block_l1(self.module, self.n_blocks, **self.penalty)) if self.dense else 0.0
+        return [float(loss) / x.shape[0] + self.lams[0] * pen], [int(correct) / x.shape[0]], [pen]
 
-    settings = {"lam": float(lam), "n_blocks": n_blocks, "lr": float(lr), "batch_size": batch_size,
-                "augment": augment, "clamp_bias": clamp_bias, "seed": seed, "optimizer": optimizer,
-                "weight_decay": float(weight_decay), "device_type": dev.type, "channels_last": channels_last,
-                "lr_schedule": None if lr_schedule is None else getattr(lr_schedule, "__qualname__", repr(lr_schedule))}
-    path = Path(checkpoint) if checkpoint is not None else None
-    fingerprint = _fingerprint(model, x_tr, y_tr, x_va, y_va, settings) if path is not None else ""
-
-    hist = History()
-    was_training = model.training
-    if clamp_bias:
-        clamp_biases_(model)
-    cuda_index = (dev.index if dev.index is not None else torch.cuda.current_device()) if dev.type == "cuda" else None
-    with torch.random.fork_rng(devices=[] if cuda_index is None else [cuda_index]):
-        gen = torch.Generator(device=dev).manual_seed(seed)
-        dropout_seed = (seed * 0x9E3779B1 + 0x7F4A7C15) % 2**63  # a stream distinct from gen's
-        torch.default_generator.manual_seed(dropout_seed)
-        if cuda_index is not None:
-            torch.cuda.default_generators[cuda_index].manual_seed(dropout_seed)
-        best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        start_epoch, done = 0, False
-        ckpt = _load_checkpoint(path, fingerprint, checkpoint_key, dev) if path is not None else None
-        if ckpt is not None:
-            model.load_state_dict(ckpt["model"])
-            opt.load_state_dict(ckpt["optimizer"])
-            best_state = ckpt["best_state"]
-            stopper.load_state_dict(ckpt["early_stopping"])
-            stopper.patience = patience
-            for k, v in ckpt["history"].items():
-                setattr(hist, k, v)
-            _set_rng_state(ckpt["rng"], gen, dev)
-            start_epoch, done = int(ckpt["epoch"]), bool(ckpt["done"])
-            hist.resumed_from = start_epoch
-            if not done and start_epoch > 0 and stopper.bad_epochs >= patience:
-                done = hist.stopped_early = True  # a smaller patience already stops here
-
-        bar = tqdm(total=max_epochs, initial=min(start_epoch, max_epochs), disable=not progress,
-                   desc=f"fit lam={lam:g}", unit="epoch", leave=False)
-        try:
-            epoch = start_epoch
-            while not done and epoch < max_epochs:
-                if lr_schedule is not None:
-                    for g in opt.param_groups:
-                        g["lr"] = lr * float(lr_schedule(epoch))
-                model.train()
-                t0 = time.perf_counter()
-                losses = torch.empty(steps_per_epoch, dtype=torch.float32, device=dev)
-                # one gather (and one batched augmentation) per epoch; the steps slice views of it
-                perm = torch.randperm(n_train, device=dev, generator=gen)
-                x_ep, y_ep = x_tr[perm], y_tr[perm]
-                if augment:
-                    for s in range(0, n_train, AUGMENT_CHUNK):
-                        x_ep[s:s + AUGMENT_CHUNK] = augment_batch(x_ep[s:s + AUGMENT_CHUNK], generator=gen)
-                steps_run = steps_per_epoch
-                for step in range(steps_per_epoch):
-                    xb = x_ep[step * batch_size:(step + 1) * batch_size]
-                    xb = xb / 255.0 if xb.dtype == torch.uint8 else xb.float()  # one kernel
-                    if channels_last:
-                        xb = xb.contiguous(memory_format=torch.channels_last)
-                    losses[step] = train_step(xb, y_ep[step * batch_size:(step + 1) * batch_size])  # no sync
-                    if (step + 1) % NAN_CHECK_EVERY == 0 and not bool(torch.isfinite(losses[:step + 1]).all()):
-                        steps_run = step + 1
-                        break
-                finite = torch.isfinite(losses[:steps_run])
-                if not bool(finite.all()):
-                    bad = int((~finite).nonzero()[0, 0])
-                    raise NaNLossError(
-                        f"training loss became nan/inf at epoch {epoch + 1}, step {bad + 1} of {steps_per_epoch} "
-                        f"(lam={lam:g}, lr={opt.param_groups[0]['lr']:g}, batch_size={batch_size}); "
-                        f"try a lower learning rate, e.g. lr={opt.param_groups[0]['lr'] / 10:g}")
-                train_loss = float(losses.double().mean())
-                hist._train_s += time.perf_counter() - t0
-                hist._train_images += n_train
-
-                model.eval()
-                vloss, vcorrect = _evaluate(model, x_va, y_va, dev, eval_batch_size, channels_last)
-                with torch.no_grad():
-                    pen = float(block_l1(model, n_blocks)) if dense else 0.0
-                val_loss = float(vloss) / x_va.shape[0] + lam * pen
-                if not math.isfinite(val_loss):
-                    raise NaNLossError(
-                        f"validation loss is {val_loss} after epoch {epoch + 1} (all {steps_per_epoch} training steps "
-                        f"were finite; lam={lam:g}, lr={opt.param_groups[0]['lr']:g}); try a lower learning rate")
-                val_acc = int(vcorrect) / x_va.shape[0]
-                stop = stopper.step(val_loss)
-                if stopper.improved:
-                    best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-                hist.train_loss.append(train_loss)
-                hist.val_loss.append(val_loss)
-                hist.val_accuracy.append(val_acc)
-                hist.penalty.append(pen)
-                epoch += 1
-                hist.epochs, hist.best_epoch = epoch, stopper.best_epoch
-                hist.images_per_s = hist._train_images / max(hist._train_s, 1e-12)
-                hist.stopped_early = done = stop
-                bar.update(1)
-                bar.set_postfix(loss=f"{train_loss:.4f}", val_loss=f"{val_loss:.4f}", val_acc=f"{val_acc:.3f}")
-                if path is not None:
-                    h = dataclasses.asdict(hist)
-                    h["wall_s"] = hist.wall_s + (time.perf_counter() - t_start)
-                    atomic_torch_save(path, {
-                        "format": _CHECKPOINT_FORMAT, "key": checkpoint_key, "fingerprint": fingerprint,
-                        "model": model.state_dict(), "optimizer": opt.state_dict(), "best_state": best_state,
-                        "early_stopping": stopper.state_dict(), "epoch": epoch, "done": done, "history": h,
-                        "rng": _rng_state(gen, dev)})
-        finally:
-            bar.close()
-        model.load_state_dict(best_state)
-        model.train(was_training)
-    hist.cuda_graph = train_step.graph is not None
-    hist.epochs = len(hist.train_loss)
-    hist.best_epoch = stopper.best_epoch
-    hist.wall_s += time.perf_counter() - t_start
-    return hist
+    def member_state(self, g: int) -> dict:
+        return {k: v.detach().clone() for k, v in self.module.state_dict().items()}
 
 
-def _stacked_penalty(weights: list[torch.Tensor], masks: list[torch.Tensor]) -> torch.Tensor:
-    """S(W) of Eq. 6 for every member of a stack: ``(G,)`` from the ``(G, out, in)`` dense weights."""
-    total = None
-    for w, m in zip(weights, masks):
-        term = (torch.relu(w) * m).sum(dim=(1, 2))
-        total = term if total is None else total + term
-    return total
+class _Stack:
+    """``G`` networks as one :class:`~sepdtd.stacked.StackedSequential`: :func:`fit_stacked`'s members."""
+
+    def __init__(self, models: list[nn.Module], lams: list[float], n_blocks: int, penalty: dict,
+                 dev: torch.device):
+        from sepdtd.stacked import StackedSequential
+
+        self.models, self.lams = models, lams
+        self.module = StackedSequential(models).to(dev)
+        weights = self.module.dense_weights()
+        self.weights = weights[-1:] if penalty["layers"] == "output" else weights
+        self.masks = [_mask_like(w, n_blocks) for w in self.weights]
+        self.count = sum(float(m.sum()) for m in self.masks) if penalty["reduction"] == "mean" else None
+        dtype = self.weights[0].dtype if self.weights else torch.float32
+        self.lam_t = torch.tensor(lams, dtype=dtype, device=dev)
+        self.regularize = any(lam > 0 for lam in lams)
+
+    def _penalty(self) -> torch.Tensor:
+        pen = _stacked_penalty(self.weights, self.masks)
+        return pen / self.count if self.count else pen
+
+    def objective(self, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
+        logits = self.module(xb)
+        G = len(self.lams)
+        obj = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), yb.repeat(G), reduction="none").view(G, -1).mean(1)
+        if self.regularize:
+            obj = obj + self.lam_t * self._penalty()
+        return obj
+
+    def validate(self, x: torch.Tensor, y: torch.Tensor, dev: torch.device, batch_size: int
+                 ) -> tuple[list[float], list[float], list[float]]:
+        vloss, vcorrect = _evaluate_stacked(self.module, x, y, dev, batch_size)
+        with torch.no_grad():
+            pen = self._penalty().double() if self.weights else torch.zeros(len(self.lams), device=dev)
+        val_loss = (vloss / x.shape[0] + self.lam_t.double() * pen).tolist()
+        return val_loss, (vcorrect.double() / x.shape[0]).tolist(), pen.tolist()
+
+    def member_state(self, g: int) -> dict:
+        return self.module.member_state_dict(g)
 
 
-@torch.no_grad()
-def _evaluate_stacked(stack: nn.Module, x: torch.Tensor, y: torch.Tensor, dev: torch.device,
-                      batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Summed cross-entropy and number correct per member, ``(G,)`` device tensors (no sync)."""
-    G = stack.n_members
-    loss = torch.zeros(G, dtype=torch.float64, device=dev)
-    correct = torch.zeros(G, dtype=torch.int64, device=dev)
-    for s in range(0, x.shape[0], batch_size):
-        xb = _to_float(x[s:s + batch_size].to(dev, non_blocking=True))
-        yb = y[s:s + batch_size].to(dev, non_blocking=True)
-        logits = stack(xb)                                                   # (G, B, K)
-        ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), yb.repeat(G), reduction="none")
-        loss += ce.view(G, -1).sum(1)
-        correct += (logits.argmax(-1) == yb).sum(1)
-    return loss, correct
-
-
-def fit_stacked(
-    models: list[nn.Module],
-    lams: list[float],
-    x_train: torch.Tensor,
-    y_train: torch.Tensor,
-    x_val: torch.Tensor,
-    y_val: torch.Tensor,
-    *,
-    n_blocks: int | None = None,
-    lr: float = 1e-4,
-    batch_size: int = 128,
-    max_epochs: int = 100,
-    patience: int = 3,
-    augment: bool = False,
-    clamp_bias: bool = True,
-    device: str | torch.device = "auto",
-    seed: int = 0,
-    checkpoint: str | Path | None = None,
-    checkpoint_key: str | None = None,
-    checkpoint_every_s: float = 30.0,
-    progress: bool = True,
-    optimizer: str = "adam",
-    weight_decay: float = 0.0,
-    eval_batch_size: int = 1000,
-    cuda_graph: bool = True,
-) -> list[History]:
-    """Train several networks of one architecture on Eq. 5, each with its own λ, as one stacked network.
-
-    What :func:`fit` does for one network, done for ``G`` networks at once through
-    :class:`sepdtd.stacked.StackedSequential`: member ``g`` minimises cross-entropy + ``lams[g] * S(W)``
-    (Eq. 5-6), has its own early stopping on its validation objective and gets its own best weights
-    back. The members see the same batches in the same order (one shuffle and augmentation per epoch,
-    from ``seed``), so the fine-tunes of a unit differ only in λ and in their dropout masks. With
-    dropout off, member ``g`` follows the trajectory of ``fit(models[g], lam=lams[g], seed=seed)`` up to
-    floating-point summation order. The stack trains until every member has stopped (or
-    ``max_epochs``); a member that has stopped is still computed (its later weights are discarded), so
-    the cost is that of the longest member, in the kernels of one network.
-
-    Parameters
-    ----------
-    models : list of torch.nn.Module
-        ``G >= 1`` networks of one architecture (:data:`sepdtd.stacked.SUPPORTED` layers, e.g. copies
-        of the baseline). Trained "in place": on return each holds the weights of its best validation
-        epoch, is on ``device`` and has its original train/eval mode.
-    lams : list of float
-        λ of Eq. 5 per member (``>= 0``).
-    x_train, y_train, x_val, y_val, n_blocks, lr, batch_size, max_epochs, patience, augment, clamp_bias, \
-device, seed, progress, optimizer, weight_decay, eval_batch_size, cuda_graph
-        As for :func:`fit` (``lr`` and the optimizer are shared; element-wise optimizers such as Adam
-        update every member exactly as its own optimizer would).
-    checkpoint : str or Path, optional
-        File of the resumable state of the whole stack (as :func:`fit`'s), written atomically when
-        ``checkpoint_every_s`` seconds have passed since the last write and when training ends.
-    checkpoint_key : str, optional
-        See :func:`fit`.
-    checkpoint_every_s : float, optional
-        Least seconds between two checkpoint writes (0: after every epoch).
-
-    Returns
-    -------
-    list of History
-        One per member: its own losses, accuracy, penalty, epochs (until it stopped) and best epoch;
-        ``wall_s`` and ``images_per_s`` are the stack's (training images per second, each image
-        passing through all members).
-
-    Raises
-    ------
-    ValueError, TypeError
-        For invalid settings, data or architectures.
-    NaNLossError
-        When a member that is still training gets a non-finite loss (the message names its λ).
-    """
-    from sepdtd.stacked import StackedSequential
-
-    t_start = time.perf_counter()
-    models, lams = list(models), [_as_rate(v, "every λ must be a finite number >= 0 (Eq. 5)") for v in lams]
-    if not models or len(models) != len(lams):
-        raise ValueError(f"need one λ per model and at least one model, got {len(models)} models, {len(lams)} λ")
+def _check_settings(models: list[nn.Module], lams: list[float], x_train: torch.Tensor, y_train: torch.Tensor,
+                    x_val: torch.Tensor, y_val: torch.Tensor, *, n_blocks: int | None, lr: float, batch_size: int,
+                    max_epochs: int, eval_batch_size: int, weight_decay: float, optimizer: str,
+                    checkpoint_every_s: float, penalty: dict) -> int:
+    """Check every argument of :func:`fit` / :func:`fit_stacked` before any work; return ``n_blocks``."""
     if not (isinstance(lr, (int, float)) and lr > 0 and math.isfinite(lr)):
         raise ValueError(f"lr must be a positive number, got {lr!r}")
     for name, v in (("batch_size", batch_size), ("max_epochs", max_epochs), ("eval_batch_size", eval_batch_size)):
@@ -893,61 +587,52 @@ device, seed, progress, optimizer, weight_decay, eval_batch_size, cuda_graph
             raise ValueError(f"{name} must be an int >= 1, got {v!r}")
     if not checkpoint_every_s >= 0:
         raise ValueError(f"checkpoint_every_s must be >= 0, got {checkpoint_every_s!r}")
-    if weight_decay < 0:
+    if not weight_decay >= 0:
         raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
     if optimizer not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {optimizer!r}: choose one of {', '.join(OPTIMIZERS)}")
+    if penalty["layers"] not in PENALTY_LAYERS:
+        raise ValueError(f"unknown penalty_layers {penalty['layers']!r}: choose one of {', '.join(PENALTY_LAYERS)}")
+    if penalty["reduction"] not in PENALTY_REDUCTIONS:
+        raise ValueError(f"unknown penalty {penalty['reduction']!r}: choose one of {', '.join(PENALTY_REDUCTIONS)}")
     _check_data(x_train, y_train, "train")
     _check_data(x_val, y_val, "val")
-    G = len(models)
     dense = list(dense_layers(models[0]))
     if n_blocks is None:
         n_blocks = getattr(models[0], "n_classes", None) or (dense[-1].out_features if dense else 1)
-    if any(lam > 0 for lam in lams):
-        if not dense:
-            raise ValueError("λ > 0 but the models have no dense layers for Eq. 6 to regularize")
+    if any(lam > 0 for lam in lams) and not dense:
+        raise ValueError("λ > 0 but the model has no dense layers for Eq. 6 to regularize")
     for layer in dense:
         block_mask(layer.out_features, layer.in_features, n_blocks)  # validates n_blocks
-    n_out = getattr(models[0], "n_classes", None) or (dense[-1].out_features if dense else None)
-    if n_out is not None:
-        for what, y in (("train", y_train), ("val", y_val)):
-            lo, hi = int(y.min()), int(y.max())
-            if lo < 0 or hi >= n_out:
-                raise ValueError(f"y_{what} holds labels in [{lo}, {hi}] but the models have {n_out} outputs")
+    _check_labels(models[0], {"train": y_train, "val": y_val})
+    return n_blocks
 
-    dev = resolve_device(device)
-    was_training = [m.training for m in models]
-    for m in models:
-        if clamp_bias:
-            clamp_biases_(m)
-    stack = StackedSequential(models).to(dev)
+
+def _run(members: _Single | _Stack, x_train: torch.Tensor, y_train: torch.Tensor, x_val: torch.Tensor,
+         y_val: torch.Tensor, *, settings: dict, lr: float, batch_size: int, max_epochs: int, patience: int,
+         augment: bool, clamp_bias: bool, dev: torch.device, seed: int, checkpoint: str | Path | None,
+         checkpoint_key: str | None, checkpoint_every_s: float, progress: bool, optimizer: str,
+         weight_decay: float, eval_batch_size: int, cuda_graph: bool, channels_last: bool = False) -> list[History]:
+    """The training loop of Eq. 5 that :func:`fit` and :func:`fit_stacked` share (see their docstrings)."""
+    t_start = time.perf_counter()
+    module, G, lams = members.module, len(members.lams), members.lams
+    was_training = [m.training for m in members.models]
+    params = [p for p in module.parameters() if p.requires_grad]
+    dtype = params[0].dtype
     x_tr, y_tr = x_train.to(dev), y_train.to(dev).long()
     x_va, y_va = x_val.to(dev), y_val.to(dev).long()
     n_train = x_tr.shape[0]
     steps_per_epoch = math.ceil(n_train / batch_size)
-    graph = bool(cuda_graph and dev.type == "cuda" and optimizer == "adam")
-    params = list(stack.parameters())
+    graph = bool(cuda_graph and dev.type == "cuda" and optimizer == "adam" and not channels_last)
     opt = _make_optimizer(optimizer, params, lr, weight_decay, dev, capturable=graph)
-    weights = stack.dense_weights()
-    masks = [_mask_like(w, n_blocks) for w in weights]
-    lam_t = torch.tensor(lams, dtype=torch.float32, device=dev)
-    regularize = any(lam > 0 for lam in lams)
-    biases = list(stack.biases) if clamp_bias else []
-
-    def objective(xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
-        logits = stack(xb)
-        obj = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), yb.repeat(G), reduction="none").view(G, -1).mean(1)
-        if regularize:
-            obj = obj + lam_t * _stacked_penalty(weights, masks)
-        return obj
-
-    train_step = _Step(objective, opt, params, biases, graph)
-
-    settings = {"lams": lams, "n_blocks": n_blocks, "lr": float(lr), "batch_size": batch_size, "augment": augment,
-                "clamp_bias": clamp_bias, "seed": seed, "optimizer": optimizer, "weight_decay": float(weight_decay),
-                "device_type": dev.type, "stacked": G}
+    biases = [m.bias for m in module.modules() if isinstance(m, (nn.Conv2d, nn.Linear)) and m.bias is not None]
+    if isinstance(members, _Stack):
+        biases = list(module.biases)
+    train_step = _Step(members.objective, opt, params, biases if clamp_bias else [], graph)
+    settings = {**settings, "lr": float(lr), "batch_size": batch_size, "augment": augment, "clamp_bias": clamp_bias,
+                "seed": seed, "optimizer": optimizer, "weight_decay": float(weight_decay), "device_type": dev.type}
     path = Path(checkpoint) if checkpoint is not None else None
-    fingerprint = _fingerprint(stack, x_tr, y_tr, x_va, y_va, settings) if path is not None else ""
+    fingerprint = _fingerprint(module, x_tr, y_tr, x_va, y_va, settings) if path is not None else ""
 
     hists = [History() for _ in range(G)]
     stoppers = [EarlyStopping(patience) for _ in range(G)]
@@ -955,15 +640,15 @@ device, seed, progress, optimizer, weight_decay, eval_batch_size, cuda_graph
     cuda_index = (dev.index if dev.index is not None else torch.cuda.current_device()) if dev.type == "cuda" else None
     with torch.random.fork_rng(devices=[] if cuda_index is None else [cuda_index]):
         gen = torch.Generator(device=dev).manual_seed(seed)
-        dropout_seed = (seed * 0x9E3779B1 + 0x7F4A7C15) % 2**63
+        dropout_seed = (seed * 0x9E3779B1 + 0x7F4A7C15) % 2**63  # a stream distinct from gen's
         torch.default_generator.manual_seed(dropout_seed)
         if cuda_index is not None:
             torch.cuda.default_generators[cuda_index].manual_seed(dropout_seed)
-        best = [stack.member_state_dict(g) for g in range(G)]
+        best = [members.member_state(g) for g in range(G)]
         start_epoch, done, train_s, train_images = 0, False, 0.0, 0
         ckpt = _load_checkpoint(path, fingerprint, checkpoint_key, dev) if path is not None else None
         if ckpt is not None:
-            stack.load_state_dict(ckpt["model"])
+            module.load_state_dict(ckpt["model"])
             opt.load_state_dict(ckpt["optimizer"])
             best = ckpt["best_state"]
             for s, st in zip(stoppers, ckpt["early_stopping"]):
@@ -990,20 +675,22 @@ device, seed, progress, optimizer, weight_decay, eval_batch_size, cuda_graph
                 hs.append(d)
             atomic_torch_save(path, {
                 "format": _CHECKPOINT_FORMAT, "key": checkpoint_key, "fingerprint": fingerprint,
-                "model": stack.state_dict(), "optimizer": opt.state_dict(), "best_state": best,
+                "model": module.state_dict(), "optimizer": opt.state_dict(), "best_state": best,
                 "early_stopping": [s.state_dict() for s in stoppers], "history": hs, "active": active,
                 "train_s": train_s, "train_images": train_images, "epoch": epoch, "done": done,
                 "rng": _rng_state(gen, dev)})
 
-        bar = tqdm(total=max_epochs, initial=min(start_epoch, max_epochs), disable=not progress,
-                   desc=f"fit {G} stacked", unit="epoch", leave=False)
+        desc = f"fit lam={lams[0]:g}" if G == 1 else f"fit {G} stacked"
+        bar = tqdm(total=max_epochs, initial=min(start_epoch, max_epochs), disable=not progress, desc=desc,
+                   unit="epoch", leave=False)
         last_save = time.perf_counter()
         try:
             epoch = start_epoch
             while not done and epoch < max_epochs:
-                stack.train()
+                module.train()
                 t0 = time.perf_counter()
-                losses = torch.empty(steps_per_epoch, G, dtype=torch.float32, device=dev)
+                losses = torch.empty(steps_per_epoch, G, dtype=dtype, device=dev)
+                # one gather (and one batched augmentation) per epoch; the steps slice views of it
                 perm = torch.randperm(n_train, device=dev, generator=gen)
                 x_ep, y_ep = x_tr[perm], y_tr[perm]
                 if augment:
@@ -1012,9 +699,10 @@ device, seed, progress, optimizer, weight_decay, eval_batch_size, cuda_graph
                 act = torch.tensor(active, device=dev)
                 steps_run = steps_per_epoch
                 for step in range(steps_per_epoch):
-                    xb = x_ep[step * batch_size:(step + 1) * batch_size]
-                    xb = xb / 255.0 if xb.dtype == torch.uint8 else xb.float()
-                    losses[step] = train_step(xb, y_ep[step * batch_size:(step + 1) * batch_size])
+                    xb = _to_float(x_ep[step * batch_size:(step + 1) * batch_size], dtype)
+                    if channels_last:
+                        xb = xb.contiguous(memory_format=torch.channels_last)
+                    losses[step] = train_step(xb, y_ep[step * batch_size:(step + 1) * batch_size])  # no sync
                     if (step + 1) % NAN_CHECK_EVERY == 0 and \
                             not bool((torch.isfinite(losses[:step + 1]) | ~act).all()):
                         steps_run = step + 1
@@ -1024,30 +712,25 @@ device, seed, progress, optimizer, weight_decay, eval_batch_size, cuda_graph
                     bad_step, g = (int(v) for v in (~finite).nonzero()[0])
                     raise NaNLossError(
                         f"training loss became nan/inf at epoch {epoch + 1}, step {bad_step + 1} of {steps_per_epoch} "
-                        f"for the member with lam={lams[g]:g} (lr={lr:g}, batch_size={batch_size}); "
+                        f"for the network with lam={lams[g]:g} (lr={lr:g}, batch_size={batch_size}); "
                         f"try a lower learning rate, e.g. lr={lr / 10:g}")
                 train_loss = losses[:steps_run].double().mean(0).tolist()
                 train_s += time.perf_counter() - t0
                 train_images += n_train
 
-                stack.eval()
-                vloss, vcorrect = _evaluate_stacked(stack, x_va, y_va, dev, eval_batch_size)
-                with torch.no_grad():
-                    pen = _stacked_penalty(weights, masks).double() if weights else torch.zeros(G, device=dev)
-                val_loss = (vloss / x_va.shape[0] + lam_t.double() * pen).tolist()
-                val_acc = (vcorrect.double() / x_va.shape[0]).tolist()
-                pen = pen.tolist()
+                module.eval()
+                val_loss, val_acc, pen = members.validate(x_va, y_va, dev, eval_batch_size)
                 epoch += 1
                 for g in range(G):
                     if not active[g]:
                         continue
                     if not math.isfinite(val_loss[g]):
                         raise NaNLossError(
-                            f"validation loss is {val_loss[g]} after epoch {epoch} for the member with lam="
+                            f"validation loss is {val_loss[g]} after epoch {epoch} for the network with lam="
                             f"{lams[g]:g} (its training steps were finite; lr={lr:g}); try a lower learning rate")
                     stop = stoppers[g].step(val_loss[g])
                     if stoppers[g].improved:
-                        best[g] = stack.member_state_dict(g)
+                        best[g] = members.member_state(g)
                     h = hists[g]
                     h.train_loss.append(train_loss[g])
                     h.val_loss.append(val_loss[g])
@@ -1059,7 +742,6 @@ device, seed, progress, optimizer, weight_decay, eval_batch_size, cuda_graph
                         active[g] = False
                 done = not any(active)
                 for h in hists:
-                    h._train_s, h._train_images = train_s, train_images
                     h.images_per_s = train_images / max(train_s, 1e-12)
                 bar.update(1)
                 bar.set_postfix(active=sum(active), val_loss=" ".join(f"{v:.4f}" for v in val_loss))
@@ -1069,7 +751,7 @@ device, seed, progress, optimizer, weight_decay, eval_batch_size, cuda_graph
                     last_save = time.perf_counter()
         finally:
             bar.close()
-    for g, (m, h, s) in enumerate(zip(models, hists, stoppers)):
+    for g, (m, h, s) in enumerate(zip(members.models, hists, stoppers)):
         m.to(dev)
         m.load_state_dict(best[g])
         m.train(was_training[g])
@@ -1081,6 +763,260 @@ device, seed, progress, optimizer, weight_decay, eval_batch_size, cuda_graph
     return hists
 
 
+def fit(
+    model: nn.Module,
+    x_train: torch.Tensor,
+    y_train: torch.Tensor,
+    x_val: torch.Tensor,
+    y_val: torch.Tensor,
+    *,
+    lam: float = 0.0,
+    n_blocks: int | None = None,
+    penalty: str = "sum",
+    penalty_layers: str = "dense",
+    lr: float = 1e-3,
+    batch_size: int = 128,
+    max_epochs: int = 100,
+    patience: int = 3,
+    augment: bool = False,
+    clamp_bias: bool = True,
+    device: str | torch.device = "auto",
+    seed: int = 0,
+    checkpoint: str | Path | None = None,
+    checkpoint_key: str | None = None,
+    checkpoint_every_s: float = 0.0,
+    progress: bool = True,
+    optimizer: str = "adam",
+    weight_decay: float = 0.0,
+    channels_last: bool = False,
+    eval_batch_size: int = 1000,
+    cuda_graph: bool = True,
+) -> History:
+    """Train ``model`` on the objective of Eq. 5 with early stopping; restore the best weights.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        Classifier returning logits; trained in place and moved to ``device``. On return it holds the
+        weights of the best validation epoch and its original train/eval mode. Its parameters' dtype
+        (float32 for the paper's networks) is the dtype of the whole computation.
+    x_train, y_train, x_val, y_val : torch.Tensor
+        Images ``(N, C, H, W)`` (``uint8``, divided by 255 per batch on the device, or float in
+        ``[0, 1]``) and int64 labels ``(N,)``. Each set is copied to the device once; each epoch also
+        holds a shuffled (and augmented) copy of the training images there.
+    lam : float, optional
+        λ of Eq. 5, the weight of the block-wise penalty S(W) (Eq. 6); 0 trains the baseline.
+    n_blocks : int, optional
+        Blocks of Eq. 6; defaults to ``model.n_classes`` (else the last dense layer's outputs).
+    penalty : {"sum", "mean"}, optional
+        S(W) as Eq. 6 writes it, or divided by the number of off-block weights
+        (:func:`sepdtd.regularization.block_l1`).
+    penalty_layers : {"dense", "output"}, optional
+        The dense layers S(W) covers: all of them (Eq. 6) or the output layer only.
+    lr : float, optional
+        Learning rate.
+    batch_size : int, optional
+        Training batch size; the last, smaller batch of an epoch is kept.
+    max_epochs : int, optional
+        Upper bound on the number of epochs (counting epochs loaded from a checkpoint).
+    patience : int, optional
+        Early stopping (:class:`EarlyStopping`) on the validation objective — validation cross-entropy
+        + ``lam * S(W)``, the same objective as training (Section 5.1: "until the loss no longer
+        improved for three concurrent epochs").
+    augment : bool, optional
+        Random flips and shifts (:func:`augment_batch`), as the paper does for CIFAR-10.
+    clamp_bias : bool, optional
+        After every optimizer step project the biases onto ``b <= 0`` (DTD's assumption, Section 2.2).
+    device : str or torch.device, optional
+        ``"auto"``: CUDA when available.
+    seed : int, optional
+        Seeds the shuffling/augmentation generator and (inside a forked RNG, so the caller's global RNG
+        state is untouched) the global RNG used by dropout. Same seed and device -> same run.
+    checkpoint : str or Path, optional
+        File for a resumable training state (model, optimizer, best weights, early stopping, history,
+        every RNG state), written atomically. If it exists and matches this run (``checkpoint_key``
+        and a fingerprint of the settings, parameter shapes and data), training resumes from it and
+        continues exactly as an uninterrupted run would (bit for bit on CPU; on a GPU as far as its
+        kernels are deterministic); otherwise a :class:`RuntimeWarning` is issued and training starts
+        over. ``max_epochs`` and ``patience`` may change between the parts.
+    checkpoint_key : str, optional
+        Caller's identity of the run (e.g. a config hash) stored in and checked against the checkpoint.
+    checkpoint_every_s : float, optional
+        Least seconds between two checkpoint writes (0: after every epoch); the last epoch is always written.
+    progress : bool, optional
+        Show a tqdm bar over epochs.
+    optimizer : {"adam", "sgd", "rmsprop"}, optional
+        Adam; SGD with momentum 0.9; RMSprop with Keras' defaults (``rho=0.9, eps=1e-7``). Fused/foreach
+        implementations are used.
+    weight_decay : float, optional
+        Passed to the optimizer (coupled L2).
+    channels_last : bool, optional
+        Run convolutions in channels-last memory format (``benchmarks/bench_train.py --channels-last``
+        measures it).
+    eval_batch_size : int, optional
+        Batch size of the validation passes.
+    cuda_graph : bool, optional
+        On a CUDA device, replay the training step from a CUDA graph (see :class:`_Step`; checked
+        against an ordinary step before use). Used with Adam and no ``channels_last``; it changes how
+        the step is launched, not what it computes.
+
+    Returns
+    -------
+    History
+        Per-epoch losses and accuracy, best epoch, timing.
+
+    Raises
+    ------
+    ValueError, TypeError
+        For invalid settings or data, before any work.
+    NaNLossError
+        When a training loss (or the validation loss) is not finite; the message names the epoch and
+        step. Every step's loss is written to a device buffer without synchronising; the host looks at
+        it every :data:`NAN_CHECK_EVERY` steps and at the end of each epoch, so at most that many steps
+        run after the first bad one. The model is left in its failed state and no checkpoint is
+        written for that epoch.
+    """
+    lam = _as_rate(lam, "lam must be a finite number >= 0 (the regularizer rate of Eq. 5)")
+    pen = {"layers": penalty_layers, "reduction": penalty}
+    n_blocks = _check_settings([model], [lam], x_train, y_train, x_val, y_val, n_blocks=n_blocks, lr=lr,
+                               batch_size=batch_size, max_epochs=max_epochs, eval_batch_size=eval_batch_size,
+                               weight_decay=weight_decay, optimizer=optimizer,
+                               checkpoint_every_s=checkpoint_every_s, penalty=pen)
+    dev = resolve_device(device)
+    model.to(dev)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    if clamp_bias:
+        clamp_biases_(model)
+    members = _Single(model, lam, n_blocks, pen, channels_last)
+    settings = {"lams": [lam], "n_blocks": n_blocks, "penalty": pen, "stacked": 0, "channels_last": channels_last}
+    return _run(members, x_train, y_train, x_val, y_val, settings=settings, lr=lr, batch_size=batch_size,
+                max_epochs=max_epochs, patience=patience, augment=augment, clamp_bias=clamp_bias, dev=dev,
+                seed=seed, checkpoint=checkpoint, checkpoint_key=checkpoint_key,
+                checkpoint_every_s=checkpoint_every_s, progress=progress, optimizer=optimizer,
+                weight_decay=weight_decay, eval_batch_size=eval_batch_size, cuda_graph=cuda_graph,
+                channels_last=channels_last)[0]
+
+
+def fit_stacked(
+    models: list[nn.Module],
+    lams: list[float],
+    x_train: torch.Tensor,
+    y_train: torch.Tensor,
+    x_val: torch.Tensor,
+    y_val: torch.Tensor,
+    *,
+    n_blocks: int | None = None,
+    penalty: str = "sum",
+    penalty_layers: str = "dense",
+    lr: float = 1e-4,
+    batch_size: int = 128,
+    max_epochs: int = 100,
+    patience: int = 3,
+    augment: bool = False,
+    clamp_bias: bool = True,
+    device: str | torch.device = "auto",
+    seed: int = 0,
+    checkpoint: str | Path | None = None,
+    checkpoint_key: str | None = None,
+    checkpoint_every_s: float = 30.0,
+    progress: bool = True,
+    optimizer: str = "adam",
+    weight_decay: float = 0.0,
+    eval_batch_size: int = 1000,
+    cuda_graph: bool = True,
+) -> list[History]:
+    """Train several networks of one architecture on Eq. 5, each with its own λ, as one stacked network.
+
+    What :func:`fit` does for one network, done for ``G`` networks at once through
+    :class:`sepdtd.stacked.StackedSequential`, in the same training loop: member ``g`` minimises
+    cross-entropy + ``lams[g] * S(W)`` (Eq. 5-6), has its own early stopping on its validation objective
+    and gets its own best weights back. The members see the same batches in the same order (one shuffle
+    and augmentation per epoch, from ``seed``), so the fine-tunes of a unit differ only in λ and in their
+    dropout masks. With dropout off, member ``g`` follows the trajectory of ``fit(models[g],
+    lam=lams[g], seed=seed)`` up to floating-point summation order. The stack trains until every member
+    has stopped (or ``max_epochs``); a member that has stopped is still computed (its later weights are
+    discarded), so the cost is that of the longest member, in the kernels of one network.
+
+    Parameters
+    ----------
+    models : list of torch.nn.Module
+        ``G >= 1`` networks of one architecture (:data:`sepdtd.stacked.SUPPORTED` layers, e.g. copies
+        of the baseline). Trained "in place": on return each holds the weights of its best validation
+        epoch, is on ``device`` and has its original train/eval mode.
+    lams : list of float
+        λ of Eq. 5 per member (``>= 0``).
+    x_train, y_train, x_val, y_val, n_blocks, penalty, penalty_layers, lr, batch_size, max_epochs, patience, \
+augment, clamp_bias, device, seed, checkpoint, checkpoint_key, progress, optimizer, weight_decay, \
+eval_batch_size, cuda_graph
+        As for :func:`fit` (``lr`` and the optimizer are shared; element-wise optimizers such as Adam
+        update every member exactly as its own optimizer would).
+    checkpoint_every_s : float, optional
+        Least seconds between two checkpoint writes (0: after every epoch).
+
+    Returns
+    -------
+    list of History
+        One per member: its own losses, accuracy, penalty, epochs (until it stopped) and best epoch;
+        ``wall_s`` and ``images_per_s`` are the stack's (training images per second, each image
+        passing through all members).
+
+    Raises
+    ------
+    ValueError, TypeError
+        For invalid settings, data or architectures, before any work.
+    NaNLossError
+        When a member that is still training gets a non-finite loss (the message names its λ).
+    """
+    models, lams = list(models), [_as_rate(v, "every λ must be a finite number >= 0 (Eq. 5)") for v in lams]
+    if not models or len(models) != len(lams):
+        raise ValueError(f"need one λ per model and at least one model, got {len(models)} models, {len(lams)} λ")
+    pen = {"layers": penalty_layers, "reduction": penalty}
+    n_blocks = _check_settings(models, lams, x_train, y_train, x_val, y_val, n_blocks=n_blocks, lr=lr,
+                               batch_size=batch_size, max_epochs=max_epochs, eval_batch_size=eval_batch_size,
+                               weight_decay=weight_decay, optimizer=optimizer,
+                               checkpoint_every_s=checkpoint_every_s, penalty=pen)
+    dev = resolve_device(device)
+    if clamp_bias:
+        for m in models:
+            clamp_biases_(m)
+    members = _Stack(models, lams, n_blocks, pen, dev)
+    settings = {"lams": lams, "n_blocks": n_blocks, "penalty": pen, "stacked": len(models)}
+    return _run(members, x_train, y_train, x_val, y_val, settings=settings, lr=lr, batch_size=batch_size,
+                max_epochs=max_epochs, patience=patience, augment=augment, clamp_bias=clamp_bias, dev=dev,
+                seed=seed, checkpoint=checkpoint, checkpoint_key=checkpoint_key,
+                checkpoint_every_s=checkpoint_every_s, progress=progress, optimizer=optimizer,
+                weight_decay=weight_decay, eval_batch_size=eval_batch_size, cuda_graph=cuda_graph)
+
+
+def _stacked_penalty(weights: list[torch.Tensor], masks: list[torch.Tensor]) -> torch.Tensor:
+    """S(W) of Eq. 6 for every member of a stack: ``(G,)`` from the ``(G, out, in)`` dense weights."""
+    total = None
+    for w, m in zip(weights, masks):
+        term = (torch.relu(w) * m).sum(dim=(1, 2))
+        total = term if total is None else total + term
+    return total
+
+
+@torch.no_grad()
+def _evaluate_stacked(stack: nn.Module, x: torch.Tensor, y: torch.Tensor, dev: torch.device,
+                      batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed cross-entropy and number correct per member, ``(G,)`` device tensors (no sync)."""
+    G = stack.n_members
+    loss = torch.zeros(G, dtype=torch.float64, device=dev)
+    correct = torch.zeros(G, dtype=torch.int64, device=dev)
+    for s in range(0, x.shape[0], batch_size):
+        xb = _to_float(x[s:s + batch_size].to(dev, non_blocking=True), stack.weights[0].dtype)
+        yb = y[s:s + batch_size].to(dev, non_blocking=True)
+        logits = stack(xb)                                                   # (G, B, K)
+        logits = logits if logits.dtype == torch.float64 else logits.float()
+        ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), yb.repeat(G), reduction="none")
+        loss += ce.view(G, -1).sum(1)
+        correct += (logits.argmax(-1) == yb).sum(1)
+    return loss, correct
+
+
 def _mask_like(w: torch.Tensor, n_blocks: int) -> torch.Tensor:
     """The off-block indicator of Eq. 6 for a stacked dense weight ``(G, out, in)``, as 0/1 in its dtype."""
     return block_mask(w.shape[1], w.shape[2], n_blocks, device=w.device).to(w.dtype)
+
