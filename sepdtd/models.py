@@ -294,6 +294,10 @@ def build_separate(name: str, *, width: str = "split", seed: int | None = None) 
 TABLE1_CONV = {"mnist": 2, "fashion_mnist": 1, "cifar10": 4}
 
 
+def _pair(v: int | tuple[int, ...]) -> tuple[int, int]:
+    return (v, v) if isinstance(v, int) else (int(v[0]), int(v[1]))
+
+
 def conv_layers(model: nn.Module) -> int:
     """Number of :class:`torch.nn.Conv2d` layers of ``model``."""
     return sum(isinstance(m, nn.Conv2d) for m in model.modules())
@@ -303,9 +307,11 @@ def build_depth(name: str, n_conv: int, *, seed: int | None = None) -> PaperNet:
     """Table 1's network with fewer or more convolutional layers (the depth study of the book).
 
     - ``n_conv`` equal to Table 1's count (:data:`TABLE1_CONV`) gives exactly :func:`build`'s network.
-    - Fewer: the top convolutions are removed one by one (with their ReLU); a pooling stage left
-      without a convolution is removed with its pooling and dropout. ``n_conv = 0`` is a dense network
-      on the pixels (Table 1's dense layers on the flattened image).
+    - Fewer: convolutions are removed one by one (with their ReLU) from the top stage down, and within
+      a stage a 'same'-padded one before a 'valid' one. Every pooling layer (and its dropout) stays, so
+      the resolution at the dense layers, and with it the dense layers' size, changes as little as the
+      removed convolutions allow. ``n_conv = 0`` is a dense network on the pixels (Table 1's dense
+      layers on the flattened image): DTD's :math:`z^B` rule must act on the image itself.
     - More: ``n_conv - T`` extra 3x3 convolutions with 'same' padding (+ ReLU), with the channels of
       Table 1's last convolution, are inserted after the last pooling stage, just below the dense
       layers. The dense layers' input size is unchanged, and the added layers work at the smallest
@@ -349,11 +355,21 @@ def build_depth(name: str, n_conv: int, *, seed: int | None = None) -> PaperNet:
         for _ in range(t - n_conv):
             top = max(k for k, st in enumerate(stages) if any(isinstance(m, nn.Conv2d) for m in st))
             st = stages[top]
-            i = max(k for k, m in enumerate(st) if isinstance(m, nn.Conv2d))
+            convs = [k for k, m in enumerate(st) if isinstance(m, nn.Conv2d)]
+            same = [k for k in convs if _pair(st[k].padding) != (0, 0)]
+            i = max(same) if same else max(convs)
             del st[i:i + 2]                                      # the convolution and its ReLU
-            if not any(isinstance(m, nn.Conv2d) for m in st):    # an empty stage goes with its pooling
-                del stages[top]
-        trunk = [m for st in stages for m in st]
+        trunk = [m for st in stages for m in st] if n_conv > 0 else []
+        convs = [m for m in trunk if isinstance(m, nn.Conv2d)]
+        if convs:                                                # the first left reads the image's channels
+            first = convs[0]
+            if first.in_channels != base.input_shape[0]:
+                trunk[trunk.index(first)] = nn.Conv2d(base.input_shape[0], first.out_channels, first.kernel_size,
+                                                      stride=first.stride, padding=first.padding)
+            for prev, conv in zip(convs, convs[1:]):
+                if conv.in_channels != prev.out_channels:
+                    trunk[trunk.index(conv)] = nn.Conv2d(prev.out_channels, conv.out_channels, conv.kernel_size,
+                                                         stride=conv.stride, padding=conv.padding)
         with torch.no_grad():
             feats = nn.Sequential(*trunk, nn.Flatten())(torch.zeros(1, *base.input_shape)).shape[1]
         dense = [k for k, m in enumerate(head) if isinstance(m, nn.Linear)]
