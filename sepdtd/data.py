@@ -44,7 +44,7 @@ from tqdm import tqdm
 
 from sepdtd.utils import atomic_write_json
 
-__all__ = ["DATASETS", "Dataset", "load", "prepare", "to_float", "train_val_split", "cache_dir",
+__all__ = ["DATASETS", "Dataset", "load", "prepare", "to_float", "train_val_split", "seeded_subset", "cache_dir",
            "DataNotFoundError", "ChecksumError"]
 
 DATASETS = ("mnist", "fashion_mnist", "cifar10")
@@ -160,6 +160,20 @@ def train_val_split(n: int, *, val_fraction: float = 0.1, seed: int = 0) -> tupl
     n_val = min(max(1, round(n * val_fraction)), n - 1)
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     return perm[n_val:].sort().values, perm[:n_val].sort().values
+
+
+def seeded_subset(idx: torch.Tensor, n: int | None, seed: int, salt: str) -> torch.Tensor:
+    """A seeded random subset of ``n`` of the indices ``idx``, sorted; all of them when ``n`` is None or larger.
+
+    The generator's seed is derived from ``salt`` and ``seed`` by sha256, so subsets drawn for different
+    purposes (``"train"``, ``"test"``, ...) with one seed are independent.
+    """
+    idx = torch.as_tensor(idx)
+    if n is None or n >= idx.numel():
+        return idx
+    key = int.from_bytes(hashlib.sha256(f"{salt}/{seed}".encode()).digest()[:4], "big")
+    pick = torch.randperm(idx.numel(), generator=torch.Generator().manual_seed(key))[:n]
+    return idx[pick.sort().values]
 
 
 def load(name: str, *, cache: str | os.PathLike | None = None, mirror: str | os.PathLike | None = None,

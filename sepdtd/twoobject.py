@@ -248,11 +248,11 @@ def make(dataset: str | object, n: int, *, seed: int = 0, mode: str | None = Non
 @torch.no_grad()
 def top2(model: nn.Module, images: Tensor, *, batch_size: int = 500) -> Tensor:
     """The two highest-scoring classes ``(N, 2)`` of ``uint8`` images (on the model's device, eval mode)."""
-    dev = next(model.parameters()).device
+    p = next(model.parameters())
     was = model.training
     model.eval()
     try:
-        out = [model(images[i:i + batch_size].to(dev).float() / 255).topk(2, dim=1).indices.cpu()
+        out = [model(images[i:i + batch_size].to(p.device, p.dtype) / 255).topk(2, dim=1).indices.cpu()
                for i in range(0, images.shape[0], batch_size)]
     finally:
         model.train(was)

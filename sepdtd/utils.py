@@ -1,6 +1,7 @@
 """Small shared helpers: devices, atomic files, provenance, seeding."""
 from __future__ import annotations
 
+import contextlib
 import glob
 import json
 import os
@@ -10,6 +11,7 @@ import re
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -19,7 +21,8 @@ import torch
 
 __all__ = [
     "resolve_device", "atomic_write_bytes", "remove_stale_temporaries", "atomic_write_json", "atomic_torch_save",
-    "git_commit", "package_versions", "seed_everything", "device_name",
+    "git_commit", "package_versions", "seed_everything", "device_name", "file_lock", "LockTimeout",
+    "die_with_parent",
 ]
 
 
@@ -159,3 +162,114 @@ def seed_everything(seed: int) -> torch.Generator:
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
     return torch.Generator().manual_seed(seed)
+
+
+class LockTimeout(TimeoutError):
+    """Another process held a lock (:func:`file_lock`) for longer than the timeout."""
+
+
+@contextlib.contextmanager
+def file_lock(path: str | os.PathLike, *, timeout: float = 60.0, what: str = "this file") -> Iterator[None]:
+    """Hold an exclusive lock on ``path`` (created when missing) for the ``with`` block.
+
+    The lock is an advisory ``flock`` where the platform has it, so a killed holder releases it at
+    once; elsewhere the file is created exclusively and holds the holder's pid. The holder's pid and
+    host are written into the file, and a :class:`LockTimeout` after ``timeout`` seconds names them.
+
+    Parameters
+    ----------
+    path : path
+        The lock file (e.g. ``<folder>/.lock``).
+    timeout : float, optional
+        Seconds to wait for another holder.
+    what : str, optional
+        What the lock protects, for the message.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    deadline = time.monotonic() + timeout
+    me = f"{os.getpid()} {_host()}\n".encode()
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        fcntl = None
+    if fcntl is not None:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "unknown"
+                        raise LockTimeout(f"{what} is locked by another process (pid and host: {holder}; lock file "
+                                          f"{path}) for more than {timeout:g} s: wait for it to finish, or stop it"
+                                          ) from None
+                    time.sleep(0.2)
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, me, 0)
+            try:
+                yield
+            finally:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)
+        return
+    while True:  # pragma: no cover - Windows
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+            break
+        except FileExistsError:
+            try:
+                pid = int(path.read_text().split()[0])
+            except (OSError, ValueError, IndexError):
+                pid = None
+            if pid is not None and not _pid_alive(pid):
+                with contextlib.suppress(OSError):
+                    path.unlink()
+                continue
+            if time.monotonic() > deadline:
+                raise LockTimeout(f"{what} is locked by process {pid} (lock file {path}) for more than "
+                                  f"{timeout:g} s: wait for it to finish, or stop it and delete the lock file"
+                                  ) from None
+            time.sleep(0.2)
+    try:
+        os.write(fd, me)
+        os.close(fd)
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            path.unlink()
+
+
+def die_with_parent() -> None:
+    """Make this (worker) process end when the process that started it ends.
+
+    On Linux the kernel sends SIGTERM when the parent dies (``prctl(PR_SET_PDEATHSIG)``); elsewhere a
+    daemon thread checks every second whether the parent is gone.
+    """
+    import signal
+    import threading
+
+    parent = os.getppid()
+    if parent == 1:  # the parent is already gone
+        os._exit(1)
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        if libc.prctl(1, signal.SIGTERM, 0, 0, 0) == 0:  # 1 = PR_SET_PDEATHSIG
+            if os.getppid() != parent:
+                os._exit(1)
+            return
+    except (OSError, AttributeError):
+        pass
+
+    def watch() -> None:
+        while True:
+            time.sleep(1.0)
+            if os.getppid() != parent:
+                os._exit(1)
+
+    threading.Thread(target=watch, daemon=True, name="die-with-parent").start()

@@ -1,0 +1,426 @@
+r"""The measure stage: every number of the book, derived from a kept network.
+
+Two measurements (:class:`~sepdtd.pipeline.config.MeasureConfig` ``kind``):
+
+- ``"paper"`` (:func:`paper_fields`, Tables 2-3 and Figure 6): the test accuracy and cross-entropy;
+  Eq. 7 between the top-1 and top-2 DTD heatmaps under every convention of
+  :data:`sepdtd.metrics.CONVENTIONS`; their mean cosine similarity and mean |cosine|; the shares of
+  images whose top-1 / top-2 logit is <= 0 (DTD's heatmap carries the sign of the logit it starts
+  from); the in-block share of every dense layer.
+- ``"beyond"`` (:func:`beyond_fields`, chapters 9-10): per explanation method, the same diffusion
+  quantities on real test images, and on two-object images with known object regions
+  (:mod:`sepdtd.twoobject`) the relevance mass accuracy and the pointing game of the top-1 and top-2
+  class.
+
+Each function returns the fields and, for the fingerprints of :mod:`sepdtd.pipeline.fingerprint`, the
+per-image values behind them. :func:`measure` runs a measurement over kept networks and keeps each
+network's entry in the unit's measure record as soon as it is done, so an interrupted run resumes.
+"""
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from sepdtd import attribution, data, metrics, regularization, training, twoobject, utils
+from sepdtd.pipeline import store
+from sepdtd.pipeline.config import MeasureConfig
+
+__all__ = ["PAPER_CONVENTIONS", "BEYOND_CONVENTIONS", "test_images", "beyond_images", "paper_fields",
+           "beyond_fields", "top2_fields", "flatten", "status", "measure", "load_network"]
+
+#: Conventions of Eq. 7 in the ``"paper"`` measurement.
+PAPER_CONVENTIONS = metrics.CONVENTIONS
+
+#: Conventions of Eq. 7 per method in the ``"beyond"`` measurement (``"softmax"`` needs a heatmap that
+#: starts at the logit, which CLRP and SGLRP do not).
+BEYOND_CONVENTIONS = ("raw", "max", "sum")
+
+
+# --------------------------------------------------------------------------------------------- data
+def test_images(config: MeasureConfig) -> dict[str, torch.Tensor]:
+    """The test images of a ``"paper"`` measurement: ``x_test, y_test`` (accuracy) and ``x_eval`` (Eq. 7)."""
+    ds = data.load(config.dataset)
+    x, y = torch.as_tensor(ds.x_test), torch.as_tensor(ds.y_test).long()
+    every = torch.arange(y.shape[0])
+    te = data.seeded_subset(every, config.n_test, config.seed, "test")
+    ev = data.seeded_subset(every, config.n_eval, config.seed, "eval")
+    return {"x_test": x[te].contiguous(), "y_test": y[te].contiguous(), "x_eval": x[ev].contiguous()}
+
+
+def beyond_images(config: MeasureConfig) -> tuple[torch.Tensor, twoobject.TwoObjectSet]:
+    """The real test images (``n_eval``, drawn with the seed) and the two-object candidates of ``"beyond"``."""
+    import hashlib
+
+    ds = data.load(config.dataset)
+    x = torch.as_tensor(ds.x_test)
+    n = x.shape[0] if config.n_eval is None else config.n_eval
+    key = int.from_bytes(hashlib.sha256(f"beyond-eval/{config.seed}".encode()).digest()[:4], "big")
+    idx = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(key))[:n].sort().values
+    cands = twoobject.make(config.dataset, config.n_pairs, seed=config.seed, threshold=config.threshold)
+    return x[idx].contiguous(), cands
+
+
+# ------------------------------------------------------------------------------------------ helpers
+def _batches(n: int, size: int):
+    for i in range(0, n, size):
+        yield slice(i, min(i + size, n))
+
+
+def _floats(x: torch.Tensor, model: nn.Module, dev: torch.device) -> torch.Tensor:
+    dtype = next(model.parameters()).dtype
+    x = x.to(dev)
+    return x.to(dtype) / 255 if x.dtype == torch.uint8 else x.to(dtype)
+
+
+def _top2_heatmaps(method: str, model: nn.Module, x: torch.Tensor, dev: torch.device
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The top-1/top-2 heatmaps ``(B, 2, H, W)`` (float64, CPU) of a batch and all its logits ``(B, n)``."""
+    xb = _floats(x, model, dev)
+    with torch.no_grad():
+        logits = model(xb)
+    if logits.ndim != 2 or logits.shape[1] < 2:
+        raise ValueError(f"the model must return (B, n_classes >= 2) logits, got {tuple(logits.shape)}")
+    top2 = logits.topk(2, dim=1).indices
+    h = attribution.heatmap(method, model, xb, top2, low=0.0, high=1.0)
+    return h.detach().double().cpu(), logits.detach().double().cpu()
+
+
+def top2_fields(method: str, model: nn.Module, x: torch.Tensor, dev: torch.device, batch_size: int,
+                conventions: Sequence[str]) -> tuple[dict, dict]:
+    """Eq. 7 per convention, cosine, |cosine| and logit signs of the top-1/top-2 heatmaps of ``x``.
+
+    Returns the fields (``diffusion``, ``cosine``, ``abs_cosine``, ``logit_nonpositive``, ``n_eval``)
+    and the per-image values behind them.
+    """
+    dist: dict[str, list[torch.Tensor]] = {c: [] for c in conventions}
+    cos, top_logits = [], []
+    for sl in _batches(x.shape[0], batch_size):
+        h, logits = _top2_heatmaps(method, model, x[sl], dev)
+        top = logits.topk(2, dim=1)
+        for c in conventions:
+            hc = h * metrics.softmax_scale(logits, top.indices)[:, :, None, None] if c == "softmax" \
+                else metrics.normalize(h, c)
+            dist[c].append(metrics.frobenius(hc[:, 0], hc[:, 1]))
+        cos.append(metrics.cosines(h[:, 0], h[:, 1]))
+        top_logits.append(top.values)
+    per = {f"diffusion.{c}": torch.cat(v) for c, v in dist.items()}
+    per["cosine"] = torch.cat(cos)
+    per["abs_cosine"] = per["cosine"].abs()
+    per["logit_nonpositive"] = (torch.cat(top_logits) <= 0).double()
+    fields = {"diffusion": {c: float(per[f"diffusion.{c}"].mean()) for c in conventions},
+              "cosine": float(per["cosine"].mean()), "abs_cosine": float(per["abs_cosine"].mean()),
+              "logit_nonpositive": per["logit_nonpositive"].mean(0).tolist(), "n_eval": int(x.shape[0])}
+    return fields, per
+
+
+def _nanmean(t: torch.Tensor) -> float | None:
+    ok = t[~torch.isnan(t)]
+    return float(ok.mean()) if ok.numel() else None
+
+
+def _nansd(t: torch.Tensor) -> float | None:
+    ok = t[~torch.isnan(t)]
+    return float(ok.std()) if ok.numel() > 1 else None
+
+
+def _ground_truth(method: str, model: nn.Module, tset: twoobject.TwoObjectSet, dev: torch.device,
+                  batch_size: int) -> tuple[dict, dict]:
+    """Mass accuracy and pointing game of the top-1 and top-2 class on the scored composites."""
+    if len(tset) == 0:
+        return ({"mass": [None, None], "pointing": [None, None], "mass_objects": [None, None],
+                 "pointing_objects": [None, None], "mass_sd": [None, None], "mass_nan": [0, 0], "covered": [0, 0],
+                 "n_scored": 0}, {})
+    parts: dict[str, list[torch.Tensor]] = {"mass": [], "pointing": [], "mass_objects": [], "pointing_objects": []}
+    for sl in _batches(len(tset), batch_size):
+        part = tset.subset(torch.arange(sl.start, sl.stop))
+        h, logits = _top2_heatmaps(method, model, part.images, dev)
+        own, other = part.regions(logits.topk(2, dim=1).indices)
+        flat = (h.flatten(0, 1), own.flatten(0, 1), other.flatten(0, 1))
+        parts["mass"].append(metrics.relevance_mass_accuracy(*flat).view(-1, 2))
+        parts["pointing"].append(metrics.pointing_game(*flat).view(-1, 2))
+        parts["mass_objects"].append(metrics.relevance_mass_accuracy(*flat, objects_only=True).view(-1, 2))
+        parts["pointing_objects"].append(metrics.pointing_game(*flat, objects_only=True).view(-1, 2))
+    per = {k: torch.cat(v) for k, v in parts.items()}
+    m, p = per["mass"], per["pointing"]
+    fields = {k: [_nanmean(v[:, j]) for j in range(2)] for k, v in per.items()}
+    fields.update({
+        "mass_sd": [_nansd(m[:, j]) for j in range(2)],
+        "mass_nan": [int(torch.isnan(m[:, j]).sum()) for j in range(2)],
+        # objects with no pixel outside the shared ones have no mass or pointing value
+        "covered": [int(torch.isnan(p[:, j]).sum()) for j in range(2)],
+        "n_scored": int(m.shape[0])})
+    return fields, per
+
+
+# ------------------------------------------------------------------------------------ measurements
+@torch.no_grad()
+def paper_fields(model: nn.Module, x_test: torch.Tensor, y_test: torch.Tensor, x_eval: torch.Tensor, *,
+                 n_blocks: int | None = None, batch_size: int = 500, device: str | torch.device = "cpu"
+                 ) -> tuple[dict, dict]:
+    """The ``"paper"`` measurement of one network (Tables 2-3, Figure 6).
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        A classifier with the paper's layers, in eval mode for the measurement (its mode is restored).
+        Its parameters' dtype is the dtype of the computation; heatmaps are compared in float64.
+    x_test, y_test : torch.Tensor
+        Images (``uint8``, or float in ``[0, 1]``) and labels for the accuracy and cross-entropy.
+    x_eval : torch.Tensor
+        Images whose top-1/top-2 DTD heatmaps are compared (Eq. 7).
+    n_blocks : int, optional
+        Blocks of the in-block share (default: the model's classes).
+    batch_size : int, optional
+        Images per pass (no effect on the numbers).
+    device : str or torch.device, optional
+        Where to compute.
+
+    Returns
+    -------
+    fields : dict
+        ``accuracy``, ``test_loss``, ``n_test``, ``diffusion`` (convention -> Eq. 7), ``cosine``,
+        ``abs_cosine``, ``logit_nonpositive`` ([top-1, top-2] shares of logits <= 0), ``n_eval`` and
+        ``inblock`` (per dense layer; None for a layer without positive weights).
+    per_image : dict
+        The per-image values behind the fields (flattened names, see :func:`flatten`).
+    """
+    dev = utils.resolve_device(device)
+    was = model.training
+    model.to(dev).eval()
+    tf32 = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False  # TF32 convolutions cost DTD about 1e-3 relative accuracy
+    try:
+        loss, acc = training.evaluate(model, x_test, y_test, device=dev, batch_size=batch_size)
+        logits = torch.cat([model(_floats(x_test[sl], model, dev)).double().cpu()
+                            for sl in _batches(x_test.shape[0], batch_size)])
+        with torch.enable_grad():
+            fields, per = top2_fields("dtd", model, x_eval, dev, batch_size, PAPER_CONVENTIONS)
+    finally:
+        torch.backends.cudnn.allow_tf32 = tf32
+        model.train(was)
+    per["accuracy"] = (logits.argmax(1) == y_test.cpu()).double()
+    per["test_loss"] = torch.nn.functional.cross_entropy(logits, y_test.cpu().long(), reduction="none")
+    inblock = regularization.inblock_share(model, n_blocks)
+    per["inblock"] = torch.tensor(inblock, dtype=torch.float64)
+    return {"accuracy": float(acc), "test_loss": float(loss), "n_test": int(x_test.shape[0]), **fields,
+            "inblock": [v if math.isfinite(v) else None for v in inblock]}, per
+
+
+@torch.no_grad()
+def beyond_fields(model: nn.Module, x_eval: torch.Tensor, candidates: twoobject.TwoObjectSet, *,
+                  methods: Sequence[str], max_scored: int, batch_size: int = 500,
+                  device: str | torch.device = "cpu") -> tuple[dict, dict]:
+    """The ``"beyond"`` measurement of one network (chapters 9-10).
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        The network.
+    x_eval : torch.Tensor
+        Real test images: Eq. 7 (:data:`BEYOND_CONVENTIONS`), cosine, |cosine| and logit signs per method.
+    candidates : TwoObjectSet
+        Two-object images; the ones whose top-2 classes are the two objects (:func:`sepdtd.twoobject.select`)
+        are kept, and the first ``max_scored`` of those are scored.
+    methods : sequence of str
+        Names of :data:`sepdtd.attribution.METHODS`.
+    max_scored : int
+        At most this many recognised composites are scored.
+    batch_size : int, optional
+        Images per pass.
+    device : str or torch.device, optional
+        Where to compute.
+
+    Returns
+    -------
+    fields : dict
+        ``recognized`` (share of the candidates), ``n_recognized``, ``n_pairs``, ``two_object`` (the
+        candidates' mode and the shares of pixels in both masks and in any) and ``methods``: per
+        method the diffusion fields and ``mass``, ``pointing``, ``mass_objects``, ``pointing_objects``
+        ([top-1, top-2], means over the scored composites with a defined value), ``mass_sd``,
+        ``mass_nan`` and ``covered`` (undefined counts) and ``n_scored``.
+    per_image : dict
+        The per-image values behind the fields.
+    """
+    dev = utils.resolve_device(device)
+    was = model.training
+    model.to(dev).eval()
+    try:
+        kept, shares = twoobject.select(candidates, model)
+        scored = kept.subset(torch.arange(min(len(kept), max_scored)))
+        out: dict[str, Any] = {
+            "recognized": shares["all"], "n_recognized": shares["kept"], "n_pairs": shares["n"],
+            "two_object": {"mode": candidates.mode,
+                           "both_mask_share": float((candidates.mask_a & candidates.mask_b).double().mean()),
+                           "object_mask_share": float(candidates.masks.double().mean())},
+            "methods": {}}
+        per: dict[str, torch.Tensor] = {"recognized": torch.tensor([shares["all"]], dtype=torch.float64)}
+        for method in methods:
+            with torch.enable_grad():
+                f1, p1 = top2_fields(method, model, x_eval, dev, batch_size, BEYOND_CONVENTIONS)
+                f2, p2 = _ground_truth(method, model, scored, dev, batch_size)
+            out["methods"][method] = {**f1, **f2}
+            per.update({f"methods.{method}.{k}": v for k, v in {**p1, **p2}.items()})
+    finally:
+        model.train(was)
+    return out, per
+
+
+def flatten(fields: dict, prefix: str = "") -> dict[str, Any]:
+    """Nested fields as ``{"diffusion.raw": ..., "methods.dtd.mass": ...}`` (lists are leaves)."""
+    out: dict[str, Any] = {}
+    for k, v in fields.items():
+        name = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, name + "."))
+        else:
+            out[name] = v
+    return out
+
+
+# ------------------------------------------------------------------------------------------- stage
+def load_network(root: str | os.PathLike, entry: dict, *, device: str | torch.device = "cpu") -> nn.Module:
+    """The network of a train-record entry: built from its configuration, kept weights checked and loaded
+    (as float32), in eval mode."""
+    from sepdtd.pipeline.config import TrainConfig
+
+    model = TrainConfig.from_dict(entry["config"]).build()
+    state = store.load_state(root, entry["file"], entry["sha256"])
+    model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
+    return model.to(utils.resolve_device(device)).eval()
+
+
+def status(entry: dict | None, sha256: str, config: MeasureConfig) -> list[dict]:
+    """Why a measure-record entry is not what the current code would measure (empty: current).
+
+    Each reason is a dict with ``text`` and, for a changed field (its fingerprint in
+    :func:`sepdtd.pipeline.fingerprint.measure_fields`), ``stage`` ("measure"), ``field`` and the
+    ``from`` / ``to`` fingerprints. Without an entry the one reason is ``{"text": "not measured"}``;
+    a network that changed since, another configuration, or a field not measured are reasons too.
+    """
+    from sepdtd.pipeline import fingerprint
+
+    if entry is None:
+        return [{"text": "not measured"}]
+    reasons = []
+    if entry.get("sha256") != sha256:
+        reasons.append({"text": "the network changed since it was measured"})
+    if entry.get("config_hash") != config.key():
+        reasons.append({"text": f"measurement configuration {entry.get('config_hash')} is not the current "
+                                f"{config.key()}"})
+    current = fingerprint.measure_fields(config.kind)
+    stored = entry.get("fingerprints", {})
+    for name in current:
+        if not _applies(name, config) or stored.get(name) == current[name]:
+            continue
+        was = stored.get(name)
+        text = f"measure code '{name}' changed ({was} -> {current[name]})" if was else f"field '{name}' not measured"
+        reasons.append({"stage": "measure", "field": name, "from": was, "to": current[name], "text": text})
+    return reasons
+
+
+def _applies(name: str, config: MeasureConfig) -> bool:
+    """Whether the field ``name`` of the probe is one that ``config`` measures (its methods only)."""
+    if not name.startswith("methods."):
+        return True
+    return name.split(".")[1] in config.methods
+
+
+def measure(root: str | os.PathLike, dataset: str, seed: int, plan: dict[str, MeasureConfig], *,
+            device: str | torch.device = "auto", force: bool = False, progress: bool = True,
+            on_network: Callable[[str], None] | None = None, profile: str | None = None) -> dict:
+    """Measure kept networks of one (data set, seed) folder; keep each entry as soon as it is done.
+
+    Parameters
+    ----------
+    root : path
+        The profile's folder.
+    dataset, seed
+        The folder of networks (``networks/<dataset>/seed<seed>/``) and its train record.
+    plan : dict
+        Network tag -> the measurement it gets; every measurement of one call has the same ``kind``.
+    device : str or torch.device, optional
+        Where to compute.
+    force : bool, optional
+        Measure again even where the entry is current (same network digest, configuration and field
+        fingerprints).
+    progress : bool, optional
+        A progress bar over the networks.
+    on_network : callable, optional
+        Called with each tag after its entry is written.
+    profile : str, optional
+        The profile's name, for the record (default: the folder's name).
+
+    Returns
+    -------
+    dict
+        The measure record after the call.
+
+    Raises
+    ------
+    FileNotFoundError
+        If the train record or a network of the plan is missing.
+    """
+    from tqdm.auto import tqdm
+
+    from sepdtd.pipeline import fingerprint
+
+    root = Path(root)
+    kinds = {c.kind for c in plan.values()}
+    if len(kinds) != 1:
+        raise ValueError(f"one measurement kind per call, got {sorted(kinds)}")
+    kind = kinds.pop()
+    dev = utils.resolve_device(device)
+    trained = store.read_record(store.record_path(root, "train", dataset, seed))["networks"]
+    missing = [t for t in plan if t not in trained]
+    if missing:
+        raise FileNotFoundError(f"no kept network {missing} in {root}/networks/{dataset}/seed{seed}: train them first "
+                                "(python -m sepdtd reproduce ...)")
+    path = store.record_path(root, "measure", dataset, seed, kind)
+    done = store.read_record(path)["networks"] if path.exists() else {}
+    fps = fingerprint.measure_fields(kind)
+    todo = [t for t, c in plan.items() if force or status(done.get(t), trained[t]["sha256"], c)]
+    header = {"stage": "measure", "kind": kind, "profile": profile or root.name, "dataset": dataset, "seed": seed}
+    cache: dict[str, Any] = {}
+    bar = tqdm(total=len(plan), initial=len(plan) - len(todo), disable=not progress, unit="network",
+               desc=f"measure {kind} {dataset} seed{seed}")
+    try:
+        for tag in todo:
+            config = plan[tag]
+            t0 = time.time()
+            model = load_network(root, trained[tag], device=dev)
+            key = config.key()
+            if kind == "paper":
+                if key not in cache:
+                    cache[key] = test_images(config)
+                imgs = cache[key]
+                fields, _ = paper_fields(model, imgs["x_test"], imgs["y_test"], imgs["x_eval"],
+                                         n_blocks=trained[tag]["config"].get("n_blocks"), batch_size=config.batch_size,
+                                         device=dev)
+            else:
+                if key not in cache:
+                    cache[key] = beyond_images(config)
+                x_eval, cands = cache[key]
+                fields, _ = beyond_fields(model, x_eval, cands, methods=config.methods, max_scored=config.max_scored,
+                                          batch_size=config.batch_size, device=dev)
+            if dev.type == "cuda":
+                torch.cuda.synchronize(dev)
+            t1 = time.time()
+            names = flatten(fields)
+            entry = {"sha256": trained[tag]["sha256"], "config": config.as_dict(), "config_hash": key,
+                     "fingerprints": {k: fps[k] for k in names if k in fps}, "fields": fields,
+                     "wall_s": t1 - t0, "provenance": store.provenance(dev, t0, t1)}
+            store.update_record(path, header, lambda nets, tag=tag, entry=entry: nets.__setitem__(tag, entry))
+            bar.update(1)
+            if on_network is not None:
+                on_network(tag)
+    finally:
+        bar.close()
+    return store.read_record(path)
+
