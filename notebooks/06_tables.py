@@ -131,7 +131,8 @@ def table(rows, value):
         line = [lam_label(lam)]
         for d in datasets:
             r = by.get((d, lam))
-            line.append("—" if r is None else value(r) + (" *" if r["stale"] else ""))
+            line.append("—" if r is None else value(r) + (" *" if r["stale"] else "")
+                        + ("" if r["networks_kept"] else " †"))
         body.append(line)
     return book.markdown_table(["λ"] + [report.DATASET_LABELS[d] for d in datasets], body)
 
@@ -144,8 +145,9 @@ def summary(rows):
     return (f"{'/'.join(map(str, n_seeds))} seed(s) per cell; diffusion over {', '.join(map(str, n_eval))} "
             f"and accuracy over {', '.join(map(str, n_test))} test images; device: {'; '.join(devices)}. "
             "Mean ± standard deviation over seeds (no ± with one seed), the paper's value in brackets"
-            + ("; * marks a result produced by other code or settings than the current package's."
-               if any(r["stale"] for r in rows) else "."))
+            + ("; * marks a result the current code would compute otherwise" if any(r["stale"] for r in rows) else "")
+            + ("; † marks numbers whose networks were not kept (a run of the first layout; they cannot be "
+               "re-measured)" if not all(r["networks_kept"] for r in rows) else "") + ".")
 
 
 # %% [markdown]
@@ -446,7 +448,7 @@ if tuned:
 # sign-blind similarity of the patterns:
 
 # %%
-signs = [json.loads(p.read_text()) for p in sorted((full_dir / "tuning").glob("*/cosine-signs.json"))]
+signs = [json.loads(p.read_text()) for p in sorted((full_dir / "legacy" / "tuning").glob("*/cosine-signs.json"))]
 if not signs:
     book.show_markdown("*No re-measurement of the fine-tuning networks in this checkout "
                        "(`results/full/tuning/<data set>/cosine-signs.json`).*")

@@ -341,7 +341,7 @@ body = []
 for name in DATASETS:
     x_test = data.to_float(torch.as_tensor(data.load(name).x_test[:2000])).to(dev)
     x_comp = data.to_float(twoobject.make(name, 2000, seed=seed).images).to(dev)
-    for lam in (0.0, *experiments.make_config(profile, name, seed).lams):
+    for lam in (0.0, *experiments.PROFILES[profile].lams):
         net = experiments.load_model(profile, name, lam, seed=seed, device=dev)
         real, comp = logits_top2(net, x_test), logits_top2(net, x_comp)
         body.append([LABELS[name], "Baseline" if lam == 0 else f"λ = {lam:.1f}",

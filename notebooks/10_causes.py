@@ -72,7 +72,7 @@ by = {(r["dataset"], r["model"], r["method"]): r for r in rows}
 prov = book.provenance(results, profile=profile, seed=seed, device=device)
 book.show_provenance(prov)
 seeds = sorted({r["seed"] for r in results})
-conf = beyond.make_config(profile, DATASETS[0], seed)
+conf = beyond.PROFILES[profile]
 extra = [d for d in DATASETS if any(r["dataset"] == d and r["family"] != "lambda" for r in rows)]
 print(f"seeds: {seeds}; extra networks trained for: {', '.join(LABELS[d] for d in extra) or 'none'}")
 
@@ -239,9 +239,8 @@ for name in extra:
 #
 # DTD's rules are derived for networks whose biases are $\le 0$ (Section 2.2), so `sepdtd` projects the
 # biases onto $b \le 0$ after every training step. Does the constraint itself shape the diffusion? The
-# baseline and the fine-tune with λ = 1.0 are trained again at this build's profile and seed without it
-# (same data, same stopping rule; their results go to `results/<profile>-free-bias/`) and measured like
-# the others: accuracy, Eq. 7's $d$ (convention `max`) and the cosine of the top-1 and top-2 heatmaps
+# baseline and the fine-tune with λ = 1.0 are trained again without it (same data, same stopping rule;
+# kept beside the others as `free-baseline` and `free-lam1.0`) and measured like the others: accuracy, Eq. 7's $d$ (convention `max`) and the cosine of the top-1 and top-2 heatmaps
 # on the test images of Table 2 (`experiments`' `n_eval`, so not the images of Factor 1), the
 # share of positive biases, and how far the relevance is from summing to the logit. (The rules leave the
 # biases out, so a neuron passes its relevance on in full whenever its positive-weight input is
@@ -249,50 +248,37 @@ for name in extra:
 # lost. The docstring of `sepdtd.dtd` proves conservation for $b \le 0$; {doc}`02_dtd` checks it.)
 
 # %%
-free_dir = experiments.default_results_dir(profile).parent / f"{profile}-free-bias"
-
-
-def bias_row(name, label, cfg, res, lam):
-    setting = next(s for s in res["settings"] if s["lam"] == lam)
-    tag = "baseline" if lam == 0 else f"lam{lam!r}"
-    net = models.build(name, seed=seed)
-    net.load_state_dict(torch.load(experiments.checkpoint_dir(cfg) / f"{tag}.state.pt", map_location="cpu",
-                                   weights_only=True))
-    net = net.to(dev).eval()
-    biases = torch.cat([m.bias.detach().flatten() for m in net.modules()
-                        if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))])
+def bias_row(name, res, tag, label):
+    e = next(e for e in res["entries"] if e["model"] == tag)
+    net = beyond.load_network(profile, name, tag, seed=seed, device=dev)
     x = data.to_float(torch.as_tensor(data.load(name).x_test[:200])).to(dev)
-    with torch.no_grad():
-        logits = net(x)
-    top = logits.topk(2, dim=1).indices
-    total = dtd.relevance(net, x, top, low=0.0, high=1.0).flatten(2).sum(2)
-    f = logits.gather(1, top)
-    gap = float(((total - f).abs() / f.abs().clamp_min(1e-6)).median())
-    return [LABELS[name], label, "Baseline" if lam == 0 else f"λ = {lam:.1f}", f"{setting['accuracy']:.3f}",
-            f"{setting['diffusion'][CONVENTION]:.2f}", f"{setting['cosine']:.3f}",
-            f"{float((biases > 0).double().mean()):.0%}", f"{gap:.1e}"]
+    effects = beyond.bias_effects(net, x)
+    return [LABELS[name], label, "Baseline" if tag.endswith("baseline") else "λ = 1.0", f"{e['accuracy']:.3f}",
+            f"{e['paper']['diffusion'][CONVENTION]:.2f}", f"{e['paper']['cosine']:.3f}",
+            f"{effects['positive_biases']:.0%}", f"{effects['conservation_gap']:.1e}"]
 
 
 body = []
-for name in DATASETS:
-    cfg = experiments.make_config(profile, name, seed)
-    ran = experiments.ensure_run(profile, name, seed, device, progress=False, with_models=True)
-    free_cfg = dataclasses.replace(cfg, clamp_bias=False, lams=(1.0,))
-    free = experiments.run(free_cfg, device=device, results_dir=free_dir, progress=False)
-    for lam in (0.0, 1.0):
-        body.append(bias_row(name, "b ≤ 0 (the paper's)", cfg, ran, lam))
-        body.append(bias_row(name, "unconstrained", free_cfg, free, lam))
-book.show_markdown(book.markdown_table(
-    ["data set", "biases", "network", "accuracy", f"d [{CONVENTION}]", "cosine", "positive biases",
-     "median |ΣR − f| / |f|"], body))
-pairs = [(body[i], body[i + 1]) for i in range(0, len(body), 2)]
-d_cos = [float(b[5]) - float(a[5]) for a, b in pairs]
-lam_cos = [float(body[i + 2][5]) - float(body[i][5]) for i in range(0, len(body), 4)]
-book.show_markdown(
-    f"Without the constraint, {min(float(b[6][:-1]) for _, b in pairs):.0f}-{max(float(b[6][:-1]) for _, b in pairs):.0f} % "
-    f"of the biases end up positive; the cosine of the top-2 heatmaps changes by {min(d_cos):+.3f} to "
-    f"{max(d_cos):+.3f}, against {min(lam_cos):+.3f} to {max(lam_cos):+.3f} for the fine-tuning with λ = 1.0 "
-    "(with the constraint) at this profile.")
+for res in results:
+    if res["seed"] != seed or not all(any(e["model"] == t for e in res["entries"]) for t in beyond.FREE_BIAS):
+        continue
+    for tag, free in (("baseline", "free-baseline"), ("lam1.0", "free-lam1.0")):
+        body.append(bias_row(res["dataset"], res, tag, "b ≤ 0 (the paper's)"))
+        body.append(bias_row(res["dataset"], res, free, "unconstrained"))
+if body:
+    book.show_markdown(book.markdown_table(
+        ["data set", "biases", "network", "accuracy", f"d [{CONVENTION}]", "cosine", "positive biases",
+         "median |ΣR − f| / |f|"], body))
+    pairs = [(body[i], body[i + 1]) for i in range(0, len(body), 2)]
+    d_cos = [float(b[5]) - float(a[5]) for a, b in pairs]
+    lam_cos = [float(body[i + 2][5]) - float(body[i][5]) for i in range(0, len(body), 4)]
+    book.show_markdown(
+        f"Without the constraint, {min(float(b[6][:-1]) for _, b in pairs):.0f}-"
+        f"{max(float(b[6][:-1]) for _, b in pairs):.0f} % of the biases end up positive; the cosine of the top-2 "
+        f"heatmaps changes by {min(d_cos):+.3f} to {max(d_cos):+.3f}, against {min(lam_cos):+.3f} to "
+        f"{max(lam_cos):+.3f} for the fine-tuning with λ = 1.0 (with the constraint) at this profile.")
+else:
+    book.show_markdown("*No networks trained without the constraint at this profile and seed.*")
 
 # %% [markdown]
 # ## Factor 5: the first layer's rule

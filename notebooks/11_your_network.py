@@ -60,7 +60,8 @@ import matplotlib.pyplot as plt
 import torch
 from torch import nn
 
-from sepdtd import attribution, data, dtd, experiments, metrics, plots, regularization, training, utils
+from sepdtd import attribution, data, dtd, metrics, plots, regularization, training, utils
+from sepdtd.pipeline import train
 
 # How much of Fashion-MNIST this page trains on, per profile (None: all of it).
 SIZES = {"smoke": {"train": 2000, "val": 500, "test": 200, "epochs": 1},
@@ -68,7 +69,7 @@ SIZES = {"smoke": {"train": 2000, "val": 500, "test": 200, "epochs": 1},
          "full": {"train": None, "val": None, "test": None, "epochs": 100}}
 size = SIZES[profile]
 dev = utils.resolve_device(device)
-checkpoints = experiments.checkpoint_root() / profile / "your_network" / f"seed{seed}"
+checkpoints = train.checkpoint_root() / profile / "your_network" / f"seed{seed}"
 prov = book.provenance(profile=profile, seed=seed, device=device)
 book.show_provenance(prov)
 

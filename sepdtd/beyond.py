@@ -1,70 +1,44 @@
 r"""Beyond the paper: a ground truth for separability, and what causes diffusion (book chapters 9-10).
 
-For one unit — a (profile, data set, seed), the same units as :mod:`sepdtd.experiments` — :func:`run`
+For one unit — a (profile, data set, seed), the units of :mod:`sepdtd.experiments` — the protocol
 
-1. reuses the unit's trained networks (the baseline and every λ of Eq. 5;
-   :func:`sepdtd.experiments.ensure_run` / :func:`~sepdtd.experiments.load_models`);
-2. builds two-object test images with known object regions (:mod:`sepdtd.twoobject`);
-3. trains the extra networks of chapter 10 with the profile's *pre-training* stage on the unit's
-   training subset (the baseline's recipe): Table 1's network with separate dense layers per class
-   (:func:`sepdtd.models.build_separate`, the "intuitive approach" of Section 4) and with fewer and more
-   convolutional layers (:func:`sepdtd.models.build_depth`);
-4. measures every network with every explanation method of :mod:`sepdtd.attribution` (DTD, LRP-ε,
-   LRP-α2β1, gradient × input, CLRP, SGLRP): the diffusion of Eq. 7 between the top-1 and top-2
-   heatmaps of real test images (under :data:`sepdtd.report.BOOK_CONVENTION` and the others, and the
-   cosine similarity), and, on the two-object images the network recognises, the relevance mass
-   accuracy and the pointing game of the top-1 and the top-2 class
-   (:func:`sepdtd.metrics.relevance_mass_accuracy`, :func:`sepdtd.metrics.pointing_game`).
+1. uses the unit's kept networks (the baseline and every λ of Eq. 5; :func:`sepdtd.experiments.jobs`);
+2. trains the extra networks of chapter 10 with the baseline's recipe (its pre-training stage and
+   data): Table 1's network with separate dense layers per class (``separate-split``,
+   :func:`sepdtd.models.build_separate`, the "intuitive approach" of Section 4) and with fewer and more
+   convolutional layers (``depth-<n>``, :func:`sepdtd.models.build_depth`);
+3. measures every network with the ``"paper"`` measurement (accuracy, Eq. 7; :mod:`sepdtd.experiments`)
+   and the ``"beyond"`` one (:func:`sepdtd.pipeline.measure.beyond_fields`): with every explanation
+   method of :mod:`sepdtd.attribution` (DTD, LRP-ε, LRP-α2β1, gradient × input, CLRP, SGLRP), the
+   diffusion of Eq. 7 between the top-1 and top-2 heatmaps of real test images, and on two-object
+   images with known object regions (:mod:`sepdtd.twoobject`) that the network recognises, the
+   relevance mass accuracy and the pointing game of the top-1 and top-2 class.
 
-Results are one JSON file per unit, ``results/<profile>/beyond/<dataset>/seed<seed>-<config_hash>.json``,
-written atomically once the unit is done (never read by :func:`sepdtd.experiments.load_results`: it has
-no ``settings``); a file that exists is loaded, not recomputed, and one of another configuration is
-refused. The extra networks' weights and a ``partial.json`` of the finished entries (so an
-interrupted unit resumes) live under ``$SEPDTD_CACHE/checkpoints/<profile>/beyond/<dataset>/seed<seed>-<hash>/``.
-
-Profiles (:data:`PROFILES`) map onto :data:`sepdtd.experiments.PROFILES`: the extra networks reuse
-that profile's pre-training stage and data subsets, so ``quick`` stays cheap.
+The extra networks are kept beside the unit's (``networks/<dataset>/seed<seed>/``) and their results
+are in the same records. :func:`load_results` reads one dict per unit.
 """
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import math
 import os
-import platform
 import statistics
-import time
 import warnings
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
-from sepdtd import attribution, experiments, metrics, models, twoobject, utils
+from sepdtd import attribution, experiments, models, utils
+from sepdtd.pipeline import measure, store, train, view
+from sepdtd.pipeline.config import MeasureConfig, dataset_name, lam_tag
 
-__all__ = [
-    "SCHEMA", "BeyondProfile", "PROFILES", "BeyondConfig", "make_config", "config_hash", "code_hash",
-    "result_path", "checkpoint_dir", "run", "ensure", "reproduce", "load_results", "summary", "factors",
-]
-
-#: Version of the results-file layout below.
-SCHEMA = 1
-
-#: Sources whose code produces the numbers (on top of :data:`sepdtd.experiments.SOURCES`).
-SOURCES = ("attribution", "twoobject", "beyond")
-
-#: Diffusion conventions stored per method (``"softmax"`` needs logit-started heatmaps, which CLRP and
-#: SGLRP are not, so it is left out).
-DIFFUSION_CONVENTIONS = ("raw", "max", "sum")
+__all__ = ["BeyondProfile", "PROFILES", "FREE_BIAS", "jobs", "measurements", "run", "ensure", "reproduce", "unit",
+           "load_results", "load_network", "bias_effects", "summary", "factors"]
 
 
-# ------------------------------------------------------------------------------------------ settings
 @dataclass(frozen=True)
 class BeyondProfile:
     """Settings of chapters 9-10 on top of an :class:`sepdtd.experiments.Profile` of the same name.
@@ -72,7 +46,9 @@ class BeyondProfile:
     Attributes
     ----------
     name : str
-        ``"smoke"``, ``"quick"`` or ``"full"`` (the experiments' profile whose networks are reused).
+        ``"smoke"``, ``"quick"`` or ``"full"`` (the experiments' profile whose networks are used).
+    seeds : tuple of int
+        The units :func:`reproduce` runs by default.
     n_pairs : int
         Two-object candidates drawn per unit (only the recognised ones are scored).
     max_scored : int
@@ -88,6 +64,9 @@ class BeyondProfile:
         Convolutional layers added to (``> 0``) or removed from (``< 0``) Table 1's count.
     separate_widths : tuple of str
         Widths of :func:`sepdtd.models.build_separate`.
+    free_bias : bool
+        Also train the baseline and the λ = 1 fine-tune without the constraint b <= 0 (chapter 10's
+        factor 4), for the data sets of ``extra_datasets``.
     threshold : int
         Mask threshold of the overlaid two-object images (:func:`sepdtd.twoobject.overlay`).
     batch_size : int
@@ -95,6 +74,7 @@ class BeyondProfile:
     """
 
     name: str
+    seeds: tuple[int, ...]
     n_pairs: int
     max_scored: int
     n_eval: int
@@ -102,199 +82,107 @@ class BeyondProfile:
     extra_datasets: tuple[str, ...]
     depth_offsets: tuple[int, ...]
     separate_widths: tuple[str, ...]
+    free_bias: bool = True
     threshold: int = 0
     batch_size: int = 250
 
 
-#: The profiles of chapters 9-10.
+#: The profiles of chapters 9-10. The full profile keeps Table 1's width for the separate dense layers
+#: (``"split"``): the ``"full"`` width has C times the dense parameters, over the 3 MB a kept network may take.
 PROFILES: dict[str, BeyondProfile] = {
-    "smoke": BeyondProfile(name="smoke", n_pairs=256, max_scored=32, n_eval=32, method_lams=(0.0, 1.0),
+    "smoke": BeyondProfile(name="smoke", seeds=(0,), n_pairs=256, max_scored=32, n_eval=32, method_lams=(0.0, 1.0),
                            extra_datasets=("mnist", "fashion_mnist", "cifar10"), depth_offsets=(-1, 2),
                            separate_widths=("split",), batch_size=64),
-    "quick": BeyondProfile(name="quick", n_pairs=1500, max_scored=200, n_eval=200, method_lams=(0.0, 1.0),
-                           extra_datasets=("mnist", "fashion_mnist"), depth_offsets=(-1, 2),
+    "quick": BeyondProfile(name="quick", seeds=(0,), n_pairs=1500, max_scored=200, n_eval=200,
+                           method_lams=(0.0, 1.0), extra_datasets=("mnist", "fashion_mnist"), depth_offsets=(-1, 2),
                            separate_widths=("split",)),
-    "full": BeyondProfile(name="full", n_pairs=10_000, max_scored=2000, n_eval=2000, method_lams=None,
+    "full": BeyondProfile(name="full", seeds=(0,), n_pairs=10_000, max_scored=2000, n_eval=2000, method_lams=None,
                           extra_datasets=("mnist", "fashion_mnist", "cifar10"), depth_offsets=(-1, 2, 4),
-                          separate_widths=("split", "full"), batch_size=500),
+                          separate_widths=("split",), batch_size=500),
 }
 
 
-@dataclass(frozen=True)
-class BeyondConfig:
-    """Everything that changes the numbers of one unit of chapters 9-10 (see :func:`make_config`)."""
-
-    profile: str
-    dataset: str
-    seed: int
-    base_config_hash: str
-    n_pairs: int
-    max_scored: int
-    n_eval: int
-    threshold: int
-    methods: tuple[str, ...]
-    method_lams: tuple[float, ...]
-    lams: tuple[float, ...]
-    extra: bool
-    depths: tuple[int, ...]
-    separate_widths: tuple[str, ...]
-    epsilon: float = attribution.EPSILON
-    batch_size: int = dataclasses.field(default=250, metadata={"hash": False})
-
-    def as_dict(self) -> dict:
-        """All fields as a JSON-able dict."""
-        return json.loads(json.dumps(dataclasses.asdict(self)))
-
-
-def make_config(profile: str, dataset: str, seed: int = 0) -> BeyondConfig:
-    """The configuration of ``dataset`` and ``seed`` under a profile of :data:`PROFILES`.
-
-    Raises
-    ------
-    ValueError
-        For an unknown profile or data set, or an invalid seed (as :func:`sepdtd.experiments.make_config`).
-    """
-    if profile not in PROFILES:
+def _profile(profile: str) -> BeyondProfile:
+    if profile not in PROFILES or profile not in experiments.PROFILES:
         raise ValueError(f"unknown profile {profile!r}: choose one of {', '.join(PROFILES)}")
-    base = experiments.make_config(profile, dataset, seed)
-    p = PROFILES[profile]
-    lams = (0.0, *base.lams)
-    method_lams = lams if p.method_lams is None else tuple(lam for lam in p.method_lams if lam in lams)
-    t = models.TABLE1_CONV[base.dataset]
-    depths = tuple(sorted({t + d for d in p.depth_offsets if t + d >= 0} - {t}))
-    return BeyondConfig(profile=profile, dataset=base.dataset, seed=base.seed,
-                        base_config_hash=experiments.config_hash(base), n_pairs=p.n_pairs, max_scored=p.max_scored,
-                        n_eval=p.n_eval, threshold=p.threshold, methods=tuple(attribution.METHODS),
-                        method_lams=method_lams, lams=lams, extra=base.dataset in p.extra_datasets,
-                        depths=depths, separate_widths=p.separate_widths, batch_size=p.batch_size)
+    return PROFILES[profile]
 
 
-def config_hash(config: BeyondConfig) -> str:
-    """12 hex digits of the sha256 of the configuration's canonical JSON (scheduling fields left out)."""
-    skip = {f.name for f in dataclasses.fields(BeyondConfig) if not f.metadata.get("hash", True)}
-    d = {k: v for k, v in config.as_dict().items() if k not in skip}
-    return hashlib.sha256(json.dumps(d, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:12]
+def _extras(profile: str, dataset: str) -> list[str]:
+    """The architectures of the extra networks of a data set: ``separate-<width>``, ``depth-<n>``."""
+    p, ds = _profile(profile), dataset_name(dataset)
+    if ds not in p.extra_datasets:
+        return []
+    t = models.TABLE1_CONV[ds]
+    depths = sorted({t + d for d in p.depth_offsets if t + d >= 0} - {t})
+    return [f"separate-{w}" for w in p.separate_widths] + [f"depth-{n}" for n in depths]
 
 
-def code_hash() -> str:
-    """Hash of the sources behind the numbers: :data:`SOURCES` and :func:`sepdtd.experiments.code_hash`."""
-    h = hashlib.sha256(experiments.code_hash().encode())
-    here = Path(__file__).resolve().parent
-    for name in SOURCES:
-        path = here / f"{name}.py"
-        h.update(name.encode() + b"\0" + (path.read_bytes() if path.exists() else b"<missing>") + b"\0")
-    return h.hexdigest()[:12]
+#: The networks of chapter 10's factor 4, trained without the constraint b <= 0.
+FREE_BIAS = ("free-baseline", "free-lam1.0")
 
 
-def result_path(config: BeyondConfig, results_dir: str | os.PathLike | None = None) -> Path:
-    """``<results_dir>/beyond/<dataset>/seed<seed>-<hash>.json`` (default ``results/<profile>``)."""
-    root = Path(results_dir) if results_dir is not None else experiments.default_results_dir(config.profile)
-    return root / "beyond" / config.dataset / f"seed{config.seed}-{config_hash(config)}.json"
-
-
-def checkpoint_dir(config: BeyondConfig, checkpoints_dir: str | os.PathLike | None = None) -> Path:
-    """``<checkpoint root>/<profile>/beyond/<dataset>/seed<seed>-<hash>/``."""
-    root = Path(checkpoints_dir) if checkpoints_dir is not None else experiments.checkpoint_root()
-    return root / config.profile / "beyond" / config.dataset / f"seed{config.seed}-{config_hash(config)}"
-
-
-def _tag(lam: float) -> str:
-    """The name of a λ network, as in :mod:`sepdtd.experiments`' checkpoints: ``baseline``, ``lam1.0``."""
-    return "baseline" if lam == 0 else f"lam{float(lam)!r}"
-
-
-# ---------------------------------------------------------------------------------------- measuring
-def _batches(n: int, size: int):
-    for i in range(0, n, size):
-        yield slice(i, min(i + size, n))
-
-
-def _heatmaps(method: str, model: torch.nn.Module, x: torch.Tensor, classes: torch.Tensor,
-              dev: torch.device) -> torch.Tensor:
-    with torch.no_grad():
-        xb = x.to(dev).float() / 255
-        return attribution.heatmap(method, model, xb, classes.to(dev), low=0.0, high=1.0).double().cpu()
-
-
-def _diffusion(method: str, model: torch.nn.Module, x: torch.Tensor, dev: torch.device, bs: int) -> dict:
-    """Eq. 7 between the top-1 and top-2 heatmaps, per convention, and their cosine similarity.
-
-    Also the mean |cosine| and the shares of images whose top-1 / top-2 logit is <= 0 (as
-    :func:`sepdtd.metrics.diffusion_variants`): a DTD heatmap carries its logit's sign.
-    """
-    sums = {c: 0.0 for c in DIFFUSION_CONVENTIONS}
-    cos = abs_cos = 0.0
-    nonpositive = torch.zeros(2, dtype=torch.float64)
-    for sl in _batches(x.shape[0], bs):
-        with torch.no_grad():
-            logits = model(x[sl].to(dev).float() / 255).topk(2, dim=1)
-        cls = logits.indices.cpu()
-        h = _heatmaps(method, model, x[sl], cls, dev)
-        for c in DIFFUSION_CONVENTIONS:
-            hc = metrics.normalize(h, c)
-            sums[c] += float(metrics.frobenius(hc[:, 0], hc[:, 1]).sum())
-        per_image = metrics.cosines(h[:, 0], h[:, 1])
-        cos += float(per_image.sum())
-        abs_cos += float(per_image.abs().sum())
-        nonpositive += (logits.values <= 0).sum(dim=0).double().cpu()
-    n = x.shape[0]
-    return {"diffusion": {c: v / n for c, v in sums.items()}, "cosine": cos / n, "abs_cosine": abs_cos / n,
-            "logit_nonpositive": (nonpositive / n).tolist(), "n_eval": n}
-
-
-def _ground_truth(method: str, model: torch.nn.Module, tset: twoobject.TwoObjectSet, dev: torch.device,
-                  bs: int) -> dict:
-    """Mass accuracy and pointing game of the top-1 and top-2 class on the recognised composites."""
-    if len(tset) == 0:
-        return {"mass": [None, None], "pointing": [None, None], "mass_objects": [None, None],
-                "pointing_objects": [None, None], "mass_sd": [None, None], "mass_nan": [0, 0], "covered": [0, 0],
-                "n_scored": 0}
-    mass, point, mass_o, point_o = [], [], [], []
-    for sl in _batches(len(tset), bs):
-        part = tset.subset(torch.arange(sl.start, sl.stop))
-        cls = twoobject.top2(model, part.images)
-        h = _heatmaps(method, model, part.images, cls, dev)
-        own, other = part.regions(cls)
-        flat = (h.flatten(0, 1), own.flatten(0, 1), other.flatten(0, 1))
-        mass.append(metrics.relevance_mass_accuracy(*flat).view(-1, 2))
-        point.append(metrics.pointing_game(*flat).view(-1, 2))
-        mass_o.append(metrics.relevance_mass_accuracy(*flat, objects_only=True).view(-1, 2))
-        point_o.append(metrics.pointing_game(*flat, objects_only=True).view(-1, 2))
-    m, p, mo, po = (torch.cat(v) for v in (mass, point, mass_o, point_o))
-    return {"mass": [_nanmean(m[:, k]) for k in range(2)], "pointing": [_nanmean(p[:, k]) for k in range(2)],
-            "mass_objects": [_nanmean(mo[:, k]) for k in range(2)],
-            "pointing_objects": [_nanmean(po[:, k]) for k in range(2)],
-            "mass_sd": [_nansd(m[:, k]) for k in range(2)],
-            "mass_nan": [int(torch.isnan(m[:, k]).sum()) for k in range(2)],
-            # objects with no pixel outside the shared ones: no mass or pointing value (the rest of mass_nan is blank)
-            "covered": [int(torch.isnan(p[:, k]).sum()) for k in range(2)], "n_scored": int(m.shape[0])}
-
-
-def _nanmean(t: torch.Tensor) -> float | None:
-    ok = t[~torch.isnan(t)]
-    return float(ok.mean()) if ok.numel() else None
-
-
-def _nansd(t: torch.Tensor) -> float | None:
-    ok = t[~torch.isnan(t)]
-    return float(ok.std()) if ok.numel() > 1 else None
-
-
-def _measure(model: torch.nn.Module, methods: Sequence[str], x_eval: torch.Tensor,
-             cands: twoobject.TwoObjectSet, config: BeyondConfig, dev: torch.device) -> dict:
-    """Recognition share and, per method, diffusion and ground-truth scores of one network."""
-    model = model.to(dev).eval()
-    kept, shares = twoobject.select(cands, model)
-    scored = kept.subset(torch.arange(min(len(kept), config.max_scored)))
-    out: dict[str, Any] = {"recognized": shares["all"], "n_recognized": shares["kept"], "n_pairs": shares["n"],
-                           "methods": {}}
-    for method in methods:
-        t0 = time.time()
-        entry = _diffusion(method, model, x_eval, dev, config.batch_size)
-        entry.update(_ground_truth(method, model, scored, dev, config.batch_size))
-        entry["wall_s"] = time.time() - t0
-        out["methods"][method] = entry
+def jobs(profile: str, dataset: str, seed: int = 0) -> list[train.Job]:
+    """The unit's jobs (:func:`sepdtd.experiments.jobs`), one job per extra network (the baseline's recipe)
+    and, with ``free_bias``, the baseline and the λ = 1 fine-tune trained without b <= 0."""
+    paper = experiments.jobs(profile, dataset, seed)
+    base = paper[0].config
+    out = paper + [train.Job((arch,), dataclasses.replace(base, arch=arch)) for arch in _extras(profile, dataset)]
+    if _profile(profile).free_bias and base.dataset in _profile(profile).extra_datasets:
+        free = dataclasses.replace(base, clamp_bias=False)
+        fine = dataclasses.replace(paper[1].config, clamp_bias=False, lams=(1.0,), start=f"{FREE_BIAS[0]}:{free.key()}")
+        out += [train.Job(FREE_BIAS[:1], free), train.Job(FREE_BIAS[1:], fine)]
     return out
+
+
+def measurements(profile: str, dataset: str, seed: int = 0) -> dict[str, dict[str, MeasureConfig]]:
+    """Measurement kind -> (tag -> measurement): the ``"paper"`` one for every network, and ``"beyond"``
+    with every method for the extra networks and the λ of ``method_lams``, with DTD for the other λ."""
+    p, ds = _profile(profile), dataset_name(dataset)
+    paper = experiments.measurements(profile, ds, seed)
+    lams = (0.0, *experiments.PROFILES[profile].lams)
+    every = lams if p.method_lams is None else tuple(lam for lam in p.method_lams if lam in lams)
+    base = MeasureConfig(kind="beyond", dataset=ds, seed=seed, n_eval=p.n_eval, n_pairs=p.n_pairs,
+                         max_scored=p.max_scored, threshold=p.threshold, methods=tuple(attribution.METHODS),
+                         epsilon=attribution.EPSILON, batch_size=p.batch_size)
+    beyond = {lam_tag(lam): base if lam in every else dataclasses.replace(base, methods=("dtd",)) for lam in lams}
+    beyond.update({arch: base for arch in _extras(profile, ds)})
+    return {"paper": {t: paper for j in jobs(profile, ds, seed) for t in j.tags}, "beyond": beyond}
+
+
+def load_network(profile: str, dataset: str, tag: str, *, seed: int = 0, results_dir: str | os.PathLike | None = None,
+                 device: str | torch.device = "cpu") -> torch.nn.Module:
+    """A kept network of chapters 9-10 by its tag (``separate-split``, ``depth-1``, ``free-lam1.0``, ...)."""
+    root = store.profile_root(profile, results_dir)
+    path = store.record_path(root, "train", dataset_name(dataset), seed)
+    entry = store.read_record(path)["networks"].get(tag) if path.exists() else None
+    if entry is None:
+        raise FileNotFoundError(f"no kept network {tag!r} of {dataset} seed {seed} in {root}: run `python -m sepdtd "
+                                f"beyond --profile {profile} --datasets {dataset} --seeds {seed}`")
+    return measure.load_network(root, entry, device=device)
+
+
+def bias_effects(model: torch.nn.Module, x: torch.Tensor) -> dict:
+    """What the biases of a network do to DTD (chapter 10's factor 4), on float images ``x``.
+
+    Returns
+    -------
+    dict
+        ``positive_biases`` (share of the Conv2d/Linear biases > 0) and ``conservation_gap`` (median over the
+        images and their top-2 classes of ``|sum_i R_i - f_c| / |f_c|``: the relevance that DTD does not
+        pass down to the pixels; 0 when every bias is <= 0).
+    """
+    from sepdtd import dtd
+
+    biases = torch.cat([m.bias.detach().flatten() for m in model.modules()
+                        if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)) and m.bias is not None])
+    with torch.no_grad():
+        logits = model(x)
+    top = logits.topk(2, dim=1).indices
+    total = dtd.relevance(model, x, top, low=0.0, high=1.0).flatten(2).sum(2)
+    f = logits.gather(1, top)
+    return {"positive_biases": float((biases > 0).double().mean()),
+            "conservation_gap": float(((total - f).abs() / f.abs().clamp_min(1e-6)).median())}
 
 
 def _params(model: torch.nn.Module) -> int:
@@ -306,244 +194,119 @@ def _params(model: torch.nn.Module) -> int:
     return n
 
 
-# ---------------------------------------------------------------------------------------- the unit
-def _iso(t: float) -> str:
-    return datetime.fromtimestamp(t, tz=timezone.utc).isoformat(timespec="milliseconds")
-
-
-def _eval_images(dataset: str, n: int, seed: int) -> torch.Tensor:
-    from sepdtd import data
-
-    ds = data.load(dataset)
-    x = torch.as_tensor(ds.x_test)
-    key = int.from_bytes(hashlib.sha256(f"beyond-eval/{seed}".encode()).digest()[:4], "big")
-    idx = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(key))[:n].sort().values
-    return x[idx].contiguous()
-
-
-def _read_partial(ckdir: Path, chash: str, ccode: str) -> dict[str, dict]:
-    path = ckdir / "partial.json"
-    if not path.exists():
-        return {}
-    try:
-        state = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    if state.get("config_hash") != chash or state.get("code_hash") != ccode:
-        return {}
-    return dict(state.get("entries", {}))
-
-
-def _train_extra(config: BeyondConfig, tag: str, model: models.PaperNet, arrays: dict, base: experiments.Config,
-                 ckdir: Path, dev: torch.device, progress: bool, ckey: str) -> tuple[models.PaperNet, dict]:
-    """Train an extra network with the baseline's recipe (the profile's pre-training stage)."""
-    from sepdtd import training
-
-    state = ckdir / f"{tag}.state.pt"
-    t0 = time.time()
-    stage = base.pretrain
-    hist = training.fit(
-        model, arrays["x_train"], arrays["y_train"], arrays["x_val"], arrays["y_val"], lam=0.0,
-        lr=stage.lr, batch_size=stage.batch_size, max_epochs=stage.max_epochs, patience=stage.patience,
-        augment=base.augment, clamp_bias=base.clamp_bias, device=dev, seed=config.seed,
-        checkpoint=ckdir / f"{tag}.pt", checkpoint_key=f"{ckey}/{tag}", progress=progress,
-        optimizer=stage.optimizer, weight_decay=stage.weight_decay, eval_batch_size=1000)
-    train_s = time.time() - t0
-    utils.atomic_torch_save(state, {k: v.detach().cpu() for k, v in model.state_dict().items()})
-    _, acc = training.evaluate(model, arrays["x_test"], arrays["y_test"], device=dev, batch_size=1000)
-    return model.eval(), {"accuracy": float(acc), "train_wall_s": train_s, "epochs": int(hist.epochs),
-                          "best_epoch": int(hist.best_epoch), "images_per_s": float(hist.images_per_s)}
-
-
-def _compute(config: BeyondConfig, *, device: str | torch.device, results_dir: str | os.PathLike | None,
-             checkpoints_dir: str | os.PathLike | None, progress: bool) -> dict:
-    t_start = time.time()
-    dev = utils.resolve_device(device)
-    chash, ccode = config_hash(config), code_hash()
-    ckdir = checkpoint_dir(config, checkpoints_dir)
-    ckdir.mkdir(parents=True, exist_ok=True)
-    done = _read_partial(ckdir, chash, ccode)
-
-    base = experiments.make_config(config.profile, config.dataset, config.seed)
-    main = experiments.ensure_run(config.profile, config.dataset, config.seed, dev, results_dir=results_dir,
-                                  progress=progress, with_models=True, checkpoints_dir=checkpoints_dir)
-    nets = experiments.load_models(config.profile, config.dataset, seed=config.seed, results_dir=results_dir,
-                                   device=dev, checkpoints_dir=checkpoints_dir)
-    settings = {float(s["lam"]): s for s in main["settings"]}
-    cands = twoobject.make(config.dataset, config.n_pairs, seed=config.seed, threshold=config.threshold)
-    x_eval = _eval_images(config.dataset, config.n_eval, config.seed)
-
-    plan: list[tuple[str, dict]] = [(_tag(lam), {"family": "lambda", "lam": lam}) for lam in config.lams]
-    if config.extra:
-        plan += [(f"separate-{w}", {"family": "separate", "width": w}) for w in config.separate_widths]
-        plan += [(f"depth-{n}", {"family": "depth", "n_conv": n}) for n in config.depths]
-    todo = [tag for tag, _ in plan if tag not in done]
-    arrays = experiments._prepare_arrays(base) if any(not t.startswith(("baseline", "lam")) for t in todo) else None
-    bar = tqdm(total=len(plan), initial=len(plan) - len(todo), disable=not progress, unit="network",
-               desc=f"beyond {config.profile} {config.dataset} seed{config.seed}")
-    try:
-        for tag, spec in plan:
-            if tag in done:
-                continue
-            entry: dict[str, Any] = {"model": tag, **spec}
-            if spec["family"] == "lambda":
-                lam = spec["lam"]
-                model = nets[lam]
-                methods = config.methods if lam in config.method_lams else ("dtd",)
-                entry.update(accuracy=settings[lam]["accuracy"], train_wall_s=settings[lam].get("train_wall_s"),
-                             epochs=settings[lam].get("epochs"), trained_here=False,
-                             n_conv=models.conv_layers(model))
-            else:
-                if spec["family"] == "separate":
-                    model = models.build_separate(config.dataset, width=spec["width"], seed=config.seed)
-                else:
-                    model = models.build_depth(config.dataset, spec["n_conv"], seed=config.seed)
-                model, info = _train_extra(config, tag, model, arrays, base, ckdir, dev, progress, f"{chash}/{ccode}")
-                entry.update(info, trained_here=True, n_conv=models.conv_layers(model))
-                methods = config.methods
-            entry["params"] = _params(model)
-            entry.update(_measure(model, methods, x_eval, cands, config, dev))
-            done[tag] = entry
-            utils.atomic_write_json(ckdir / "partial.json", {"config_hash": chash, "code_hash": ccode,
-                                                            "entries": done})
-            bar.update(1)
-    finally:
-        bar.close()
-    t_end = time.time()
-    t1 = models.TABLE1_CONV[config.dataset]
-    result = {
-        "beyond_schema": SCHEMA, "kind": "beyond", "profile": config.profile, "dataset": config.dataset,
-        "seed": config.seed, "config": config.as_dict(), "config_hash": chash, "code_hash": ccode,
-        "base": {"config_hash": main.get("config_hash"), "code_hash": main.get("code_hash"),
-                 "commit": main.get("provenance", {}).get("commit"),
-                 "device": main.get("provenance", {}).get("device")},
-        "provenance": {"commit": utils.git_commit(), "versions": utils.package_versions(),
-                       "device": utils.device_name(dev), "started": _iso(t_start), "finished": _iso(t_end),
-                       "t_start": t_start, "t_end": t_end, "host": platform.node(),
-                       "threads": torch.get_num_threads()},
-        "run_wall_s": t_end - t_start,
-        "two_object": {"mode": cands.mode, "n_pairs": len(cands), "threshold": config.threshold,
-                       "both_mask_share": float((cands.mask_a & cands.mask_b).double().mean()),
-                       "object_mask_share": float(cands.masks.double().mean())},
-        "table1_conv": t1,
-        "entries": [done[tag] for tag, _ in plan],
-    }
-    return result
-
-
-# --------------------------------------------------------------------------------------- public API
-def _read(path: Path, config: BeyondConfig) -> dict:
-    try:
-        res = json.loads(path.read_text())
-    except ValueError as e:
-        raise ValueError(f"results file {path} is not valid JSON ({e}); delete it and rerun") from e
-    if res.get("config_hash") != config_hash(config) or res.get("config", {}).get("base_config_hash") != \
-            config.base_config_hash:
-        raise ValueError(f"results file {path} belongs to another configuration; move or delete it and rerun")
-    if res.get("code_hash") != code_hash():
-        warnings.warn(f"{path} was produced by other code (code_hash {res.get('code_hash')} vs {code_hash()}): "
-                      "it is stale; delete it to recompute", RuntimeWarning, stacklevel=3)
-    return res
-
-
-def run(config: BeyondConfig, *, device: str | torch.device = "auto", results_dir: str | os.PathLike | None = None,
-        checkpoints_dir: str | os.PathLike | None = None, progress: bool = True) -> dict:
-    """Run (or load) one unit of chapters 9-10; see the module docstring.
-
-    Parameters
-    ----------
-    config : BeyondConfig
-        From :func:`make_config`.
-    device : str or torch.device, optional
-        ``"auto"``: CUDA when available.
-    results_dir : path, optional
-        The profile's results folder (default ``results/<profile>``); the unit's main results are read
-        (or produced) there by :func:`sepdtd.experiments.ensure_run`, and this unit's file is written
-        to its ``beyond/`` subfolder.
-    checkpoints_dir : path, optional
-        Root of the checkpoints (default :func:`sepdtd.experiments.checkpoint_root`).
-    progress : bool, optional
-        Progress bars.
+# ------------------------------------------------------------------------------------------- views
+def unit(profile: str, dataset: str, seed: int = 0, *, results_dir: str | os.PathLike | None = None) -> dict | None:
+    """The stored results of a unit of chapters 9-10 (None when a network of it is not kept or measured).
 
     Returns
     -------
-    dict
-        ``entries``: one per network (``model`` tag: ``baseline``, ``lam<λ>``, ``separate-<width>``,
-        ``depth-<n>``) with ``family``, ``accuracy``, ``params``, ``n_conv``, training time and
-        epochs (extra networks), ``recognized`` (share of the two-object candidates it recognises) and
-        ``methods``: per method ``diffusion`` (Eq. 7 per convention), ``cosine``, ``mass`` and
-        ``pointing`` (top-1, top-2), ``n_scored``; plus ``two_object``, ``provenance``, ``run_wall_s``.
+    dict or None
+        ``kind`` ("beyond"), ``profile``, ``dataset``, ``seed``, ``config``, ``provenance``,
+        ``two_object`` (the candidates' mode, count and mask shares), ``table1_conv``, ``stale`` and
+        ``entries``: one per network (``model``: ``baseline``, ``lam<λ>``, ``separate-<width>``,
+        ``depth-<n>``) with ``family``, ``lam``, ``width``, ``n_conv``, ``params``, ``accuracy``,
+        ``epochs``, ``train_wall_s``, ``recognized`` and ``methods``: per method ``diffusion`` (Eq. 7 per
+        convention), ``cosine``, ``abs_cosine``, ``logit_nonpositive``, ``mass`` and ``pointing`` (top-1,
+        top-2), their ``_objects`` variants, ``mass_sd``, ``mass_nan``, ``covered`` and ``n_scored``.
     """
-    if not isinstance(config, BeyondConfig):
-        raise TypeError(f"run expects a BeyondConfig (see make_config), got {type(config).__name__}")
-    path = result_path(config, results_dir)
-    if path.exists():
-        return _read(path, config)
-    result = _compute(config, device=device, results_dir=results_dir, checkpoints_dir=checkpoints_dir,
-                      progress=progress)
-    utils.atomic_write_json(path, result)
-    return result
+    root = store.profile_root(profile, results_dir)
+    ds = dataset_name(dataset)
+    js, plans = jobs(profile, ds, seed), measurements(profile, ds, seed)
+    nets = view.networks(root, ds, seed, js, plans)
+    complete = {t: n for t, n in nets.items() if n["train"] is not None and None not in n["measured"].values()}
+    if any(lam_tag(lam) not in complete for lam in (0.0, *experiments.PROFILES[profile].lams)):
+        return None
+    entries = []
+    for tag, n in complete.items():
+        cfg, fields = n["train"]["config"], n["measured"].get("beyond") or {"methods": {}}
+        model = _build(cfg)
+        family = "free-bias" if tag in FREE_BIAS else "lambda" if cfg["arch"] == "table1" \
+            else cfg["arch"].split("-", 1)[0]
+        entries.append({
+            "model": tag, "family": family, "lam": n["lam"] if family == "lambda" else None,
+            "width": cfg["arch"].split("-", 1)[1] if family == "separate" else None,
+            "n_conv": models.conv_layers(model), "params": _params(model),
+            "accuracy": n["measured"]["paper"]["accuracy"], "epochs": n["train"]["training"]["epochs"],
+            "train_wall_s": n["train"]["training"]["train_wall_s"], "trained_here": family != "lambda",
+            "recognized": fields.get("recognized"), "n_recognized": fields.get("n_recognized"),
+            "n_pairs": fields.get("n_pairs"), "methods": fields["methods"], "paper": n["measured"]["paper"],
+            "network": {k: n["train"][k] for k in ("file", "sha256")}, "stale": n["stale"]})
+    first = nets["baseline"]["measured"]["beyond"]
+    provs = [n["measure"]["beyond"]["provenance"] for n in complete.values() if "beyond" in n["measure"]]
+    p = PROFILES[profile]
+    return {
+        "kind": "beyond", "profile": profile, "dataset": ds, "seed": seed,
+        "config": {"jobs": {t: n["train"]["config"] for t, n in nets.items()},
+                   "measure": {t: c.as_dict() for t, c in plans["beyond"].items()}},
+        "provenance": {"commit": "; ".join(sorted({q["commit"] for q in provs})),
+                       "device": "; ".join(sorted({q["device"] for q in provs})),
+                       "t_start": min(q["t_start"] for q in provs), "t_end": max(q["t_end"] for q in provs)},
+        "two_object": {**first["two_object"], "n_pairs": first["n_pairs"], "threshold": p.threshold},
+        "table1_conv": models.TABLE1_CONV[ds], "networks_kept": True,
+        "missing": [t for t in nets if t not in complete],
+        "stale": [r for e in entries for r in e["stale"]], "entries": entries,
+    }
 
 
-def ensure(profile: str, dataset: str, seed: int = 0, device: str | torch.device = "auto", *,
-           results_dir: str | os.PathLike | None = None, checkpoints_dir: str | os.PathLike | None = None,
-           progress: bool = True) -> dict:
-    """The results of a unit for the notebooks: loaded when they exist, else run (:func:`run`)."""
-    return run(make_config(profile, dataset, seed), device=device, results_dir=results_dir,
-               checkpoints_dir=checkpoints_dir, progress=progress)
+def _build(config: dict) -> torch.nn.Module:
+    from sepdtd.pipeline.config import TrainConfig
 
-
-def reproduce(profile: str, *, datasets: Sequence[str] | None = None, seeds: Sequence[int] | None = None,
-              device: str | torch.device = "auto", results_dir: str | os.PathLike | None = None,
-              checkpoints_dir: str | os.PathLike | None = None, progress: bool = True) -> list[dict]:
-    """Every unit of a profile (default: the experiments profile's data sets and seeds), one after the other."""
-    prof = experiments.PROFILES.get(profile)
-    if prof is None or profile not in PROFILES:
-        raise ValueError(f"unknown profile {profile!r}: choose one of {', '.join(PROFILES)}")
-    if isinstance(datasets, str):
-        datasets = [datasets]
-    for d in datasets or ():  # all names and seeds before the first unit runs
-        for s in (prof.seeds if seeds is None else seeds):
-            make_config(profile, d, s)
-    return [ensure(profile, d, s, device, results_dir=results_dir, checkpoints_dir=checkpoints_dir, progress=progress)
-            for s in (prof.seeds if seeds is None else seeds) for d in (datasets or prof.datasets)]
+    return TrainConfig.from_dict(config).build()
 
 
 def load_results(profile: str, *, results_dir: str | os.PathLike | None = None) -> list[dict]:
-    """Every current unit file of a profile (``results/<profile>/beyond/``), one per (data set, seed).
-
-    Files of another configuration than the current package's are skipped (with a warning). Each result
-    gets ``stale``: True when its ``code_hash`` is not the current :func:`code_hash` (the code that
-    produced it has changed since; its numbers may differ from what the package computes now).
-
-    Raises
-    ------
-    ValueError
-        If a ``.json`` file is not valid JSON (results are written atomically, so this means damage).
-    """
-    root = (Path(results_dir) if results_dir is not None else experiments.default_results_dir(profile)) / "beyond"
-    if not root.is_dir():
-        return []
+    """Every stored unit of chapters 9-10 of a profile (those with all networks kept and measured)."""
+    root = store.profile_root(profile, results_dir)
     out = []
-    for path in sorted(root.rglob("*.json")):
-        if ".tmp" in path.name:
+    for path in sorted((root / "measure" / "beyond").glob("*/seed*.json")):
+        rec = store.read_record(path)
+        u = unit(profile, rec["dataset"], rec["seed"], results_dir=root)
+        if u is None:
+            warnings.warn(f"chapter 9-10 results of {rec['dataset']} seed {rec['seed']} in {root} are not complete; "
+                          "run `python -m sepdtd beyond` or `measure` to finish them", RuntimeWarning, stacklevel=2)
             continue
-        try:
-            res = json.loads(path.read_text())
-        except ValueError as e:
-            raise ValueError(f"{path} is not valid JSON ({e}); delete it and rerun") from e
-        if not isinstance(res, dict) or res.get("kind") != "beyond":
-            continue
-        try:
-            current = config_hash(make_config(profile, res["dataset"], int(res["seed"])))
-        except (KeyError, ValueError):
-            current = None
-        if res.get("config_hash") != current:
-            warnings.warn(f"skipping {path}: written for another configuration", RuntimeWarning, stacklevel=2)
-            continue
-        res["stale"] = res.get("code_hash") != code_hash()
-        out.append(res)
+        out.append(u)
     return out
+
+
+# --------------------------------------------------------------------------------------------- runs
+def run(profile: str, dataset: str, seed: int = 0, *, device: str | torch.device = "auto",
+        results_dir: str | os.PathLike | None = None, retrain: str = "missing", progress: bool = True,
+        checkpoints_dir: str | os.PathLike | None = None) -> dict:
+    """Train the unit's missing networks (the paper's and the extra ones), measure what is not current,
+    and return :func:`unit`."""
+    root = store.profile_root(profile, results_dir)
+    ds = dataset_name(dataset)
+    imgs = measure.test_images(experiments.measurements(profile, ds, seed))
+    train.ensure(root, ds, seed, jobs(profile, ds, seed), device=device, retrain=retrain, progress=progress,
+                 checkpoints_dir=checkpoints_dir, profile=profile, test=(imgs["x_test"], imgs["y_test"]))
+    for plan in measurements(profile, ds, seed).values():
+        measure.measure(root, ds, seed, plan, device=device, progress=progress, profile=profile)
+    return unit(profile, ds, seed, results_dir=root)
+
+
+def ensure(profile: str, dataset: str, seed: int = 0, device: str | torch.device = "auto", *,
+           results_dir: str | os.PathLike | None = None, progress: bool = True, **_: Any) -> dict:
+    """The results of a unit for the notebooks (:func:`run` with ``retrain="missing"``)."""
+    return run(profile, dataset, seed, device=device, results_dir=results_dir, progress=progress)
+
+
+def reproduce(profile: str, *, datasets: Sequence[str] | str | None = None, seeds: Sequence[int] | None = None,
+              device: str | torch.device = "auto", results_dir: str | os.PathLike | None = None,
+              retrain: str = "missing", progress: bool = True,
+              checkpoints_dir: str | os.PathLike | None = None) -> list[dict]:
+    """Every unit of a profile (default: its data sets and :attr:`BeyondProfile.seeds`), one after the other.
+
+    Every data set name and seed is checked before the first unit starts.
+    """
+    p = _profile(profile)
+    names = [datasets] if isinstance(datasets, str) else list(datasets or experiments.PROFILES[profile].datasets)
+    units = [(dataset_name(d), s) for s in (p.seeds if seeds is None else seeds) for d in names]
+    for d, s in units:
+        jobs(profile, d, s)
+    utils.resolve_device(device)
+    return [run(profile, d, s, device=device, results_dir=results_dir, retrain=retrain, progress=progress,
+                checkpoints_dir=checkpoints_dir) for d, s in units]
 
 
 # ------------------------------------------------------------------------------------- aggregation
@@ -636,7 +399,7 @@ def factors(rows: Sequence[dict], *, lam: float = 1.0) -> list[dict]:
         for method in attribution.METHODS:
             if method != "dtd" and (dataset, "baseline", method) in by:
                 variants.append(("rule", attribution.LABELS[method], by[(dataset, "baseline", method)]))
-        tag = _tag(lam)
+        tag = lam_tag(lam)
         if (dataset, tag, "dtd") in by:
             variants.append(("dense", f"Eq. 6, λ = {lam:.1f}", by[(dataset, tag, "dtd")]))
         for r in rows:

@@ -190,16 +190,13 @@ def beyond_results(profile: str, seed: int, device: str, datasets: Sequence[str]
 
 
 def _warn_stale_beyond(results: Sequence[dict]) -> list[dict]:
-    """Show a warning for chapter 9-10 results made by other code than the current package's; return them."""
-    from sepdtd import beyond
-
-    current = beyond.code_hash()
-    stale = [r for r in results if r.get("code_hash") != current]
+    """Show a warning for chapter 9-10 results the current code would compute otherwise; return them."""
+    stale = [r for r in results if r.get("stale")]
     if stale:
-        hashes = ", ".join(sorted({str(r.get("code_hash")) for r in stale}))
+        why = sorted({reason["text"] for r in stale for reason in r["stale"]})
         show_markdown("**Stale:** " + ", ".join(f"{r['dataset']} seed {r['seed']}" for r in stale)
-                      + f" were produced by other code (code hash {hashes}, the package's is {current}); "
-                      "their numbers may differ from what it computes now.")
+                      + " would be computed otherwise by the current code (" + "; ".join(why[:3])
+                      + ("; ..." if len(why) > 3 else "") + "); their numbers may differ from what it computes now.")
     return stale
 
 
@@ -319,8 +316,9 @@ def pointing_beyond_nonblank(results: Iterable[Mapping], *, objects_only: bool =
 
     ``metrics.pointing_game`` before it was played on ``R+`` took the heatmap's largest value as it
     was, so a heatmap without positive relevance ("blank") pointed at its least negative pixel, which
-    may lie on the object; results of that code can hold such hits (none of the current code can). Where a unit's hit rate exceeds its share of non-blank heatmaps
-    (``1 - mass_nan[k] / n_scored``), some hits certainly came from blank heatmaps; where it does not,
+    may lie on the object; results of that code can hold such hits (none of the current code can).
+    Where a unit's hit rate exceeds its share of non-blank heatmaps (``1 - mass_nan[k] / n_scored``),
+    some hits certainly came from blank heatmaps; where it does not,
     blank hits are possible but bounded by that share.
 
     Returns
@@ -482,7 +480,7 @@ def is_executed_copy(ipynb: str | os.PathLike, source: str | os.PathLike) -> tup
 
     try:
         executed = nbformat.read(ipynb, as_version=4)
-    except Exception as exc:  # noqa: BLE001 - any unreadable file is "not an executed copy"
+    except Exception as exc:  # any unreadable file is "not an executed copy"
         return False, f"unreadable ({exc})"
     pm = executed.metadata.get("papermill")
     if not pm or not pm.get("end_time"):

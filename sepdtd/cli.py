@@ -1,4 +1,4 @@
-"""Command line: ``python -m sepdtd data prepare``, ``reproduce``, ``beyond`` and ``tune``.
+"""Command line: ``python -m sepdtd data prepare``, ``reproduce``, ``beyond``, ``tune`` and ``measure``.
 
 The report has its own entry point, ``python -m sepdtd.report <results dir> [--json]``. A mistake in the
 arguments (checked before anything runs) or a missing or damaged data set ends with an ``error: ...``
@@ -23,8 +23,8 @@ _EPILOG = """environment:
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m sepdtd", epilog=_EPILOG,
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
-                                description="Command line: data prepare, reproduce, beyond and tune. The report: "
-                                            "python -m sepdtd.report <results dir> [--json].")
+                                description="Command line: data prepare, reproduce, beyond, tune and measure. The "
+                                            "report: python -m sepdtd.report <results dir> [--json].")
     sub = p.add_subparsers(dest="command", required=True)
 
     data = sub.add_parser("data", help="data sets: fill the local cache")
@@ -41,6 +41,8 @@ def _parser() -> argparse.ArgumentParser:
     rep.add_argument("--results-dir", default=None, help="default: results/<profile>")
     rep.add_argument("--jobs", type=int, default=1,
                      help="independent (data set, seed) runs at once, in separate processes")
+    rep.add_argument("--retrain", default="missing", choices=["missing", "stale", "all"],
+                     help="which kept networks to train again (default: only missing ones)")
 
     bey = sub.add_parser("beyond", help="the chapters beyond the paper (ground truth, causes of diffusion)")
     bey.add_argument("--profile", default="quick", choices=["smoke", "quick", "full"])
@@ -49,6 +51,8 @@ def _parser() -> argparse.ArgumentParser:
     bey.add_argument("--device", default="auto", help="auto (default), cpu, cuda, ...")
     bey.add_argument("--results-dir", default=None,
                      help="default: results/<profile>; the units' main results are read or made there too")
+    bey.add_argument("--retrain", default="missing", choices=["missing", "stale", "all"],
+                     help="which kept networks to train again (default: only missing ones)")
     tun = sub.add_parser("tune", help="fine-tuning settings: which keep the baseline's accuracy (Table 3)?")
     tun.add_argument("--profile", default="quick", choices=["smoke", "quick", "full"])
     tun.add_argument("--dataset", default="cifar10", metavar="SET")
@@ -63,6 +67,13 @@ def _parser() -> argparse.ArgumentParser:
     tun.add_argument("--device", default="auto", help="auto (default), cpu, cuda, ...")
     tun.add_argument("--results-dir", default=None,
                      help="default: results/<profile>; the baseline's unit is read or made there too")
+    mea = sub.add_parser("measure", help="measure the kept networks of a profile again (no training)")
+    mea.add_argument("--profile", default="full", choices=["smoke", "quick", "full"])
+    mea.add_argument("--datasets", nargs="+", default=None, metavar="SET")
+    mea.add_argument("--seeds", nargs="+", type=int, default=None, metavar="SEED")
+    mea.add_argument("--device", default="auto", help="auto (default), cpu, cuda, ...")
+    mea.add_argument("--results-dir", default=None, help="default: results/<profile>")
+    mea.add_argument("--force", action="store_true", help="also measure the networks whose results are current")
     return p
 
 
@@ -72,13 +83,13 @@ class UsageError(ValueError):
 
 def _check_names(args: argparse.Namespace) -> None:
     """Refuse unknown data set and candidate names and negative seeds before anything trains."""
-    from sepdtd import experiments
+    from sepdtd.pipeline.config import dataset_name
 
     try:
         for name in (getattr(args, "datasets", None) or getattr(args, "sets", None) or []):
-            experiments._dataset_name(name)
+            dataset_name(name)
         if args.command == "tune":
-            experiments._dataset_name(args.dataset)
+            dataset_name(args.dataset)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     if args.command == "tune":
@@ -121,16 +132,25 @@ def _run(args: argparse.Namespace) -> int:
         from sepdtd import experiments, report
 
         results = experiments.reproduce(args.profile, datasets=args.datasets, seeds=args.seeds,
-                                        device=args.device, results_dir=args.results_dir, jobs=args.jobs)
+                                        device=args.device, results_dir=args.results_dir, jobs=args.jobs,
+                                        retrain=args.retrain)
         print(report.format_tables(report.rows(results)))
         return 0
     if args.command == "beyond":
         from sepdtd import beyond
 
         results = beyond.reproduce(args.profile, datasets=args.datasets, seeds=args.seeds, device=args.device,
-                                   results_dir=args.results_dir)
+                                   results_dir=args.results_dir, retrain=args.retrain)
         for r in results:
-            print(f"{r['dataset']} seed {r['seed']}: {r.get('run_wall_s', float('nan')):.1f} s")
+            print(f"{r['dataset']} seed {r['seed']}: {len(r['entries'])} networks measured")
+        return 0
+    if args.command == "measure":
+        from sepdtd import remeasure
+
+        out = remeasure.run(args.profile, datasets=args.datasets, seeds=args.seeds, device=args.device,
+                            results_dir=args.results_dir, force=args.force)
+        print(f"measured {len(out['networks'])} (network, measurement) pairs in {out['wall_s']:.1f} s on "
+              f"{out['device']}; {out['current']} were current")
         return 0
     if args.command == "tune":
         from sepdtd import tuning

@@ -86,23 +86,9 @@ def _sd(values: Sequence[float]) -> float | None:
     return statistics.stdev(vals) if len(vals) >= 2 else None
 
 
-def _stale_checker():
-    """A function result -> bool: does the current package produce another config or code for it?"""
-    from sepdtd import experiments
-
-    current = experiments.code_hash()
-    cache: dict[tuple, str | None] = {}
-
-    def stale(res: dict) -> bool:
-        key = (res.get("profile"), res.get("dataset"), res.get("seed"))
-        if key not in cache:
-            try:
-                cache[key] = experiments.config_hash(experiments.make_config(*key))
-            except (TypeError, ValueError):
-                cache[key] = None  # a profile the package does not know: cannot be reproduced as is
-        return cache[key] is None or res.get("config_hash") != cache[key] or res.get("code_hash") != current
-
-    return stale
+def _reasons(res: dict) -> list[dict]:
+    """The stale reasons of a result (:func:`sepdtd.experiments.unit`); none for a legacy result."""
+    return [r for r in res.get("stale") or [] if isinstance(r, dict)]
 
 
 def _t_start(res: dict) -> float | None:
@@ -113,20 +99,20 @@ def _t_end(res: dict) -> float | None:
     return res.get("provenance", {}).get("t_end")
 
 
-def _dedupe(results: Iterable[dict], stale) -> list[tuple[dict, bool]]:
-    """One result per (profile, data set, seed): the current one if any, else the latest finished."""
+def _dedupe(results: Iterable[dict]) -> list[tuple[dict, bool]]:
+    """One result per (profile, data set, seed): a kept and current one if any, else the latest."""
     groups: dict[tuple, list[tuple[dict, bool]]] = defaultdict(list)
     for res in results:
         if not isinstance(res, dict) or "settings" not in res:
             raise TypeError("rows() expects results dicts of sepdtd.experiments (with 'settings')")
-        groups[(res.get("profile"), res.get("dataset"), res.get("seed"))].append((res, stale(res)))
+        groups[(res.get("profile"), res.get("dataset"), res.get("seed"))].append((res, bool(_reasons(res))))
     out = []
     for key, items in groups.items():
-        items.sort(key=lambda it: (not it[1], _t_end(it[0]) or 0.0), reverse=True)
+        items.sort(key=lambda it: (bool(it[0].get("networks_kept")), not it[1], _t_end(it[0]) or 0.0), reverse=True)
         if len(items) > 1:
-            warnings.warn(f"{len(items)} results for profile/dataset/seed {key}: using config "
-                          f"{items[0][0].get('config_hash')}, ignoring "
-                          f"{[it[0].get('config_hash') for it in items[1:]]}", RuntimeWarning, stacklevel=3)
+            warnings.warn(f"{len(items)} results for profile/dataset/seed {key}: using the one "
+                          f"{'with kept networks' if items[0][0].get('networks_kept') else 'finished last'}",
+                          RuntimeWarning, stacklevel=3)
         out.append(items[0])
     return out
 
@@ -187,7 +173,7 @@ def rows(results: Iterable[dict], *, convention: str | None = None) -> list[dict
     convention = convention or BOOK_CONVENTION
     if convention not in CONVENTIONS:
         raise ValueError(f"unknown convention {convention!r}: choose one of {', '.join(CONVENTIONS)}")
-    kept = _dedupe(results, _stale_checker())
+    kept = _dedupe(results)
     walls = _seed_walls(kept)
     resumed = _seed_resumed(kept)
     cells: dict[tuple, list[tuple[dict, dict, bool]]] = defaultdict(list)
@@ -219,6 +205,10 @@ def rows(results: Iterable[dict], *, convention: str | None = None) -> list[dict
             "wall_s": _mean([s.get("wall_s") for s in settings]),
             "commit": "; ".join(sorted({str(r.get("provenance", {}).get("commit")) for r, _, _ in items})),
             "stale": any(st for _, _, st in items),
+            "stale_reasons": sorted({f"{s.get('tag', lam)}: {r['text']}"
+                                     + (f" (known: {r['why']})" if r.get("why") else "")
+                                     for s in settings for r in s.get("stale") or [] if isinstance(r, dict)}),
+            "networks_kept": all(bool(r.get("networks_kept")) for r, _, _ in items),
             "run_wall_s": [walls.get((profile, sd)) for sd in seeds],
             "resumed": [resumed.get((profile, sd), False) for sd in seeds],
             "paper_diffusion": PAPER_TABLE2.get(dataset, {}).get(lam),
@@ -318,7 +308,7 @@ def finetune_fit(results: Iterable[dict]) -> list[dict]:
         ``penalty``, ``epochs`` (fine-tunes), all means.
     """
     acc: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
-    for res, _ in _dedupe(results, _stale_checker()):
+    for res, _ in _dedupe(results):
         base = res["settings"][0]
         hb = base.get("history") or {}
         if float(base["lam"]) != 0.0 or not hb.get("val_loss") or not hb.get("penalty"):
@@ -419,10 +409,10 @@ def tuning_verdicts(tuning_rows: Sequence[dict], tolerance: float = ACCURACY_TOL
         cands = list(dict.fromkeys((r["name"], r.get("baseline_accuracy")) for r in rs))
         twice = {n for n, _ in cands if sum(m == n for m, _ in cands) > 1}
 
-        def name(c: tuple) -> str:
+        def name(c: tuple, twice: set = twice) -> str:
             return c[0] + (f" (from the baseline at {c[1]:.4f})" if c[0] in twice else "")
 
-        def of(c: tuple) -> list[dict]:
+        def of(c: tuple, rs: list = rs) -> list[dict]:
             return [r for r in rs if (r["name"], r.get("baseline_accuracy")) == c]
 
         keep = [c for c in cands if all(r["keeps"] for r in of(c))]
@@ -744,7 +734,13 @@ def format_tables(rows_: Sequence[dict], *, convention: str | None = None, all_c
             for s, (w, re_) in seed_walls(rs).items())]
         lines += ["Claims (Section 5.2):", *_claims_summary(claims(rs, convention=conv))]
         if any(r["stale"] for r in rs):
-            lines.append("* stale: produced by another configuration or other code than the current package's")
+            lines.append("* stale: the current code would compute another number; why:")
+            lines += [f"  {DATASET_LABELS.get(r['dataset'], r['dataset'])} {reason}"
+                      for r in rs for reason in r["stale_reasons"]]
+        if not all(r["networks_kept"] for r in rs):
+            lines.append("networks not kept (the results of the first layout, legacy/): "
+                         + ", ".join(sorted({DATASET_LABELS.get(r["dataset"], r["dataset"]) for r in rs
+                                             if not r["networks_kept"]})))
         lines.append("")
     return "\n".join(lines).rstrip() + "\n"
 

@@ -1,44 +1,31 @@
 r"""Fine-tuning settings for Eq. 5: which of them keep the baseline's accuracy (Table 3)?
 
 The paper reports that fine-tuning with the block-wise penalty (Eq. 5-6) costs no accuracy: every λ
-stays within 0.01 of its baseline (Table 3). With the fine-tuning stage of the ``full`` profile (Adam at
-lr 1e-4, early stopping with patience 3) that holds on MNIST and Fashion-MNIST, but CIFAR-10 loses
-0.9-1.8 points. This module re-runs the fine-tunes of one unit — a (profile, data set, seed) of
-:mod:`sepdtd.experiments` — with other fine-tuning settings (:class:`sepdtd.experiments.Stage`: learning
-rate, optimizer, batch size, stopping) from the *same* baseline network, and measures each exactly as
-the unit's own fine-tunes are measured (test accuracy, Eq. 7, in-block share, histories).
+stays within 0.01 of its baseline (Table 3). This module fine-tunes the kept baseline of a unit — a
+(profile, data set, seed) of :mod:`sepdtd.experiments` — with other fine-tuning settings
+(:class:`~sepdtd.pipeline.config.Stage`: learning rate, optimizer, batch size, stopping) and measures
+every network exactly as the unit's own fine-tunes are measured (the ``"paper"`` measurement).
 
-Everything else stays the unit's: its data split, its baseline (read from the unit's checkpoint folder,
-or pre-trained there first with the unit's own recipe when missing), its fine-tuning seed
-(:func:`sepdtd.experiments.finetune_seed`) and the stack of :func:`sepdtd.training.fit_stacked`. A
-candidate with the unit's own fine-tuning stage and λ therefore repeats the unit's fine-tunes.
-
-Results are one JSON file per candidate,
-``results/<profile>/tuning/<dataset>/seed<seed>-<name>-<config_hash>.json``, written atomically with
-their provenance; they carry ``tuning_schema`` (no ``settings`` key), so :func:`sepdtd.experiments.load_results`
-and the report of Tables 2-3 never mistake them for a unit. The stacked fine-tune checkpoints, so an
-interrupted candidate resumes.
+Everything else stays the unit's: its data split, its kept baseline, its fine-tuning seed
+(:func:`~sepdtd.pipeline.config.finetune_seed`) and the stack of :func:`sepdtd.training.fit_stacked`.
+A candidate with the unit's own fine-tuning stage and λ therefore repeats the unit's fine-tunes. Its
+networks are kept beside the unit's as ``tune-<name>-lam<λ>``. Results whose networks were not kept
+(the first layout, under ``legacy/tuning/``) are read too, marked so.
 """
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
-import platform
-import time
-from pathlib import Path
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
-from sepdtd import experiments, models, utils
-from sepdtd.experiments import Config, Stage
+from sepdtd import experiments
+from sepdtd.pipeline import measure, store, train, view
+from sepdtd.pipeline.config import Stage, check_name, dataset_name, lam_tag
 
-__all__ = ["SCHEMA", "CANDIDATES", "candidate_config", "code_hash", "result_path", "run", "search",
-           "load_results", "summary"]
-
-SCHEMA = 1
+__all__ = ["CANDIDATES", "jobs", "run", "search", "unit", "load_results", "summary"]
 
 #: The fine-tuning settings searched, by name. ``paper`` is the ``full`` profile's own stage (Section
 #: 5.1 as we read it). Adam normalises each weight's step, so once Eq. 6's gradient dominates, a positive
@@ -55,191 +42,143 @@ CANDIDATES: dict[str, Stage] = {
     "sgd": Stage(lr=1e-3, batch_size=128, max_epochs=200, patience=3, optimizer="sgd"),
 }
 
-#: Sources behind the numbers, on top of :data:`sepdtd.experiments.SOURCES`.
-SOURCES = ("tuning",)
 
-
-def candidate_config(unit: Config, stage: Stage, lams: Sequence[float] | None = None) -> Config:
-    """The unit's configuration with its fine-tuning stage (and optionally its λ) replaced."""
+def jobs(profile: str, dataset: str, seed: int, name: str, stage: Stage,
+         lams: Sequence[float] | None = None) -> list[train.Job]:
+    """The unit's baseline job and the candidate's stack of fine-tunes from it (tags ``tune-<name>-lam<λ>``)."""
+    check_name(name, "a candidate name")
     if not isinstance(stage, Stage):
-        raise TypeError(f"stage must be a sepdtd.experiments.Stage, got {type(stage).__name__}")
-    return dataclasses.replace(unit, finetune=stage, lams=tuple(unit.lams if lams is None else lams))
+        raise TypeError(f"stage must be a Stage, got {type(stage).__name__}")
+    base, fine = experiments.jobs(profile, dataset, seed)
+    cfg = dataclasses.replace(fine.config, stage=stage, lams=tuple(fine.config.lams if lams is None else lams))
+    return [base, train.Job(tuple(f"tune-{name}-{lam_tag(lam)}" for lam in cfg.lams), cfg)]
 
 
-def code_hash() -> str:
-    """Hash of :func:`sepdtd.experiments.code_hash` and this module's source (12 hex digits)."""
-    h = hashlib.sha256(experiments.code_hash().encode())
-    here = Path(__file__).resolve().parent
-    for name in SOURCES:
-        path = here / f"{name}.py"
-        h.update(name.encode() + b"\0" + (path.read_bytes() if path.exists() else b"<missing>") + b"\0")
-    return h.hexdigest()[:12]
+def _plan(profile: str, dataset: str, seed: int, js: list[train.Job]) -> dict:
+    m = experiments.measurements(profile, dataset, seed)
+    return {t: m for j in js for t in j.tags}
 
 
-def _check_name(name: str) -> str:
-    if not isinstance(name, str) or not experiments._NAME_RE.match(name):
-        raise ValueError(f"a candidate name must be letters, digits, '_' or '-', got {name!r}")
-    return name
-
-
-def result_path(unit: Config, name: str, config: Config, results_dir: str | os.PathLike | None = None) -> Path:
-    """``<results_dir>/tuning/<dataset>/seed<seed>-<name>-<config_hash>.json`` (default ``results/<profile>``)."""
-    root = Path(results_dir) if results_dir is not None else experiments.default_results_dir(unit.profile)
-    chash = experiments.config_hash(config)
-    return root / "tuning" / unit.dataset / f"seed{unit.seed}-{_check_name(name)}-{chash}.json"
-
-
-def _baseline(unit: Config, arrays: dict, dev: torch.device, checkpoints_dir: str | os.PathLike | None,
-              progress: bool) -> tuple[Path, dict]:
-    """The unit's baseline: its weights file and its measured entry (pre-trained here when missing)."""
-    chash, ccode = experiments.config_hash(unit), experiments.code_hash()
-    ckdir = experiments.checkpoint_dir(unit, checkpoints_dir)
-    ckdir.mkdir(parents=True, exist_ok=True)
-    done = experiments._read_partial(ckdir, chash, ccode)
-    path = ckdir / "baseline.state.pt"
-    if "baseline" not in done or not path.exists():
-        done["baseline"] = experiments._train_baseline(unit, arrays, ckdir, dev, progress, f"{chash}/{ccode}")
-        experiments._write_partial(ckdir, unit, chash, ccode, done)
-    return path, done["baseline"]
-
-
-def _read(path: Path, chash: str, ccode: str) -> dict | None:
-    try:
-        res = json.loads(path.read_text())
-    except ValueError as e:
-        raise ValueError(f"{path} is not valid JSON ({e}); delete it and rerun") from e
-    if res.get("config_hash") == chash and res.get("code_hash") == ccode:
-        return res
-    return None
-
-
-def run(unit: Config, name: str, stage: Stage | None = None, *, lams: Sequence[float] | None = None,
-        device: str | torch.device = "auto", results_dir: str | os.PathLike | None = None,
-        checkpoints_dir: str | os.PathLike | None = None, progress: bool = True) -> dict:
-    """Fine-tune the unit's baseline with one candidate stage; load the result when it exists.
-
-    Parameters
-    ----------
-    unit : sepdtd.experiments.Config
-        The unit whose baseline, split and fine-tuning seed are used (e.g.
-        ``experiments.make_config("full", "cifar10", 0)``).
-    name : str
-        The candidate's name (a key of :data:`CANDIDATES`, or any name when ``stage`` is given).
-    stage : sepdtd.experiments.Stage, optional
-        The fine-tuning settings; default ``CANDIDATES[name]``.
-    lams : sequence of float, optional
-        λ of the fine-tunes (one stack); default the unit's.
-    device, results_dir, checkpoints_dir, progress
-        As for :func:`sepdtd.experiments.run`; the checkpoints of a candidate live under
-        ``<checkpoint root>/<profile>/tuning/<dataset>/seed<seed>-<config_hash>/``.
+def unit(profile: str, dataset: str, seed: int, name: str, stage: Stage, lams: Sequence[float] | None = None, *,
+         results_dir: str | os.PathLike | None = None) -> dict | None:
+    """The stored results of one candidate (None when a network of it is not kept or not measured).
 
     Returns
     -------
-    dict
-        ``name``, ``config`` (the unit's with the candidate's ``finetune`` and ``lams``), ``config_hash``,
-        ``code_hash`` (:func:`code_hash`), ``unit_config_hash``, ``baseline`` (the baseline's entry, as in
-        the unit's results), ``finetunes`` (one entry per λ, as the unit's ``settings``),
-        ``provenance`` and ``run_wall_s`` (from the loaded baseline to the written result: the
-        fine-tunes and their measurement, not a baseline pre-trained first). A file written by other code
-        or for another configuration is recomputed, never read as this candidate's result.
+    dict or None
+        ``kind`` ("tuning"), ``name``, ``profile``, ``dataset``, ``seed``, ``stage``, ``config``,
+        ``baseline`` (the baseline's setting, as in :func:`sepdtd.experiments.unit`), ``finetunes`` (one
+        setting per λ), ``provenance``, ``run_wall_s``, ``networks_kept`` and ``stale``.
+    """
+    root = store.profile_root(profile, results_dir)
+    ds = dataset_name(dataset)
+    js = jobs(profile, ds, seed, name, stage, lams)
+    nets = view.networks(root, ds, seed, js, {"paper": _plan(profile, ds, seed, js)})
+    if any(n["train"] is None or n["measured"]["paper"] is None for n in nets.values()):
+        return None
+    settings = [{"lam": n["lam"], "tag": t, **n["measured"]["paper"], **n["train"]["training"],
+                 "network": {k: n["train"][k] for k in ("file", "sha256")}, "stale": n["stale"]}
+                for t, n in nets.items()]
+    provs = [nets[t]["train"]["provenance"] for t in js[1].tags]
+    return {"kind": "tuning", "name": name, "profile": profile, "dataset": ds, "seed": seed,
+            "stage": dataclasses.asdict(stage), "config": js[1].config.as_dict(),
+            "baseline": settings[0], "finetunes": settings[1:],
+            "provenance": {"commit": "; ".join(sorted({p["commit"] for p in provs})),
+                           "device": "; ".join(sorted({p["device"] for p in provs})),
+                           "t_start": min(p["t_start"] for p in provs), "t_end": max(p["t_end"] for p in provs)},
+            "run_wall_s": max(p["t_end"] for p in provs) - min(p["t_start"] for p in provs),
+            "networks_kept": True, "stale": bool([r for s in settings for r in s["stale"]])}
+
+
+def run(profile: str, dataset: str, seed: int, name: str, stage: Stage | None = None, *,
+        lams: Sequence[float] | None = None, device: str | torch.device = "auto",
+        results_dir: str | os.PathLike | None = None, retrain: str = "missing", progress: bool = True,
+        checkpoints_dir: str | os.PathLike | None = None) -> dict:
+    """Fine-tune the unit's kept baseline with one candidate stage (training it first when missing),
+    measure the networks and return :func:`unit`.
+
+    Parameters
+    ----------
+    profile, dataset, seed
+        The unit whose baseline, split and fine-tuning seed are used.
+    name : str
+        The candidate's name (a key of :data:`CANDIDATES`, or any name when ``stage`` is given).
+    stage : Stage, optional
+        The fine-tuning settings; default ``CANDIDATES[name]``.
+    lams : sequence of float, optional
+        λ of the fine-tunes (one stack); default the unit's.
+    device, results_dir, retrain, progress, checkpoints_dir
+        As for :func:`sepdtd.experiments.run`.
     """
     if stage is None:
         if name not in CANDIDATES:
             raise ValueError(f"unknown candidate {name!r}: choose one of {', '.join(CANDIDATES)} or give a stage")
         stage = CANDIDATES[name]
-    config = candidate_config(unit, stage, lams)
-    chash, ccode = experiments.config_hash(config), code_hash()
-    path = result_path(unit, name, config, results_dir)
-    if path.exists():
-        res = _read(path, chash, ccode)
-        if res is not None:
-            return res
-
-    dev = utils.resolve_device(device)
-    arrays_cpu = experiments._prepare_arrays(unit)
-    arrays = experiments._to_device(arrays_cpu, dev)
-    base_path, base_entry = _baseline(unit, arrays, dev, checkpoints_dir, progress)
-    base_state = torch.load(base_path, map_location="cpu", weights_only=True)
-    t_start = time.time()
-
-    root = Path(checkpoints_dir) if checkpoints_dir is not None else experiments.checkpoint_root()
-    ckdir = root / unit.profile / "tuning" / unit.dataset / f"seed{unit.seed}-{chash}"
-    ckdir.mkdir(parents=True, exist_ok=True)
-    nets = []
-    for _ in config.lams:
-        m = models.build(unit.dataset, seed=unit.seed)
-        m.load_state_dict(base_state)
-        nets.append(m)
-    seed = experiments.finetune_seed(unit.seed)
-    from sepdtd import training
-
-    hists = training.fit_stacked(
-        nets, list(config.lams), arrays["x_train"], arrays["y_train"], arrays["x_val"], arrays["y_val"],
-        n_blocks=config.n_blocks, lr=stage.lr, batch_size=stage.batch_size, max_epochs=stage.max_epochs,
-        patience=stage.patience, augment=config.augment, clamp_bias=config.clamp_bias, device=dev, seed=seed,
-        checkpoint=ckdir / "finetunes.pt", checkpoint_key=f"{chash}/{ccode}/{name}", progress=progress,
-        optimizer=stage.optimizer, weight_decay=stage.weight_decay, eval_batch_size=1000)
-    t_trained = time.time()
-    entries = [experiments._measure(config, lam, net, hist, arrays, ckdir, dev, seed, t_start, t_trained)
-               for lam, net, hist in zip(config.lams, nets, hists)]
-    t_end = time.time()
-    result = {
-        "tuning_schema": SCHEMA, "kind": "tuning", "name": name, "profile": unit.profile,
-        "dataset": unit.dataset, "seed": unit.seed, "stage": dataclasses.asdict(stage),
-        "config": config.as_dict(), "config_hash": chash, "code_hash": ccode,
-        "unit_config_hash": experiments.config_hash(unit), "baseline": base_entry, "finetunes": entries,
-        "provenance": {"commit": utils.git_commit(), "versions": utils.package_versions(),
-                       "device": utils.device_name(dev), "started": experiments._iso(t_start),
-                       "finished": experiments._iso(t_end), "t_start": t_start, "t_end": t_end,
-                       "host": platform.node(), "threads": torch.get_num_threads()},
-        "run_wall_s": t_end - t_start,
-    }
-    utils.atomic_write_json(path, result)
-    return result
+    root = store.profile_root(profile, results_dir)
+    ds = dataset_name(dataset)
+    js = jobs(profile, ds, seed, name, stage, lams)
+    imgs = measure.test_images(experiments.measurements(profile, ds, seed))
+    train.ensure(root, ds, seed, js, device=device, retrain=retrain, progress=progress,
+                 checkpoints_dir=checkpoints_dir, profile=profile, test=(imgs["x_test"], imgs["y_test"]))
+    measure.measure(root, ds, seed, _plan(profile, ds, seed, js), device=device, progress=progress, profile=profile)
+    return unit(profile, ds, seed, name, stage, lams, results_dir=root)
 
 
-def search(profile: str, dataset: str, seed: int = 0, names: Sequence[str] | None = None, *,
+def search(profile: str, dataset: str, seed: int = 0, names: Sequence[str] | str | None = None, *,
            lams: Sequence[float] | None = None, max_epochs: int | None = None,
            device: str | torch.device = "auto", results_dir: str | os.PathLike | None = None,
-           checkpoints_dir: str | os.PathLike | None = None, progress: bool = True) -> list[dict]:
+           progress: bool = True, checkpoints_dir: str | os.PathLike | None = None) -> list[dict]:
     """Run candidates of :data:`CANDIDATES` (default all) on a profile's unit, one after the other.
 
     ``max_epochs`` caps every candidate's fine-tune (a *pilot*: the cap is part of each candidate's
-    stage and of its results, and the name gets ``-cap<max_epochs>``).
+    stage, and the name gets ``-cap<max_epochs>``). Every name is checked before the first run.
     """
-    unit = experiments.make_config(profile, dataset, seed)
     names = list(CANDIDATES) if names is None else [names] if isinstance(names, str) else list(names)
-    unknown = [name for name in names if name not in CANDIDATES]
-    if unknown:  # before the first candidate runs
-        raise ValueError(f"unknown candidate(s) {', '.join(map(repr, unknown))}: choose from {', '.join(CANDIDATES)}")
+    unknown = [n for n in names if n not in CANDIDATES]
+    if unknown:
+        raise ValueError(f"unknown candidates {unknown}: choose from {', '.join(CANDIDATES)}")
     out = []
     for name in names:
         stage, label = CANDIDATES[name], name
         if max_epochs is not None:
             stage, label = dataclasses.replace(stage, max_epochs=int(max_epochs)), f"{name}-cap{int(max_epochs)}"
-        out.append(run(unit, label, stage, lams=lams, device=device, results_dir=results_dir,
-                       checkpoints_dir=checkpoints_dir, progress=progress))
+        out.append(run(profile, dataset, seed, label, stage, lams=lams, device=device, results_dir=results_dir,
+                       progress=progress, checkpoints_dir=checkpoints_dir))
     return out
 
 
 def load_results(results_dir: str | os.PathLike) -> list[dict]:
-    """Every candidate file under ``<results_dir>/tuning/``, each with ``stale`` set.
+    """Every candidate stored in a profile's folder: kept ones (``tune-*`` networks) and legacy files.
 
-    ``stale`` is True when the file's ``code_hash`` is not the current :func:`code_hash` (the code
-    that produced it has changed since). An empty list when there is no such folder.
+    A kept candidate is found from its networks' tags and configurations; a legacy file
+    (``legacy/tuning/<dataset>/*.json``, the first layout) is read as it is, with ``networks_kept``
+    False and ``stale`` False.
     """
-    root = Path(results_dir) / "tuning"
+    from pathlib import Path
+
+    from sepdtd.pipeline.config import TrainConfig
+
+    root = Path(results_dir)
     out = []
-    for path in sorted(root.rglob("*.json")) if root.is_dir() else []:
-        if ".tmp" in path.name:
-            continue
+    for path in sorted((root / "train").glob("*/seed*.json")):
+        rec = store.read_record(path)
+        groups: dict[str, dict] = {}
+        for tag, e in rec["networks"].items():
+            if tag.startswith("tune-"):
+                groups.setdefault(tag[len("tune-"):].rsplit("-lam", 1)[0], e)
+        for name, e in groups.items():
+            cfg = TrainConfig.from_dict(e["config"])
+            u = unit(rec.get("profile", root.name), rec["dataset"], rec["seed"], name, cfg.stage, cfg.lams,
+                     results_dir=root)
+            if u is not None:
+                out.append(u)
+    for path in sorted((root / "legacy" / "tuning").glob("*/*.json")):
         try:
             res = json.loads(path.read_text())
         except ValueError as e:
-            raise ValueError(f"{path} is not valid JSON ({e}); delete it and rerun") from e
+            raise store.RecordError(f"{path} is not valid JSON ({e}); restore it with git") from e
         if isinstance(res, dict) and res.get("kind") == "tuning" and "finetunes" in res:
-            res["stale"] = res.get("code_hash") != code_hash()
-            out.append(res)
+            out.append({**res, "stale": False, "networks_kept": False})
     return out
 
 

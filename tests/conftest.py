@@ -1,10 +1,11 @@
-"""Fixtures shared by the pipeline tests (test_experiments.py, test_tuning.py)."""
+"""Fixtures shared by the protocol tests (test_experiments.py, test_tuning.py, test_beyond.py)."""
 from __future__ import annotations
 
 import pytest
 import torch
 
-from sepdtd import data, experiments
+from sepdtd import beyond, data, experiments
+from sepdtd.pipeline.config import Stage
 
 
 @pytest.fixture
@@ -24,9 +25,17 @@ def synthetic(monkeypatch):
 
 
 @pytest.fixture
-def fixed_code(monkeypatch):
-    """Pin code_hash: other people may edit the sources while the tests run."""
-    monkeypatch.setattr(experiments, "code_hash", lambda: "c0dec0dec0de")
+def tiny(monkeypatch):
+    """A profile ``tiny`` of two-epoch trainings on 96 images, with chapters 9-10 settings to match."""
+    p = experiments.Profile(
+        name="tiny", description="TINY, for tests", datasets=("mnist",), seeds=(0,), lams=(0.5, 5.0),
+        n_train=96, n_val=48, n_test=40, n_eval=12, pretrain=Stage(lr=1e-3, batch_size=32, max_epochs=2),
+        finetune=Stage(lr=1e-4, batch_size=32, max_epochs=2), eval_batch_size=16)
+    monkeypatch.setitem(experiments.PROFILES, "tiny", p)
+    monkeypatch.setitem(beyond.PROFILES, "tiny", beyond.BeyondProfile(
+        name="tiny", seeds=(0,), n_pairs=64, max_scored=8, n_eval=8, method_lams=(0.0,), extra_datasets=("mnist",),
+        depth_offsets=(-1,), separate_widths=("split",), batch_size=16))
+    return p
 
 
 @pytest.fixture

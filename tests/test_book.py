@@ -55,7 +55,7 @@ def test_notebook_has_parameters_and_colab_cell(path):
     tagged = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
     assert len(tagged) == 1, "exactly one cell tagged 'parameters'"
     values: dict = {}
-    exec(tagged[0].source, {}, values)  # noqa: S102 - our own notebook's parameter cell
+    exec(tagged[0].source, {}, values)  # our own notebook's parameter cell
     assert values == PARAMETERS
     colab = [c for c in nb.cells if "remove-cell" in c.metadata.get("tags", []) and "google.colab" in c.source]
     assert len(colab) == 1, "one hidden cell that installs the package on Colab"
@@ -175,12 +175,13 @@ def test_committed_inblock_spans_baselines_and_fine_tunes(tmp_path, monkeypatch)
     from sepdtd import experiments
 
     def unit(seed, base, tuned):
+        d = {"accuracy": 0.99, "diffusion": {"raw": 0.3}}
         return {"schema": 1, "profile": "full", "dataset": "mnist", "seed": seed, "settings": [
-            {"lam": 0.0, "inblock": base}, *({"lam": lam, "inblock": tuned} for lam in (0.1, 1.0))]}
+            {"lam": 0.0, "inblock": base, **d}, *({"lam": lam, "inblock": tuned, **d} for lam in (0.1, 1.0))]}
 
-    (tmp_path / "mnist").mkdir()
+    (tmp_path / "legacy" / "mnist").mkdir(parents=True)
     for seed, base, tuned in ((0, [0.1, 0.09], [1.0, 0.99]), (1, [0.11, 0.09], [1.0, 1.0])):
-        (tmp_path / "mnist" / f"seed{seed}.json").write_text(json.dumps(unit(seed, base, tuned)))
+        (tmp_path / "legacy" / "mnist" / f"seed{seed}.json").write_text(json.dumps(unit(seed, base, tuned)))
     monkeypatch.setattr(experiments, "default_results_dir", lambda profile: tmp_path)
     lines = book.committed_inblock("quick").splitlines()
     assert lines[2] == "| MNIST | 0, 1 | 10.0%-11.0% / 9.0% | 100.0% / 99.0%-100.0% |"
@@ -190,14 +191,12 @@ def test_committed_inblock_spans_baselines_and_fine_tunes(tmp_path, monkeypatch)
 
 
 def test_stale_beyond_results_are_named(capsys):
-    from sepdtd import beyond
-
-    current = {"dataset": "mnist", "seed": 0, "code_hash": beyond.code_hash()}
-    old = {"dataset": "cifar10", "seed": 2, "code_hash": "0" * 12}
+    current = {"dataset": "mnist", "seed": 0, "stale": []}
+    old = {"dataset": "cifar10", "seed": 2, "stale": [{"text": "measure code 'methods.dtd.mass' changed (a -> b)"}]}
     assert book._warn_stale_beyond([current]) == [] and capsys.readouterr().out == ""
     assert book._warn_stale_beyond([current, old]) == [old]
     out = capsys.readouterr().out
-    assert out.startswith("**Stale:** cifar10 seed 2") and "0" * 12 in out and beyond.code_hash() in out
+    assert out.startswith("**Stale:** cifar10 seed 2") and "methods.dtd.mass" in out
 
 
 def test_markdown_table_escapes_pipes():
@@ -229,7 +228,7 @@ def _execute(src: Path, name: str) -> BaseException | None:
             book.execute(src / "notebooks" / f"{name}.py", src / "notebooks" / f"{name}.ipynb", SMOKE,
                          timeout=600)
             _RUNS[name] = None
-        except Exception as exc:  # noqa: BLE001 - reported by the test of that notebook
+        except Exception as exc:  # reported by the test of that notebook
             _RUNS[name] = exc
     return _RUNS[name]
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from sepdtd import beyond, book, cli, data, experiments, tuning
+from sepdtd import beyond, book, cli, data, experiments, remeasure, tuning
 
 
 @pytest.fixture
@@ -12,7 +12,8 @@ def no_work(monkeypatch):
     def boom(*args, **kwargs):
         raise AssertionError("the command ran before refusing its arguments")
 
-    for mod, name in ((experiments, "reproduce"), (beyond, "reproduce"), (tuning, "search"), (data, "prepare")):
+    for mod, name in ((experiments, "reproduce"), (beyond, "reproduce"), (tuning, "search"), (data, "prepare"),
+                      (remeasure, "run")):
         monkeypatch.setattr(mod, name, boom)
 
 
@@ -24,6 +25,8 @@ def no_work(monkeypatch):
     (["reproduce", "--profile", "smoke", "--seeds", "0", "-1"], "seeds must be >= 0"),
     (["tune", "--profile", "smoke", "--seed", "-1"], "seeds must be >= 0"),
     (["data", "prepare", "--sets", "svhn"], "unknown data set 'svhn'"),
+    (["measure", "--profile", "full", "--datasets", "svhn"], "unknown data set 'svhn'"),
+    (["measure", "--seeds", "-2"], "seeds must be >= 0"),
 ])
 def test_bad_arguments_end_with_one_line_before_any_work(no_work, capsys, argv, expected):
     assert cli.main(argv) == 2

@@ -1,22 +1,13 @@
-"""Tests of the fine-tuning settings search (sepdtd.tuning): same baseline, same seed, cached, resumable."""
+"""The fine-tuning settings search (sepdtd.tuning): the unit's kept baseline, its seed, kept networks."""
 from __future__ import annotations
 
 import dataclasses
-import json
 
 import pytest
 import torch
 
 from sepdtd import cli, experiments, report, training, tuning
-from sepdtd.experiments import Config, Stage
-
-
-def tiny_config(**kw) -> Config:
-    base = dict(profile="test", dataset="mnist", seed=0, n_train=96, n_val=48, n_test=40, n_eval=12,
-                pretrain=Stage(lr=1e-3, batch_size=32, max_epochs=2),
-                finetune=Stage(lr=1e-4, batch_size=32, max_epochs=2), eval_batch_size=16, lams=(0.5, 5.0))
-    base.update(kw)
-    return Config(**base)
+from sepdtd.pipeline.config import Stage, finetune_seed
 
 
 def spy(monkeypatch) -> list:
@@ -36,121 +27,61 @@ def spy(monkeypatch) -> list:
     return calls
 
 
-def test_the_units_own_stage_repeats_the_units_finetunes(monkeypatch, synthetic, fixed_code, dirs):
-    unit = tiny_config()
-    ref = experiments.run(unit, device="cpu", progress=False, **dirs)
+def test_the_units_own_stage_repeats_the_units_finetunes(synthetic, tiny, dirs):
+    unit = experiments.run("tiny", "mnist", 0, device="cpu", progress=False, **dirs)
+    res = tuning.run("tiny", "mnist", 0, "same", tiny.finetune, device="cpu", progress=False, **dirs)
+    from sepdtd.pipeline import store
+
+    for a, b in zip(res["finetunes"], unit["settings"][1:]):
+        sa = store.load_state(dirs["results_dir"], a["network"]["file"])
+        sb = store.load_state(dirs["results_dir"], b["network"]["file"])
+        assert all(torch.equal(sa[k], sb[k]) for k in sb)
+    assert res["baseline"]["network"]["sha256"] == unit["settings"][0]["network"]["sha256"]
+    assert [s["accuracy"] for s in res["finetunes"]] == [s["accuracy"] for s in unit["settings"][1:]]
+
+
+def test_another_stage_starts_from_the_kept_baseline(monkeypatch, synthetic, tiny, dirs):
+    experiments.run("tiny", "mnist", 0, device="cpu", progress=False, **dirs)
     calls = spy(monkeypatch)
-    res = tuning.run(unit, "same", unit.finetune, device="cpu", progress=False, **dirs)
-    assert calls == [("stack", [0.5, 5.0], 1e-4, experiments.finetune_seed(0))]    # baseline reused
-    assert res["baseline"] == ref["settings"][0]
-    for mine, theirs in zip(res["finetunes"], ref["settings"][1:]):
-        assert mine["lam"] == theirs["lam"]
-        assert mine["accuracy"] == theirs["accuracy"]
-        assert mine["history"]["val_loss"] == pytest.approx(theirs["history"]["val_loss"], rel=1e-6)
-    assert res["config_hash"] == experiments.config_hash(unit)
-    assert res["unit_config_hash"] == experiments.config_hash(unit)
-
-
-def test_another_stage_starts_from_the_same_baseline_and_differs(monkeypatch, synthetic, fixed_code, dirs):
-    unit = tiny_config()
-    calls = spy(monkeypatch)
-    res = tuning.run(unit, "slow", Stage(lr=1e-6, batch_size=32, max_epochs=2), lams=[5.0], device="cpu",
-                     progress=False, **dirs)
-    assert [c[0] for c in calls] == ["fit", "stack"]                 # no baseline yet: pre-trained first
-    assert calls[1][1:3] == ([5.0], 1e-6)
-    # run_wall_s is the candidate's own time: it starts after the baseline's pre-training
-    assert res["provenance"]["t_start"] >= res["baseline"]["t_end"]
-    assert res["run_wall_s"] == pytest.approx(res["provenance"]["t_end"] - res["provenance"]["t_start"])
-    # the baseline went where the unit keeps it, so the unit itself does not pre-train again
-    calls.clear()
-    ref = experiments.run(unit, device="cpu", progress=False, **dirs)
-    assert [c[0] for c in calls] == ["stack"]
-    assert ref["settings"][0] == res["baseline"]
-    assert res["finetunes"][0]["history"]["val_loss"] != ref["settings"][2]["history"]["val_loss"]
-    # tiny steps: the fine-tune barely leaves the baseline
-    assert abs(res["finetunes"][0]["accuracy"] - res["baseline"]["accuracy"]) <= 0.05
-
-
-def test_results_are_cached_and_other_code_recomputes(monkeypatch, synthetic, fixed_code, dirs):
-    unit = tiny_config()
-    stage = Stage(lr=1e-4, batch_size=32, max_epochs=1)
-    first = tuning.run(unit, "c1", stage, device="cpu", progress=False, **dirs)
-    path = tuning.result_path(unit, "c1", tuning.candidate_config(unit, stage), dirs["results_dir"])
-    assert path.exists() and path.parent.name == "mnist" and path.parent.parent.name == "tuning"
-    calls = spy(monkeypatch)
-    assert tuning.run(unit, "c1", stage, device="cpu", progress=False, **dirs) == json.loads(path.read_text())
-    assert calls == []
-    assert first["provenance"]["device"] and first["run_wall_s"] > 0
-    # a file from other code is never read as this candidate's result
-    doc = json.loads(path.read_text())
-    doc["code_hash"] = "0" * 12
-    path.write_text(json.dumps(doc))
-    tuning.run(unit, "c1", stage, device="cpu", progress=False, **dirs)
-    assert [c[0] for c in calls] == ["stack"]
-    assert json.loads(path.read_text())["code_hash"] == tuning.code_hash()
-
-
-def test_interrupted_candidate_leaves_no_result(monkeypatch, synthetic, fixed_code, dirs):
-    unit = tiny_config()
-
-    def boom(*a, **k):
-        raise KeyboardInterrupt("simulated")
-
-    monkeypatch.setattr(training, "fit_stacked", boom)
-    with pytest.raises(KeyboardInterrupt):
-        tuning.run(unit, "c1", Stage(lr=1e-4, batch_size=32, max_epochs=1), device="cpu", progress=False, **dirs)
-    assert not (dirs["results_dir"] / "tuning").exists() or not list((dirs["results_dir"] / "tuning").rglob("*.json"))
-
-
-def test_load_results_summary_and_separation_from_units(synthetic, fixed_code, dirs, monkeypatch, capsys):
-    unit = tiny_config()
-    experiments.run(unit, device="cpu", progress=False, **dirs)
-    tuning.run(unit, "c1", Stage(lr=1e-4, batch_size=32, max_epochs=1), device="cpu", progress=False, **dirs)
-    assert len(experiments.load_results(dirs["results_dir"])) == 1      # the report never sees candidates
-    res = tuning.load_results(dirs["results_dir"])
-    assert len(res) == 1 and res[0]["stale"] is False
-    rows = tuning.summary(res)
-    assert [r["lam"] for r in rows] == [0.5, 5.0]
-    for r in rows:
-        assert r["delta"] == pytest.approx(r["accuracy"] - r["baseline_accuracy"])
-        assert r["keeps"] == (r["delta"] >= -0.01)
-        assert r["max_epochs"] == 1 and r["lr"] == 1e-4
-    capsys.readouterr()
-    assert report.main([str(dirs["results_dir"])]) == 0               # the report lists them apart
-    out = capsys.readouterr().out
-    assert "Other fine-tuning settings" in out and out.count(" c1 ") == 2
-    assert tuning.summary(res, tolerance=1.0)[0]["keeps"] is True
-    assert tuning.summary(res, tolerance=-1.0)[0]["keeps"] is False
-    monkeypatch.setattr(experiments, "code_hash", lambda: "another0code")
-    assert tuning.load_results(dirs["results_dir"])[0]["stale"] is True
-    assert tuning.load_results(dirs["results_dir"] / "nowhere") == []
+    stage = Stage(lr=3e-5, batch_size=32, max_epochs=2)
+    res = tuning.run("tiny", "mnist", 0, "slow", stage, lams=[1.0], device="cpu", progress=False, **dirs)
+    assert calls == [("stack", [1.0], 3e-5, finetune_seed(0))]          # the baseline is not trained again
+    assert [s["tag"] for s in res["finetunes"]] == ["tune-slow-lam1.0"]
+    assert res["stage"]["lr"] == 3e-5 and res["networks_kept"] and not res["stale"]
+    assert tuning.run("tiny", "mnist", 0, "slow", stage, lams=[1.0], device="cpu", progress=False, **dirs) == res
+    assert len(calls) == 1
+    (found,) = tuning.load_results(dirs["results_dir"])
+    assert found == res
+    rows = tuning.summary([found])
+    assert rows[0]["name"] == "slow" and rows[0]["delta"] == rows[0]["accuracy"] - rows[0]["baseline_accuracy"]
 
 
 def test_candidates_and_errors(monkeypatch, capsys):
-    assert tuning.CANDIDATES["paper"] == experiments.make_config("full", "cifar10", 0).finetune
+    assert tuning.CANDIDATES["paper"] == experiments.PROFILES["full"].finetune
     assert len({(s.lr, s.patience, s.optimizer) for s in tuning.CANDIDATES.values()}) == len(tuning.CANDIDATES)
     with pytest.raises(ValueError, match="unknown candidate"):
-        tuning.run(tiny_config(), "nonsense")
-    with pytest.raises(ValueError, match="unknown candidate"):
-        tuning.search("smoke", "mnist", 0, ["nonsense"])
+        tuning.run("smoke", "mnist", 0, "nonsense")
     ran = []
     monkeypatch.setattr(tuning, "run", lambda *a, **k: ran.append(a))
-    with pytest.raises(ValueError, match="unknown candidate.*'nonsense'"):
+    with pytest.raises(ValueError, match="unknown candidates.*'nonsense'"):
         tuning.search("smoke", "mnist", 0, ["paper", "nonsense"])        # checked before "paper" runs
     assert ran == []
     tuning.search("smoke", "mnist", 0, "paper")                            # one name, not its letters
-    assert [a[1] for a in ran] == ["paper"]
+    assert [a[3] for a in ran] == ["paper"]
     with pytest.raises(ValueError, match="candidate name"):
-        tuning.result_path(tiny_config(), "a/b", tiny_config())
+        tuning.jobs("smoke", "mnist", 0, "a/b", tuning.CANDIDATES["paper"])
     with pytest.raises(TypeError, match="Stage"):
-        tuning.candidate_config(tiny_config(), {"lr": 1e-4})
+        tuning.jobs("smoke", "mnist", 0, "x", {"lr": 1e-4})
 
     seen = []
     entry = {"lam": 1.0, "accuracy": 0.48, "epochs": 7, "best_epoch": 4, "stopped_early": True, "inblock": [1.0, None],
              "diffusion": {"raw": 0.2}, "cosine": 0.5}
-    monkeypatch.setattr(tuning, "run", lambda unit, name, stage, **kw: seen.append((unit.profile, name, stage)) or {
-        "baseline": {"accuracy": 0.5, "diffusion": {"raw": 0.1}}, "finetunes": [entry],
-        "stage": dataclasses.asdict(stage), "dataset": "mnist", "seed": 0, "name": name})
+    def fake_run(profile, ds, seed, name, stage, **kw):
+        seen.append((profile, name, stage))
+        return {"baseline": {"accuracy": 0.5, "diffusion": {"raw": 0.1}}, "finetunes": [entry],
+                "stage": dataclasses.asdict(stage), "dataset": "mnist", "seed": 0, "name": name}
+
+    monkeypatch.setattr(tuning, "run", fake_run)
     tuning.search("smoke", "mnist", 0, ["paper", "lr1e-5"], max_epochs=3)
     assert [(p, n, s.max_epochs, s.lr) for p, n, s in seen] == [("smoke", "paper-cap3", 3, 1e-4),
                                                               ("smoke", "lr1e-5-cap3", 3, 1e-5)]
@@ -206,7 +137,8 @@ def test_endpoints_compare_converged_fine_tunes_with_the_unit():
            "stage": {"lr": 1e-4, "patience": 3, "optimizer": "adam"}, "provenance": {"device": "cpu"},
            "finetunes": [ft, {**ft, "lam": 5.0, "stopped_early": False}]}
     unit = {"dataset": "cifar10", "seed": 0, "config_hash": "h", "provenance": {"device": "NVIDIA H200"},
-            "settings": [{"lam": 0.0, "accuracy": 0.7879}, {"lam": 0.1, "epochs": 30, "best_epoch": 27, "accuracy": 0.77},
+            "settings": [{"lam": 0.0, "accuracy": 0.7879},
+                         {"lam": 0.1, "epochs": 30, "best_epoch": 27, "accuracy": 0.77},
                          {"lam": 1.0, "epochs": 52, "best_epoch": 49, "accuracy": 0.7832}]}
     (line,) = report.tuning_endpoints([res], [unit])          # the capped λ = 5 is no end point
     assert line.startswith("CIFAR10 seed 0, λ = 1: paper (adam 0.0001, patience 3) was stopped after 52 epochs "
@@ -245,10 +177,9 @@ def test_the_control_lambda_trains_bitwise_as_lambda_zero(device):
                    for k in ("train_loss", "val_loss", "val_accuracy", "penalty")) is same, lam
 
 
-def test_a_control_runs_through_the_package_and_the_report(synthetic, fixed_code, dirs):
-    unit = tiny_config()
-    res = tuning.run(unit, "paper", tuning.CANDIDATES["paper"], lams=[report.CONTROL_LAM, 1.0], device="cpu",
-                     progress=False, **dirs)
+def test_a_control_runs_through_the_package_and_the_report(synthetic, tiny, dirs):
+    res = tuning.run("tiny", "mnist", 0, "paper", tuning.CANDIDATES["paper"], lams=[report.CONTROL_LAM, 1.0],
+                     device="cpu", progress=False, **dirs)
     assert [e["lam"] for e in res["finetunes"]] == [report.CONTROL_LAM, 1.0]
     rows = tuning.summary([res])
     assert [report.is_control(r["lam"]) for r in rows] == [True, False]

@@ -1,0 +1,91 @@
+"""The measure command on a profile's kept networks: its wall time against the 20-minute target.
+
+It copies ``results/<profile>`` to a temporary folder (the committed records stay untouched) and runs
+:func:`sepdtd.remeasure.run` there with ``force=True``: every kept network gets every measurement its
+protocol gives it again, as ``python -m sepdtd measure --profile <profile> --force`` would. It prints the
+time per (network, measurement) and in all, and two ratios:
+
+- against the target (20 minutes for the whole full profile on 2 CPU cores);
+- against a reference timed in the same run: one plain forward pass of every kept network over the
+  test images it is measured on (what any measurement must at least do), so that a slower machine does
+  not read as a slower measure stage.
+
+Usage::
+
+    python benchmarks/bench_measure.py                       # results/full, CPU
+    python benchmarks/bench_measure.py --datasets mnist --json out.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from sepdtd import data, remeasure
+from sepdtd.pipeline import measure, store
+from sepdtd.utils import device_name, resolve_device
+
+TARGET_S = 20 * 60.0
+
+
+def _forward_reference(root: Path, device: torch.device, datasets: list[str] | None) -> float:
+    """Seconds of one forward pass of every kept network over its whole test set."""
+    total = 0.0
+    for path in sorted((root / "train").glob("*/seed*.json")):
+        rec = store.read_record(path)
+        if datasets and rec["dataset"] not in datasets:
+            continue
+        x = torch.as_tensor(data.load(rec["dataset"]).x_test)
+        for entry in rec["networks"].values():
+            net = measure.load_network(root, entry, device=device)
+            t0 = time.perf_counter()
+            with torch.no_grad():
+                for xb in x.split(1000):
+                    net(xb.to(device).float() / 255)
+            total += time.perf_counter() - t0
+    return total
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--profile", default="full")
+    ap.add_argument("--datasets", nargs="+", default=None)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--json", default=None, help="write the numbers to this file")
+    args = ap.parse_args()
+    dev = resolve_device(args.device)
+    src = store.results_dir_of(args.profile)
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp) / args.profile
+        shutil.copytree(src, root, ignore=shutil.ignore_patterns(".*.lock"))
+        for name in args.datasets or ["mnist", "fashion_mnist", "cifar10"]:
+            data.load(name)                                  # decoding the data is not the stage's time
+        reference = _forward_reference(root, dev, args.datasets)
+        out = remeasure.run(args.profile, datasets=args.datasets, device=dev, results_dir=root, force=True)
+        per = []
+        for kind in ("paper", "beyond"):
+            for path in sorted((root / "measure" / kind).glob("*/seed*.json")):
+                rec = store.read_record(path)
+                per += [(kind, rec["dataset"], rec["seed"], tag, e["wall_s"]) for tag, e in rec["networks"].items()]
+    print(f"device: {device_name(dev)}")
+    for kind, ds, seed, tag, wall in per:
+        print(f"  {kind:<7} {ds:<14} seed {seed} {tag:<16} {wall:7.1f} s")
+    n = len(out["networks"])
+    print(f"measure stage: {n} (network, measurement) pairs in {out['wall_s']:.1f} s "
+          f"({out['wall_s'] / 60:.1f} min; target {TARGET_S / 60:.0f} min: ratio {out['wall_s'] / TARGET_S:.2f})")
+    print(f"reference (one forward pass of every kept network over its test set): {reference:.1f} s; "
+          f"measure / reference = {out['wall_s'] / max(reference, 1e-9):.1f}")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"device": device_name(dev), "wall_s": out["wall_s"], "pairs": n,
+                                               "target_s": TARGET_S, "reference_s": reference,
+                                               "per_network": per}, indent=2))
+    return 0 if out["wall_s"] <= TARGET_S else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

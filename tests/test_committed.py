@@ -1,0 +1,151 @@
+"""The committed full profile: its networks are intact and within budget, its results are current, and
+staleness follows what the code computes, not its text."""
+from __future__ import annotations
+
+import ast
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from sepdtd import beyond, experiments, training
+from sepdtd.pipeline import store
+
+REPO = Path(__file__).resolve().parent.parent
+FULL = REPO / "results" / "full"
+
+
+def _kept() -> list[dict]:
+    return [u for u in experiments.load_results(FULL) if u["networks_kept"]]
+
+
+def test_the_full_profile_keeps_the_networks_of_mnist_and_fashion_mnist():
+    kept = {(u["dataset"], u["seed"]) for u in _kept()}
+    assert {("mnist", 0), ("fashion_mnist", 0)} <= kept
+    assert {(u["dataset"], u["seed"]) for u in beyond.load_results("full")} >= {("mnist", 0), ("fashion_mnist", 0)}
+
+
+def test_every_kept_network_is_intact_and_within_budget():
+    manifest = store.read_manifest(FULL)
+    assert manifest
+    total = 0
+    for rel, e in manifest.items():
+        path = FULL / rel
+        assert path.stat().st_size == e["bytes"] <= store.MAX_NETWORK_BYTES, rel
+        assert store.sha256_file(path) == e["sha256"], f"{rel} does not match the manifest"
+        total += e["bytes"]
+    assert total <= store.MAX_PROFILE_BYTES
+    files = {p.relative_to(FULL).as_posix() for p in (FULL / "networks").rglob("*.safetensors")}
+    assert files == set(manifest), "network files and the manifest disagree"
+    for path in (FULL / "train").glob("*/seed*.json"):
+        for tag, e in store.read_record(path)["networks"].items():
+            assert manifest[e["file"]]["sha256"] == e["sha256"], f"{path.name} {tag}"
+
+
+def test_rounding_to_float16_changes_accuracy_by_at_most_0001():
+    entries = [e for p in (FULL / "train").glob("*/seed*.json") for e in store.read_record(p)["networks"].values()]
+    assert entries
+    for e in entries:
+        r = e["rounding"]
+        assert abs(r["accuracy_float32"] - r["accuracy_float16"]) <= 0.001, e["file"]
+        assert r["n_test"] == 10_000
+
+
+def test_committed_results_are_current_or_a_known_change():
+    """A committed result the code would now compute otherwise must be re-measured (or retrained), or listed
+    with its reason in results/full/known-changes.json."""
+    units = experiments.load_results(FULL) + beyond.load_results("full")
+    assert units
+    unexplained = [(u["dataset"], u["seed"], r["text"]) for u in units for r in u["stale"] if not r.get("known")]
+    assert unexplained == []
+
+
+@pytest.mark.parametrize("dataset", ["mnist", "fashion_mnist"])
+def test_a_kept_network_loads_on_a_fresh_clone_and_reproduces_its_accuracy(dataset, tmp_path, monkeypatch):
+    from sepdtd import data
+
+    monkeypatch.setenv("SEPDTD_CACHE", str(tmp_path / "cache"))                  # an empty cache
+    (stored,) = [s for u in _kept() if (u["dataset"], u["seed"]) == (dataset, 0) for s in u["settings"]
+                 if s["lam"] == 1.0]
+    net = experiments.load_model("full", dataset, 1.0, seed=0)
+    ds = data.load(dataset)
+    import torch
+
+    _, acc = training.evaluate(net, torch.as_tensor(ds.x_test), torch.as_tensor(ds.y_test).long(), device="cpu")
+    assert abs(acc - stored["accuracy"]) <= 0.001
+
+
+# ------------------------------------------------------------------------- staleness by behaviour
+def _report(package: Path) -> list[dict]:
+    """``python -m sepdtd.report results/full --json`` run with the package at ``package``."""
+    env = {**os.environ, "PYTHONPATH": str(package)}
+    out = subprocess.run([sys.executable, "-m", "sepdtd.report", str(FULL), "--json"], capture_output=True,
+                         text=True, env=env, cwd=package, timeout=600)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)
+
+
+def _copy(tmp_path: Path) -> Path:
+    shutil.copytree(REPO / "sepdtd", tmp_path / "sepdtd", ignore=shutil.ignore_patterns("__pycache__"))
+    return tmp_path
+
+
+def _edit(root: Path, module: str, old: str, new: str) -> None:
+    path = root / "sepdtd" / module
+    text = path.read_text()
+    assert text.count(old) == 1, f"{old!r} not found once in {module}"
+    path.write_text(text.replace(old, new))
+
+
+def test_the_report_marks_no_committed_row_stale():
+    rows = _report(REPO)
+    assert rows and not any(r["stale"] for r in rows)
+    assert any(r["networks_kept"] for r in rows)
+
+
+def test_editing_every_docstring_and_comment_stales_nothing(tmp_path):
+    root = _copy(tmp_path)
+    for path in (root / "sepdtd").rglob("*.py"):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and node.body \
+                    and isinstance(node.body[0], ast.Expr) and isinstance(node.body[0].value, ast.Constant) \
+                    and isinstance(node.body[0].value.value, str):
+                node.body[0].value.value += "\n\nEdited."
+        path.write_text(ast.unparse(tree))       # also drops every comment and reformats the code
+    assert "Edited." in (root / "sepdtd" / "metrics.py").read_text()
+    rows = _report(root)
+    assert rows and not any(r["stale"] for r in rows)
+
+
+def test_changing_one_metric_stales_exactly_its_fields(tmp_path):
+    root = _copy(tmp_path)
+    _edit(root, "metrics.py", "    return (a * b).sum(dim=1) / (na * nb)\n",
+          "    return 0.99 * (a * b).sum(dim=1) / (na * nb)\n")
+    rows = _report(root)
+    kept = [r for r in rows if r["networks_kept"]]
+    assert kept and all(r["stale"] for r in kept) and not any(r["stale"] for r in rows if not r["networks_kept"])
+    fields = {reason.split("'")[1] for r in kept for reason in r["stale_reasons"]}
+    assert fields == {"cosine", "abs_cosine"}
+
+
+def test_changing_the_stacked_fine_tunes_stales_the_fine_tuned_networks_only(tmp_path):
+    root = _copy(tmp_path)
+    _edit(root, "training.py", "            obj = obj + self.lam_t * self._penalty()\n",
+          "            obj = obj + 2 * self.lam_t * self._penalty()\n")
+    rows = [r for r in _report(root) if r["networks_kept"]]
+    assert rows and all(r["stale"] == (r["lam"] > 0) for r in rows)
+    assert all("training code 'penalty' changed" in reason for r in rows for reason in r["stale_reasons"])
+
+
+def test_changing_the_training_loop_stales_every_network_it_trained(tmp_path):
+    root = _copy(tmp_path)
+    _edit(root, "training.py", "dropout_seed = (seed * 0x9E3779B1 + 0x7F4A7C15) % 2**63",
+          "dropout_seed = (seed * 0x9E3779B1 + 0x7F4A7C17) % 2**63")
+    rows = [r for r in _report(root) if r["networks_kept"]]
+    assert rows and all(r["stale"] for r in rows)
+    assert all(any("'loop' changed" in reason for reason in r["stale_reasons"]) for r in rows)
