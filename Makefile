@@ -56,6 +56,7 @@ chromium:
 	  || { [ -z "$(IN_CI)" ] && echo "note: chromium could not be installed; the book screenshot test will be skipped"; }
 
 test: setup chromium
+	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q
 
 # bench_train.py runs even when bench_dtd.py fails (it exits 1 when a CPU ratio target is missed);

@@ -57,7 +57,6 @@ relevance) and, for α2β1, only where both :math:`z^+_j` and :math:`z^-_j` of a
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Union
 
 import torch
 import torch.nn.functional as F
@@ -70,7 +69,7 @@ __all__ = [
     "gradient_x_input", "clrp", "sglrp", "relevance", "heatmap",
 ]
 
-Bound = Union[float, Tensor]
+Bound = float | Tensor
 
 #: Rules of :func:`lrp` for the weighted layers above the first.
 RULES = ("zplus", "epsilon", "alphabeta", "gradient")

@@ -84,7 +84,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Union
 
 import torch
 import torch.nn.functional as F
@@ -92,7 +91,7 @@ from torch import Tensor, nn
 
 __all__ = ["relevance", "heatmap", "check_model", "SUPPORTED_LAYERS"]
 
-Bound = Union[float, Tensor]
+Bound = float | Tensor
 
 #: Layer types the engine explains (subclasses are accepted when they keep the parent's ``forward``).
 SUPPORTED_LAYERS: tuple[type[nn.Module], ...] = (
@@ -414,8 +413,8 @@ def _forward(layers: list[tuple[str, nn.Module]], x: Tensor, lo: Tensor, hi: Ten
             prep = cache[pos]
             nhwc = None
             if is_conv:
-                def op(inp: Tensor, weight: Tensor) -> Tensor:
-                    return F.conv2d(inp, weight, None, **prep["cargs"])
+                def op(inp: Tensor, weight: Tensor, cargs: dict = prep["cargs"]) -> Tensor:
+                    return F.conv2d(inp, weight, None, **cargs)
             else:
                 op = F.linear
             b = prep["bias"]

@@ -153,7 +153,7 @@ def test_conservation_with_zero_biases(name):
     net = models.build(name, seed=0).double().eval()      # Keras init: zero biases
     x = torch.rand(3, *net.input_shape, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
     cls, f = _top2_and_f(net, x)
-    tot = lambda r: r.flatten(2).sum(-1)  # noqa: E731
+    tot = lambda r: r.flatten(2).sum(-1)
     torch.testing.assert_close(tot(A.lrp_alphabeta(net, x, cls, low=0.0, high=1.0)), f, rtol=1e-6, atol=1e-7)
     torch.testing.assert_close(tot(A.lrp(net, x, cls, low=0.0, high=1.0, rule="zplus")), f, rtol=1e-6, atol=1e-7)
     torch.testing.assert_close(tot(A.lrp_epsilon(net, x, cls, low=0.0, high=1.0, epsilon=1e-9)), f,
@@ -208,7 +208,7 @@ def test_clrp_others_is_the_contrast_of_shares(data):
     got = A.clrp(net, x, cls, low=0.0, high=1.0, variant="others")
     assert (got >= 0).all()
     per_class = A.lrp(net, x, torch.arange(5).repeat(4, 1), low=0.0, high=1.0)   # starts at f_n
-    share = lambda r: r / r.flatten(1).sum(-1).view(-1, 1, 1, 1)  # noqa: E731
+    share = lambda r: r / r.flatten(1).sum(-1).view(-1, 1, 1, 1)
     for b in range(4):
         for k in range(2):
             c = int(cls[b, k])
@@ -228,7 +228,7 @@ def test_clrp_negated_uses_the_negated_output_weights(data):
     got = A.clrp(net, x, cls, low=0.0, high=1.0, variant="negated")
     r = A.lrp(net, x, cls, low=0.0, high=1.0)
     d = A.lrp(neg, x, cls, low=0.0, high=1.0)
-    share = lambda t: t / t.flatten(2).sum(-1)[..., None, None, None]  # noqa: E731
+    share = lambda t: t / t.flatten(2).sum(-1)[..., None, None, None]
     torch.testing.assert_close(got, (share(r) - share(d)).clamp(min=0), rtol=1e-9, atol=1e-12)
 
 

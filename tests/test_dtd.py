@@ -547,7 +547,7 @@ def test_a_box_that_does_not_hold_zero_or_is_infinite_is_refused(low: float, hig
 def test_bad_classes_and_arguments():
     model = _randomize_(SMALL_NETS["linear_zB"][0](), seed=0)
     x = _rand(2, 6, seed=15)
-    call = lambda c, **kw: dtd.relevance(model, x, c, low=0.0, high=1.0, **kw)  # noqa: E731
+    call = lambda c, **kw: dtd.relevance(model, x, c, low=0.0, high=1.0, **kw)
     with pytest.raises(ValueError, match=r"shape \(B, K\)"):
         call(torch.tensor([0, 1]))
     with pytest.raises(ValueError, match=r"shape \(B, K\)"):

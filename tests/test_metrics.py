@@ -9,7 +9,16 @@ import pytest
 import torch
 from torch import nn
 
-from sepdtd.metrics import CONVENTIONS, cosine, cosines, diffusion, diffusion_variants, frobenius, normalize, softmax_scale
+from sepdtd.metrics import (
+    CONVENTIONS,
+    cosine,
+    cosines,
+    diffusion,
+    diffusion_variants,
+    frobenius,
+    normalize,
+    softmax_scale,
+)
 
 
 def test_identical_heatmaps_have_zero_diffusion_and_cosine_one():

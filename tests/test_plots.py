@@ -11,7 +11,7 @@ from PIL import Image
 
 matplotlib.use("Agg")
 
-from sepdtd import plots, regularization, toy  # noqa: E402
+from sepdtd import plots, regularization, toy
 
 
 @pytest.fixture(autouse=True)

@@ -148,7 +148,8 @@ def test_resume_gives_the_uninterrupted_run(toy_data, tmp_path):
     full = training.fit_stacked(nets, lams, *toy_data, **{**KW, "patience": 3})
     ck = tmp_path / "stack.pt"
     parts = [small_net(dropout=0.3) for _ in lams]
-    training.fit_stacked(parts, lams, *toy_data, **{**KW, "max_epochs": 2, "patience": 3}, checkpoint=ck, checkpoint_every_s=0)
+    training.fit_stacked(parts, lams, *toy_data, **{**KW, "max_epochs": 2, "patience": 3}, checkpoint=ck,
+                         checkpoint_every_s=0)
     parts = [small_net(dropout=0.3) for _ in lams]
     resumed = training.fit_stacked(parts, lams, *toy_data, **{**KW, "patience": 3}, checkpoint=ck,
                                    checkpoint_every_s=0)
@@ -194,7 +195,7 @@ def test_fit_stacked_on_cuda_with_and_without_graph(toy_data):
     # the stack on CUDA still follows the members' own fits (dropout off)
     c = [small_net() for _ in lams]
     hc = training.fit_stacked(c, lams, *toy_data, **kw)
-    for lam, net, h in zip(lams, c, hc):
+    for lam, h in zip(lams, hc):
         ref = small_net()
         hr = training.fit(ref, *toy_data, lam=lam, **kw)
         assert h.val_loss == pytest.approx(hr.val_loss, rel=1e-3)
