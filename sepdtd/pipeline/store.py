@@ -160,7 +160,8 @@ def save_network(root: str | os.PathLike, rel: str, model: torch.nn.Module, *,
     root = Path(root)
     tensors = {k: (v.detach().to("cpu", DTYPE) if v.is_floating_point() else v.detach().cpu()).contiguous()
                for k, v in model.state_dict().items()}
-    data = save(tensors, metadata={"format": "pt", "sepdtd": json.dumps(dict(metadata or {}), sort_keys=True)})
+    # one metadata key: safetensors writes the metadata map in no fixed order, and the digest needs fixed bytes
+    data = save(tensors, metadata={"sepdtd": json.dumps(dict(metadata or {}), sort_keys=True)})
     path = root / rel
     utils.atomic_write_bytes(path, data)
     entry = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data), "dtype": str(DTYPE).removeprefix("torch."),
