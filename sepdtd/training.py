@@ -610,7 +610,8 @@ def _check_settings(models: list[nn.Module], lams: list[float], x_train: torch.T
 
 def _run(members: _Single | _Stack, x_train: torch.Tensor, y_train: torch.Tensor, x_val: torch.Tensor,
          y_val: torch.Tensor, *, settings: dict, lr: float, batch_size: int, max_epochs: int, patience: int,
-         augment: bool, clamp_bias: bool, dev: torch.device, seed: int, checkpoint: str | Path | None,
+         augment: bool, clamp_bias: bool, clamp_output_bias: bool, dev: torch.device, seed: int,
+         checkpoint: str | Path | None,
          checkpoint_key: str | None, checkpoint_every_s: float, progress: bool, optimizer: str,
          weight_decay: float, eval_batch_size: int, cuda_graph: bool, channels_last: bool = False) -> list[History]:
     """The training loop of Eq. 5 that :func:`fit` and :func:`fit_stacked` share (see their docstrings)."""
@@ -628,8 +629,11 @@ def _run(members: _Single | _Stack, x_train: torch.Tensor, y_train: torch.Tensor
     biases = [m.bias for m in module.modules() if isinstance(m, (nn.Conv2d, nn.Linear)) and m.bias is not None]
     if isinstance(members, _Stack):
         biases = list(module.biases)
+    if not clamp_output_bias:
+        biases = biases[:-1]                       # the output layer's bias comes last
     train_step = _Step(members.objective, opt, params, biases if clamp_bias else [], graph)
     settings = {**settings, "lr": float(lr), "batch_size": batch_size, "augment": augment, "clamp_bias": clamp_bias,
+                **({} if clamp_output_bias else {"clamp_output_bias": False}),
                 "seed": seed, "optimizer": optimizer, "weight_decay": float(weight_decay), "device_type": dev.type}
     path = Path(checkpoint) if checkpoint is not None else None
     fingerprint = _fingerprint(module, x_tr, y_tr, x_va, y_va, settings) if path is not None else ""
@@ -780,6 +784,7 @@ def fit(
     patience: int = 3,
     augment: bool = False,
     clamp_bias: bool = True,
+    clamp_output_bias: bool = True,
     device: str | torch.device = "auto",
     seed: int = 0,
     checkpoint: str | Path | None = None,
@@ -827,6 +832,9 @@ def fit(
         Random flips and shifts (:func:`augment_batch`), as the paper does for CIFAR-10.
     clamp_bias : bool, optional
         After every optimizer step project the biases onto ``b <= 0`` (DTD's assumption, Section 2.2).
+    clamp_output_bias : bool, optional
+        With ``clamp_bias``, also the output layer's bias (False leaves it free: an ablation of why the
+        fine-tuned logits go negative).
     device : str or torch.device, optional
         ``"auto"``: CUDA when available.
     seed : int, optional
@@ -891,7 +899,8 @@ def fit(
     members = _Single(model, lam, n_blocks, pen, channels_last)
     settings = {"lams": [lam], "n_blocks": n_blocks, "penalty": pen, "stacked": 0, "channels_last": channels_last}
     return _run(members, x_train, y_train, x_val, y_val, settings=settings, lr=lr, batch_size=batch_size,
-                max_epochs=max_epochs, patience=patience, augment=augment, clamp_bias=clamp_bias, dev=dev,
+                max_epochs=max_epochs, patience=patience, augment=augment, clamp_bias=clamp_bias,
+                clamp_output_bias=clamp_output_bias, dev=dev,
                 seed=seed, checkpoint=checkpoint, checkpoint_key=checkpoint_key,
                 checkpoint_every_s=checkpoint_every_s, progress=progress, optimizer=optimizer,
                 weight_decay=weight_decay, eval_batch_size=eval_batch_size, cuda_graph=cuda_graph,
@@ -915,6 +924,7 @@ def fit_stacked(
     patience: int = 3,
     augment: bool = False,
     clamp_bias: bool = True,
+    clamp_output_bias: bool = True,
     device: str | torch.device = "auto",
     seed: int = 0,
     checkpoint: str | Path | None = None,
@@ -947,8 +957,8 @@ def fit_stacked(
     lams : list of float
         λ of Eq. 5 per member (``>= 0``).
     x_train, y_train, x_val, y_val, n_blocks, penalty, penalty_layers, lr, batch_size, max_epochs, patience, \
-augment, clamp_bias, device, seed, checkpoint, checkpoint_key, progress, optimizer, weight_decay, \
-eval_batch_size, cuda_graph
+augment, clamp_bias, clamp_output_bias, device, seed, checkpoint, checkpoint_key, progress, optimizer, \
+weight_decay, eval_batch_size, cuda_graph
         As for :func:`fit` (``lr`` and the optimizer are shared; element-wise optimizers such as Adam
         update every member exactly as its own optimizer would).
     checkpoint_every_s : float, optional
@@ -983,7 +993,8 @@ eval_batch_size, cuda_graph
     members = _Stack(models, lams, n_blocks, pen, dev)
     settings = {"lams": lams, "n_blocks": n_blocks, "penalty": pen, "stacked": len(models)}
     return _run(members, x_train, y_train, x_val, y_val, settings=settings, lr=lr, batch_size=batch_size,
-                max_epochs=max_epochs, patience=patience, augment=augment, clamp_bias=clamp_bias, dev=dev,
+                max_epochs=max_epochs, patience=patience, augment=augment, clamp_bias=clamp_bias,
+                clamp_output_bias=clamp_output_bias, dev=dev,
                 seed=seed, checkpoint=checkpoint, checkpoint_key=checkpoint_key,
                 checkpoint_every_s=checkpoint_every_s, progress=progress, optimizer=optimizer,
                 weight_decay=weight_decay, eval_batch_size=eval_batch_size, cuda_graph=cuda_graph)

@@ -96,8 +96,11 @@ class Config:
         return cls(**kw)
 
     def hashed(self) -> dict:
-        """The fields that change the numbers (those not marked ``metadata={"hash": False}``)."""
-        skip = {f.name for f in dataclasses.fields(self) if not f.metadata.get("hash", True)}
+        """The fields that change the numbers: all but those marked ``metadata={"hash": False}``, and those
+        marked ``metadata={"hash": "if set"}`` only where they differ from their default (fields added
+        later, so that the keys of earlier configurations stay what they were)."""
+        skip = {f.name for f in dataclasses.fields(self) if not f.metadata.get("hash", True)
+                or (f.metadata.get("hash") == "if set" and getattr(self, f.name) == f.default)}
         return {k: v for k, v in self.as_dict().items() if k not in skip}
 
     def key(self) -> str:
@@ -189,6 +192,8 @@ class TrainConfig(Config):
         Eq. 6's sum, or its mean over the off-block weights (:func:`sepdtd.regularization.block_l1`).
     penalty_layers : {"dense", "output"}
         The dense layers Eq. 6 covers.
+    clamp_output_bias : bool
+        With ``clamp_bias``, the output layer's bias is kept <= 0 too (False: an ablation).
     eval_batch_size : int
         Images per validation pass (not hashed).
     """
@@ -208,6 +213,7 @@ class TrainConfig(Config):
     penalty: str = "sum"
     penalty_layers: str = "dense"
     eval_batch_size: int = field(default=1000, metadata={"hash": False})
+    clamp_output_bias: bool = field(default=True, metadata={"hash": "if set"})
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "dataset", dataset_name(self.dataset))

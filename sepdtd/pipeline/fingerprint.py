@@ -31,7 +31,8 @@ __all__ = ["TRAIN_COMPONENTS", "train_components", "train_dependencies", "measur
            "probe_images", "probe_pairs", "probe_data"]
 
 #: The parts of the training stage that have a fingerprint.
-TRAIN_COMPONENTS = ("model.table1", "model.separate", "model.depth", "split", "loop", "augment", "penalty")
+TRAIN_COMPONENTS = ("model.table1", "model.separate", "model.depth", "split", "loop", "augment", "penalty",
+                    "output-bias")
 
 
 def _values(obj: Any) -> Iterable[float]:
@@ -204,6 +205,12 @@ def train_components() -> dict[str, str]:
         pens = [regularization.block_l1(start, layers=layers, reduction=red)
                 for layers in regularization.PENALTY_LAYERS for red in regularization.PENALTY_REDUCTIONS]
         out["penalty"] = _digest(_state(nets), [h.val_loss for h in hists], [h.penalty for h in hists], pens)
+        nets = [probe_network(6).train() for _ in range(2)]
+        for net in nets:
+            net[-1].bias.data.fill_(0.0)           # a free output bias then goes positive
+        hists = training.fit_stacked(nets, [0.0, 0.5], x, y, xv, yv, clamp_output_bias=False,
+                                     **{**kw, "max_epochs": 2, "lr": 0.05})
+        out["output-bias"] = _digest(_state(nets), [h.val_loss for h in hists])
     return out
 
 
@@ -215,4 +222,6 @@ def train_dependencies(config: Any) -> tuple[str, ...]:
         deps.append("augment")
     if config.start is not None:
         deps.append("penalty")
+    if not config.clamp_output_bias:
+        deps.append("output-bias")
     return tuple(deps)

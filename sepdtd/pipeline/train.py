@@ -158,7 +158,8 @@ def _train_job(root: Path, job: Job, trained: dict[str, dict], *, dev: torch.dev
     t_start = time.time()
     kw = dict(n_blocks=cfg.n_blocks, penalty=cfg.penalty, penalty_layers=cfg.penalty_layers, lr=st.lr,
               batch_size=st.batch_size, max_epochs=st.max_epochs, patience=st.patience, augment=cfg.augment,
-              clamp_bias=cfg.clamp_bias, device=dev, seed=cfg.train_seed, checkpoint=ckdir / "train.pt",
+              clamp_bias=cfg.clamp_bias, clamp_output_bias=cfg.clamp_output_bias, device=dev, seed=cfg.train_seed,
+              checkpoint=ckdir / "train.pt",
               checkpoint_key=f"{key}/{sorted(deps.items())}", checkpoint_every_s=checkpoint_every_s,
               progress=progress, optimizer=st.optimizer,
               weight_decay=st.weight_decay, eval_batch_size=cfg.eval_batch_size)
