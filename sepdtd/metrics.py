@@ -1,4 +1,4 @@
-r"""The diffusion metric of Section 5.1 (Eq. 7) and its variants.
+r"""The diffusion metric of Section 5.1 (Eq. 7), its conventions, and ground-truth metrics.
 
 Eq. 7 measures how different the explanations of the two highest-scoring classes are:
 
@@ -8,18 +8,26 @@ with :math:`c_1, c_2` the classes with the highest and second-highest output and
 DTD heatmap (relevance at the input, summed over colour channels) of image ``n`` for class ``c``. A
 *larger* value means *less* diffusion.
 
-The raw metric depends on the heatmaps' scale, which DTD ties to the logit the relevance starts from
-(Section 2.2: "the relevance R_k ... is the output of that neuron"). The paper does not say how its
-heatmaps were scaled, so :func:`diffusion_variants` reports four conventions (:data:`CONVENTIONS`):
+Every function here works per image (it returns ``(N,)``); :func:`diffusion`, :func:`cosine` and
+:func:`diffusion_variants` are the documented means over the images.
 
-- ``"raw"``: heatmaps as DTD gives them (relevance starts at the logit :math:`f_k(x)`);
-- ``"max"``: each heatmap divided by its largest :math:`|R|`;
-- ``"sum"``: each heatmap divided by its total :math:`\sum |R|`;
-- ``"softmax"``: relevance starts at the softmax probability :math:`p_k` instead of the logit. DTD's
-  rules (Eq. 3-4) are linear in the starting relevance, so this heatmap is the logit heatmap times
-  :math:`p_k / f_k(x)` (:func:`softmax_scale`).
+**Scale.** The raw metric depends on the heatmaps' scale, which DTD ties to the logit the relevance
+starts from (Section 2.2: "the relevance R_k ... is the output of that neuron"). The paper does not say
+how its heatmaps were scaled, so there are several conventions (:data:`CONVENTIONS`, :func:`scaled`):
+``"raw"`` (as DTD gives them), ``"max"`` (divided by the largest :math:`|R|`), ``"sum"`` (divided by
+:math:`\sum |R|`) and ``"softmax"`` (relevance started at the probability :math:`p_k` instead of the
+logit; DTD is linear in the start, so this is the logit heatmap times :math:`p_k / f_k`).
 
-plus the scale-free mean cosine similarity of the two heatmaps (:func:`cosine`).
+**Sign.** A heatmap started at the logit :math:`f_c` carries its sign: where :math:`f_c < 0`, DTD
+returns the pattern of :math:`|f_c|` negated. A signed comparison then reads a sign flip as a different
+explanation. The ``"sc-"`` conventions compare the *sign-corrected* heatmaps :math:`R \cdot
+\mathrm{sign}(f_c)` (:func:`sign_corrected`), in which positive relevance always speaks for the class;
+``"softmax"`` is sign-corrected by construction. :func:`cosines` is the signed cosine; its absolute
+value, and the cosine of the sign-corrected heatmaps, are reported beside it.
+
+**Undefined cases are NaN**, never a number: the cosine of a heatmap without any relevance, the mass
+accuracy or pointing game of a heatmap without positive relevance, and any metric of a heatmap that
+holds NaN. Means leave them out and report how many there were.
 """
 from __future__ import annotations
 
@@ -31,12 +39,16 @@ import torch
 from torch import nn
 
 __all__ = [
-    "CONVENTIONS", "diffusion", "frobenius", "cosine", "cosines", "normalize", "softmax_scale", "diffusion_variants",
-    "relevance_mass_accuracy", "pointing_game",
+    "CONVENTIONS", "SCALES", "diffusion", "frobenius", "cosine", "cosines", "normalize", "sign_corrected", "scaled",
+    "softmax_scale", "top2", "diffusion_variants", "relevance_mass_accuracy", "pointing_game",
 ]
 
-#: Heatmap scaling conventions of :func:`diffusion_variants`; ``"softmax"`` acts at relevance time.
-CONVENTIONS = ("raw", "max", "sum", "softmax")
+#: How each heatmap is scaled before Eq. 7 (:func:`normalize`).
+SCALES = ("raw", "max", "sum")
+
+#: The conventions of Eq. 7 (:func:`scaled`): the scales, ``"softmax"``, and the scales of the
+#: sign-corrected heatmaps (``"sc-raw"``, ``"sc-max"``, ``"sc-sum"``).
+CONVENTIONS = (*SCALES, "softmax", *(f"sc-{c}" for c in SCALES))
 
 _ArrayLike = torch.Tensor | np.ndarray
 
@@ -65,7 +77,7 @@ def frobenius(h1: _ArrayLike, h2: _ArrayLike) -> torch.Tensor:
     Returns
     -------
     torch.Tensor
-        float64 ``(N,)``.
+        float64 ``(N,)``; ``nan`` where a heatmap holds ``nan``.
 
     Raises
     ------
@@ -88,7 +100,8 @@ def diffusion(h1: _ArrayLike, h2: _ArrayLike) -> float:
     Returns
     -------
     float
-        ``d = 1/N sum_n ||h1[n] - h2[n]||_F``, computed in float64. Larger means less diffusion.
+        ``d = 1/N sum_n ||h1[n] - h2[n]||_F``, computed in float64. Larger means less diffusion; ``nan``
+        if a heatmap holds ``nan``.
 
     Raises
     ------
@@ -98,20 +111,23 @@ def diffusion(h1: _ArrayLike, h2: _ArrayLike) -> float:
     return float(frobenius(h1, h2).mean())
 
 
-def cosines(h1: _ArrayLike, h2: _ArrayLike, *, eps: float = 1e-12) -> torch.Tensor:
-    """Per-sample cosine similarity of flattened heatmaps: the terms whose mean is :func:`cosine`.
+def cosines(h1: _ArrayLike, h2: _ArrayLike) -> torch.Tensor:
+    """Per-sample cosine similarity of flattened heatmaps.
+
+    Each heatmap is first divided by its largest ``|R|``, so the cosine does not depend on the scale,
+    however small (a tiny heatmap's cosine with itself is 1).
 
     Parameters
     ----------
     h1, h2 : torch.Tensor or numpy.ndarray
         Heatmap batches of the same shape ``(N, ...)``.
-    eps : float, optional
-        Each norm is clamped to at least ``eps`` (see :func:`cosine`).
 
     Returns
     -------
     torch.Tensor
-        ``(N,)`` float64, ``<h1[n], h2[n]> / (max(||h1[n]||, eps) max(||h2[n]||, eps))`` in ``[-1, 1]``.
+        ``(N,)`` float64 in ``[-1, 1]``: ``<h1[n], h2[n]> / (||h1[n]|| ||h2[n]||)``; 1 means the same
+        explanation up to a positive scale. ``nan`` where either heatmap is all zero (it has no
+        direction) or holds ``nan``/``inf``.
 
     Raises
     ------
@@ -119,38 +135,39 @@ def cosines(h1: _ArrayLike, h2: _ArrayLike, *, eps: float = 1e-12) -> torch.Tens
         If the shapes differ or the batch is empty.
     """
     a, b = _pair(h1, h2)
-    na = torch.linalg.vector_norm(a, dim=1).clamp(min=eps)
-    nb = torch.linalg.vector_norm(b, dim=1).clamp(min=eps)
-    return (a * b).sum(dim=1) / (na * nb)
+    sa = a.abs().amax(dim=1, keepdim=True)
+    sb = b.abs().amax(dim=1, keepdim=True)
+    ok = (sa > 0) & (sb > 0) & torch.isfinite(sa) & torch.isfinite(sb)
+    a = a / torch.where(ok, sa, torch.ones_like(sa))
+    b = b / torch.where(ok, sb, torch.ones_like(sb))
+    c = (a * b).sum(dim=1) / (torch.linalg.vector_norm(a, dim=1) * torch.linalg.vector_norm(b, dim=1))
+    return torch.where(ok[:, 0], c.clamp(-1.0, 1.0), torch.full_like(c, float("nan")))
 
 
-def cosine(h1: _ArrayLike, h2: _ArrayLike, *, eps: float = 1e-12) -> float:
+def cosine(h1: _ArrayLike, h2: _ArrayLike) -> float:
     """Mean cosine similarity of per-sample flattened heatmaps (a scale-free companion of Eq. 7).
 
     Parameters
     ----------
     h1, h2 : torch.Tensor or numpy.ndarray
         Heatmap batches of the same shape ``(N, ...)``.
-    eps : float, optional
-        Each norm is clamped to at least ``eps``: a zero heatmap has similarity 0 with anything
-        (including another zero heatmap) instead of ``nan``.
 
     Returns
     -------
     float
-        ``1/N sum_n <h1[n], h2[n]> / (max(||h1[n]||, eps) max(||h2[n]||, eps))`` in ``[-1, 1]``; 1 means
-        the two explanations are identical up to a positive scale (complete diffusion).
+        The mean of :func:`cosines` over the images where it is defined; ``nan`` if it is defined for
+        none. Count the undefined ones with ``cosines(h1, h2).isnan().sum()``.
 
     Raises
     ------
     ValueError
         If the shapes differ or the batch is empty.
     """
-    return float(cosines(h1, h2, eps=eps).mean())
+    return float(cosines(h1, h2).nanmean())
 
 
 def normalize(h: torch.Tensor, convention: str, *, heatmap_dims: int = 2) -> torch.Tensor:
-    """Rescale each heatmap by a convention of :data:`CONVENTIONS`.
+    """Rescale each heatmap by a scale of :data:`SCALES`.
 
     Parameters
     ----------
@@ -158,8 +175,8 @@ def normalize(h: torch.Tensor, convention: str, *, heatmap_dims: int = 2) -> tor
         Heatmaps ``(..., H, W)``, e.g. ``(N, H, W)`` or ``(B, K, H, W)``.
     convention : str
         ``"raw"``: unchanged; ``"max"``: each heatmap divided by its largest ``|R|``; ``"sum"``: divided
-        by its ``sum |R|``. All-zero heatmaps stay zero. ``"softmax"`` changes where the relevance
-        starts, so it needs the logits: use :func:`softmax_scale` (or :func:`diffusion_variants`).
+        by its ``sum |R|``. All-zero heatmaps stay zero. The other conventions need the logits: use
+        :func:`scaled`.
     heatmap_dims : int, optional
         How many trailing axes form one heatmap (2 for ``(H, W)``, 3 for relevance ``(C, H, W)``).
 
@@ -171,14 +188,14 @@ def normalize(h: torch.Tensor, convention: str, *, heatmap_dims: int = 2) -> tor
     Raises
     ------
     ValueError
-        For an unknown convention, for ``"softmax"``, or if ``h`` has fewer than ``heatmap_dims`` axes.
+        For a convention outside :data:`SCALES`, or if ``h`` has fewer than ``heatmap_dims`` axes.
     """
     if convention == "raw":
         return h
-    if convention == "softmax":
-        raise ValueError('"softmax" acts at relevance time (start at p_k instead of the logit f_k): multiply '
-                         "the logit heatmaps by softmax_scale(logits, classes), or use diffusion_variants")
-    if convention not in CONVENTIONS:
+    if convention in CONVENTIONS and convention not in SCALES:
+        raise ValueError(f"{convention!r} needs the logits the relevance starts from: use scaled(h, {convention!r}, "
+                         "logits=..., classes=...)")
+    if convention not in SCALES:
         raise ValueError(f"unknown convention {convention!r}: choose one of {', '.join(CONVENTIONS)}")
     if h.ndim < heatmap_dims:
         raise ValueError(f"heatmaps of shape {tuple(h.shape)} have fewer than heatmap_dims={heatmap_dims} axes")
@@ -186,6 +203,28 @@ def normalize(h: torch.Tensor, convention: str, *, heatmap_dims: int = 2) -> tor
     a = h.abs()
     scale = a.amax(dim=dims, keepdim=True) if convention == "max" else a.sum(dim=dims, keepdim=True)
     return h / torch.where(scale > 0, scale, torch.ones_like(scale))
+
+
+def sign_corrected(h: torch.Tensor, start: torch.Tensor) -> torch.Tensor:
+    """Heatmaps times the sign of the relevance they start from: ``R * sign(f_c)``.
+
+    Parameters
+    ----------
+    h : torch.Tensor
+        Heatmaps ``(B, K, H, W)`` (or relevance ``(B, K, C, H, W)``) started at the values ``start``.
+    start : torch.Tensor
+        ``(B, K)``: what each explanation started from (the logits :math:`f_c` for DTD).
+
+    Returns
+    -------
+    torch.Tensor
+        ``h`` with every heatmap whose start is negative negated (and zeroed where it is 0), so that
+        positive relevance speaks for the class whatever the sign of its logit.
+    """
+    if start.shape != h.shape[:2]:
+        raise ValueError(f"start has shape {tuple(start.shape)}; expected {tuple(h.shape[:2])} (one value per heatmap)")
+    sign = torch.sign(start).to(h.dtype)
+    return h * sign.view(*sign.shape, *([1] * (h.ndim - 2)))
 
 
 def softmax_scale(logits: torch.Tensor, classes: torch.Tensor, *, eps: float = 1e-6) -> torch.Tensor:
@@ -218,6 +257,35 @@ def softmax_scale(logits: torch.Tensor, classes: torch.Tensor, *, eps: float = 1
     return p / safe
 
 
+def scaled(h: torch.Tensor, convention: str, *, logits: torch.Tensor, classes: torch.Tensor,
+           starts_at_logit: bool = True, eps: float = 1e-6) -> torch.Tensor:
+    """Heatmaps ``(B, K, H, W)`` of the classes ``classes`` under a convention of :data:`CONVENTIONS`.
+
+    Parameters
+    ----------
+    h : torch.Tensor
+        Heatmaps ``(B, K, H, W)``.
+    convention : str
+        One of :data:`CONVENTIONS`.
+    logits, classes : torch.Tensor
+        ``(B, n_classes)`` outputs and ``(B, K)`` explained classes.
+    starts_at_logit : bool, optional
+        Whether the explanation started at the logit (DTD, LRP-ε/α-β, gradient × input). For methods
+        that start elsewhere (CLRP, SGLRP) the sign correction is the identity and ``"softmax"`` is refused.
+    eps : float, optional
+        Guard of :func:`softmax_scale`.
+    """
+    if convention == "softmax":
+        if not starts_at_logit:
+            raise ValueError('"softmax" rescales heatmaps started at the logit; this explanation starts elsewhere')
+        return h * softmax_scale(logits, classes, eps=eps).to(h.dtype)[:, :, None, None]
+    if convention.startswith("sc-"):
+        if starts_at_logit:
+            h = sign_corrected(h, logits.gather(1, classes))
+        convention = convention[3:]
+    return normalize(h, convention)
+
+
 def _dtd_heatmap() -> Callable:
     try:
         return importlib.import_module("sepdtd.dtd").heatmap
@@ -226,7 +294,7 @@ def _dtd_heatmap() -> Callable:
 
 
 @torch.no_grad()
-def diffusion_variants(
+def top2(
     model: nn.Module,
     x: torch.Tensor,
     *,
@@ -234,42 +302,43 @@ def diffusion_variants(
     high: float,
     batch_size: int = 256,
     device: str | torch.device = "auto",
-    eps: float = 1e-6,
     heatmap_fn: Callable | None = None,
-    conventions: Sequence[str] = CONVENTIONS,
-) -> dict:
-    """Eq. 7 between the top-1 and top-2 class heatmaps of ``x``, under every convention.
+    conventions: Sequence[str] | str = CONVENTIONS,
+    starts_at_logit: bool = True,
+    eps: float = 1e-6,
+) -> dict[str, torch.Tensor]:
+    """Per image, how the top-1 and top-2 class heatmaps of ``x`` differ (Eq. 7 and its companions).
 
     Parameters
     ----------
     model : torch.nn.Module
         Classifier returning logits; it is put in eval mode for the computation and its mode restored.
+        Its parameters' dtype is the dtype of the computation; the heatmaps are compared in float64.
     x : torch.Tensor
         Images ``(N, C, H, W)``: ``uint8`` (divided by 255) or float in ``[low, high]``.
     low, high : float
         DTD's input box for the z^B rule (Eq. 4); ``0.0, 1.0`` for images in ``[0, 1]``.
     batch_size : int, optional
-        Images per DTD pass.
+        Images per pass.
     device : str or torch.device, optional
         Where to compute (``"auto"``: CUDA when available). The model is moved there.
-    eps : float, optional
-        Guard of :func:`softmax_scale`.
     heatmap_fn : callable, optional
         ``heatmap_fn(model, x, classes, *, low, high) -> (B, K, H, W)`` with ``classes`` a ``(B, K)``
-        int64 tensor and relevance started at the logits; defaults to :func:`sepdtd.dtd.heatmap`.
+        int64 tensor; defaults to :func:`sepdtd.dtd.heatmap`.
     conventions : str or sequence of str, optional
-        Subset of :data:`CONVENTIONS` to compute (one name: that convention only).
+        Conventions of Eq. 7 (:data:`CONVENTIONS`; one name: that one only).
+    starts_at_logit : bool, optional
+        See :func:`scaled`.
+    eps : float, optional
+        Guard of :func:`softmax_scale`.
 
     Returns
     -------
-    dict
-        ``{"raw": d, "max": d, "sum": d, "softmax": d, "cosine": c, "abs_cosine": a,
-        "top1_nonpositive": p1, "top2_nonpositive": p2, "n": N}`` (one ``d`` per requested convention)
-        where ``d`` is Eq. 7 for that convention, ``c`` the mean cosine similarity of the raw heatmaps
-        (:func:`cosine`), ``a`` the mean of its absolute per-image terms (:func:`cosines`), and ``p1``,
-        ``p2`` the shares of images whose top-1 / top-2 logit is <= 0. A DTD heatmap carries the sign of
-        the logit it starts from, so where exactly one of the two logits is <= 0 the cosine is negative
-        however alike the two patterns are; ``a`` measures the patterns alone.
+    dict of torch.Tensor
+        ``"diffusion.<convention>"``: the summand of Eq. 7 per image; ``"cosine"`` (:func:`cosines` of
+        the heatmaps as they are), ``"abs_cosine"`` (its absolute value), ``"sc_cosine"`` (the cosine of
+        the sign-corrected heatmaps); ``"logits"``: the top-1 and top-2 logits ``(N, 2)``. All float64
+        on the CPU; the cosines are ``nan`` where a heatmap is blank.
     """
     from sepdtd.utils import resolve_device
 
@@ -285,42 +354,68 @@ def diffusion_variants(
     dev = resolve_device(device)
     was_training = model.training
     model.to(dev).eval()
-    sums = {c: torch.zeros((), dtype=torch.float64, device=dev) for c in conventions}
-    cos_sum = torch.zeros((), dtype=torch.float64, device=dev)
-    abs_cos_sum = torch.zeros((), dtype=torch.float64, device=dev)
-    nonpositive = torch.zeros(2, dtype=torch.float64, device=dev)
+    dtype = next(model.parameters()).dtype
+    parts: dict[str, list[torch.Tensor]] = {}
+
+    def keep(name: str, value: torch.Tensor) -> None:
+        parts.setdefault(name, []).append(value.detach().double().cpu())
+
     # cuDNN's TF32 convolutions (on by default on GPUs) cost DTD about 1e-3 relative accuracy: measure in fp32.
     tf32 = torch.backends.cudnn.allow_tf32
     torch.backends.cudnn.allow_tf32 = False
     try:
         for start in range(0, x.shape[0], batch_size):
             xb = x[start:start + batch_size].to(dev)
-            xb = xb.float() / 255 if xb.dtype == torch.uint8 else xb.float()
+            xb = xb.to(dtype) / 255 if xb.dtype == torch.uint8 else xb.to(dtype)
             logits = model(xb)
             if logits.ndim != 2 or logits.shape[1] < 2:
                 raise ValueError(f"the model must return (B, n_classes >= 2) logits, got {tuple(logits.shape)}")
-            top2 = logits.topk(2, dim=1).indices
+            top = logits.topk(2, dim=1)
             with torch.enable_grad():
-                h = heatmap_fn(model, xb, top2, low=low, high=high)
-            h = h.detach()
-            if h.shape[:2] != top2.shape:
+                h = heatmap_fn(model, xb, top.indices, low=low, high=high)
+            h = h.detach().double()
+            if h.shape[:2] != top.indices.shape:
                 raise ValueError(f"heatmap_fn returned shape {tuple(h.shape)}; expected ({xb.shape[0]}, 2, H, W)")
+            logits = logits.double()
             for c in conventions:
-                hc = h * softmax_scale(logits, top2, eps=eps)[:, :, None, None] if c == "softmax" else normalize(h, c)
-                sums[c] += frobenius(hc[:, 0], hc[:, 1]).sum()
+                hc = scaled(h, c, logits=logits, classes=top.indices, starts_at_logit=starts_at_logit, eps=eps)
+                keep(f"diffusion.{c}", frobenius(hc[:, 0], hc[:, 1]))
             cos = cosines(h[:, 0], h[:, 1])
-            cos_sum += cos.sum()
-            abs_cos_sum += cos.abs().sum()
-            nonpositive += (logits.gather(1, top2) <= 0).sum(dim=0)
+            keep("cosine", cos)
+            keep("abs_cosine", cos.abs())
+            keep("sc_cosine", cos * (torch.sign(top.values[:, 0] * top.values[:, 1]) if starts_at_logit else 1.0))
+            keep("logits", top.values)
     finally:
         torch.backends.cudnn.allow_tf32 = tf32
         model.train(was_training)
-    n = int(x.shape[0])
-    out: dict = {c: float(sums[c]) / n for c in conventions}
-    out["cosine"] = float(cos_sum) / n
-    out["abs_cosine"] = float(abs_cos_sum) / n
-    out["top1_nonpositive"], out["top2_nonpositive"] = (float(v) / n for v in nonpositive)
-    out["n"] = n
+    return {k: torch.cat(v) for k, v in parts.items()}
+
+
+def diffusion_variants(model: nn.Module, x: torch.Tensor, *, low: float, high: float, batch_size: int = 256,
+                       device: str | torch.device = "auto", eps: float = 1e-6, heatmap_fn: Callable | None = None,
+                       conventions: Sequence[str] | str = CONVENTIONS) -> dict:
+    """Eq. 7 between the top-1 and top-2 class heatmaps of ``x``, under every convention: the means of :func:`top2`.
+
+    Parameters are those of :func:`top2`.
+
+    Returns
+    -------
+    dict
+        One ``d`` per requested convention (Eq. 7, the mean over the images), ``"cosine"``,
+        ``"abs_cosine"``, ``"sc_cosine"`` (means over the images where they are defined),
+        ``"undefined"`` (images with a blank heatmap, where they are not), ``"top1_nonpositive"`` and
+        ``"top2_nonpositive"`` (the shares of images whose top-1 / top-2 logit is <= 0) and ``"n"``.
+        A DTD heatmap carries the sign of the logit it starts from, so where exactly one of the two
+        logits is <= 0 the cosine is negative however alike the two patterns are; ``"abs_cosine"`` and
+        ``"sc_cosine"`` compare the patterns.
+    """
+    per = top2(model, x, low=low, high=high, batch_size=batch_size, device=device, heatmap_fn=heatmap_fn,
+               conventions=conventions, eps=eps)
+    out: dict = {k.split(".", 1)[1]: float(v.mean()) for k, v in per.items() if k.startswith("diffusion.")}
+    out.update({k: float(per[k].nanmean()) for k in ("cosine", "abs_cosine", "sc_cosine")})
+    out["undefined"] = int(per["cosine"].isnan().sum())
+    out["top1_nonpositive"], out["top2_nonpositive"] = (float(v) for v in (per["logits"] <= 0).double().mean(0))
+    out["n"] = int(x.shape[0])
     return out
 
 
@@ -387,9 +482,9 @@ def relevance_mass_accuracy(h: _ArrayLike, mask_own: _ArrayLike, mask_other: _Ar
     Returns
     -------
     torch.Tensor
-        float64 ``(N,)``; ``nan`` for a heatmap without positive relevance outside ``B``, and where the
-        object has no pixel outside ``B`` (aggregate with :func:`torch.nanmean` and report how many were
-        ``nan``).
+        float64 ``(N,)``; ``nan`` for a heatmap without positive relevance outside ``B``, with a ``nan``
+        pixel outside ``B``, and where the object has no pixel outside ``B`` (aggregate with
+        :func:`torch.nanmean` and report how many were ``nan``).
 
     Raises
     ------
@@ -397,10 +492,10 @@ def relevance_mass_accuracy(h: _ArrayLike, mask_own: _ArrayLike, mask_other: _Ar
         For non-bool masks or shapes that differ from ``h``'s.
     """
     a, own, allowed = _region_args(h, mask_own, mask_other, objects_only)
-    pos = a.clamp(min=0) * allowed
-    num = (pos * own).sum(dim=1)
+    pos = torch.where(allowed, a.clamp(min=0), torch.zeros_like(a))
+    num = torch.where(own, pos, torch.zeros_like(pos)).sum(dim=1)
     den = pos.sum(dim=1)
-    defined = (den > 0) & (own & allowed).any(dim=1)
+    defined = (den > 0) & (own & allowed).any(dim=1)                 # nan pixels make den nan: undefined
     return torch.where(defined, num / torch.where(den > 0, den, torch.ones_like(den)),
                        torch.full_like(den, float("nan")))
 
@@ -414,10 +509,10 @@ def pointing_game(h: _ArrayLike, mask_own: _ArrayLike, mask_other: _ArrayLike | 
     practice in explaining neural network decisions with LRP", IJCNN): a *hit* when the largest
     positive relevance lies on the object of the explained class; a strict variant, without Zhang's
     15-pixel tolerance. Pixels of both objects are left out, as in :func:`relevance_mass_accuracy`. The
-    game is played on :math:`R^+`, so that a heatmap without positive relevance points nowhere (a miss)
-    instead of at its least negative pixel; and to be well defined with ties, a hit needs the maximum
-    of :math:`R^+` over the object's own pixels to be positive and *strictly* larger than its maximum
-    over every other pixel left in.
+    game is played on :math:`R^+`: a heatmap without positive relevance points nowhere, so its game is
+    undefined (``nan``), not a hit at its least negative pixel. With ties, a hit needs the maximum of
+    :math:`R^+` over the object's own pixels to be *strictly* larger than its maximum over every other
+    pixel left in. Explain sign-corrected heatmaps (:func:`sign_corrected`) when logits can be negative.
 
     Parameters
     ----------
@@ -427,14 +522,18 @@ def pointing_game(h: _ArrayLike, mask_own: _ArrayLike, mask_other: _ArrayLike | 
     Returns
     -------
     torch.Tensor
-        float64 ``(N,)`` of 1.0 (hit) and 0.0 (miss); ``nan`` where the object has no pixel outside ``B``.
+        float64 ``(N,)`` of 1.0 (hit) and 0.0 (miss); ``nan`` where the object has no pixel outside
+        ``B``, where the heatmap has no positive relevance outside ``B``, and where it holds ``nan`` there.
     """
     a, own, allowed = _region_args(h, mask_own, mask_other, objects_only)
+    bad = (torch.isnan(a) & allowed).any(dim=1)
     a = a.clamp(min=0)
     inside = own & allowed
     rest = allowed & ~own
     neg_inf = torch.tensor(float("-inf"), dtype=a.dtype, device=a.device)
     best_in = torch.where(inside, a, neg_inf).amax(dim=1)
     best_out = torch.where(rest, a, neg_inf).amax(dim=1)
-    hit = ((best_in > best_out) & (best_in > 0)).double()
+    hit = (best_in > best_out).double()
+    blank = torch.where(allowed, a, torch.zeros_like(a)).amax(dim=1) <= 0
+    hit = torch.where(blank | bad, torch.full_like(hit, float("nan")), hit)
     return torch.where(inside.any(dim=1), hit, torch.full_like(hit, float("nan")))

@@ -106,11 +106,13 @@ def test_unit_results(smoke_unit):
         assert set(e["methods"]) == expect
         assert 0 <= e["recognized"] <= 1 and e["params"] > 0 and 0 <= e["accuracy"] <= 1
         for m in e["methods"].values():
-            assert set(m["diffusion"]) == {"raw", "max", "sum"} and -1 <= m["cosine"] <= 1
+            assert set(m["diffusion"]) == {"raw", "max", "sum", "sc-raw", "sc-max", "sc-sum"}
+            assert -1 <= m["cosine"] <= 1 and m["blank"] >= 0 and -1 <= m["sc_cosine"] <= 1
             assert abs(m["cosine"]) <= m["abs_cosine"] + 1e-12 <= 1 + 1e-12
             assert len(m["logit_nonpositive"]) == 2 and all(0 <= v <= 1 for v in m["logit_nonpositive"])
             assert m["logit_nonpositive"][0] <= m["logit_nonpositive"][1]      # top-1 logit >= top-2 logit
             assert all(0 <= c <= nan for c, nan in zip(m["covered"], m["mass_nan"]))  # covered: no mass either
+            assert all(0 <= c <= nan for c, nan in zip(m["covered"], m["pointing_nan"]))
             assert m["n_eval"] == 32 and m["n_scored"] <= 32
             for v in m["mass"] + m["pointing"]:
                 assert v is None or 0 <= v <= 1

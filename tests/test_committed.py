@@ -130,7 +130,7 @@ def test_changing_one_metric_stales_exactly_its_fields(tmp_path):
     kept = [r for r in rows if r["networks_kept"]]
     assert kept and all(r["stale"] for r in kept) and not any(r["stale"] for r in rows if not r["networks_kept"])
     fields = {reason.split("'")[1] for r in kept for reason in r["stale_reasons"]}
-    assert fields == {"cosine", "abs_cosine"}
+    assert fields == {"cosine", "abs_cosine", "sc_cosine"}
 
 
 def test_changing_the_stacked_fine_tunes_stales_the_fine_tuned_networks_only(tmp_path):

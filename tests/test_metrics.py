@@ -17,6 +17,8 @@ from sepdtd.metrics import (
     diffusion_variants,
     frobenius,
     normalize,
+    scaled,
+    sign_corrected,
     softmax_scale,
 )
 
@@ -53,8 +55,12 @@ def test_cosine_hand_cases():
     assert cosine(a, b) == pytest.approx(-0.5)
     assert cosine(a, 7.0 * a) == pytest.approx(1.0)  # scale-free
     z = torch.zeros(1, 2, 2)
-    assert cosine(z, z) == 0.0  # zero heatmap: 0 rather than nan (documented)
-    assert cosine(z, torch.ones(1, 2, 2)) == 0.0
+    assert math.isnan(cosine(z, z)) and cosines(z, torch.ones(1, 2, 2)).isnan().all()  # no direction: undefined
+    assert cosine(torch.cat([a, z[:, :1]]), torch.cat([b, z[:, :1]])) == pytest.approx(-0.5)  # left out of the mean
+    tiny = 1e-15 * torch.tensor([[[3.0, -1.0], [0.5, 2.0]]])
+    assert cosines(tiny, tiny).item() == pytest.approx(1.0)                 # scale-aware, however small
+    nan = torch.tensor([[[1.0, float("nan")]]])
+    assert cosines(nan, nan).isnan().all()
 
 
 def test_normalize_conventions_per_heatmap():
@@ -70,11 +76,34 @@ def test_normalize_conventions_per_heatmap():
 
 
 def test_normalize_rejects_softmax_and_unknown():
-    assert CONVENTIONS == ("raw", "max", "sum", "softmax")
-    with pytest.raises(ValueError, match="relevance time"):
-        normalize(torch.ones(1, 2, 2), "softmax")
+    assert CONVENTIONS == ("raw", "max", "sum", "softmax", "sc-raw", "sc-max", "sc-sum")
+    for c in ("softmax", "sc-max"):
+        with pytest.raises(ValueError, match="needs the logits"):
+            normalize(torch.ones(1, 2, 2), c)
     with pytest.raises(ValueError, match="unknown convention"):
         normalize(torch.ones(1, 2, 2), "l2")
+
+
+def test_a_sign_flip_is_no_separation_under_the_sign_corrected_conventions():
+    """The top-2 logit is negative: DTD returns the same pattern negated. The signed quantities read that
+    as the largest separation; the sign-corrected ones see the same explanation."""
+    g = torch.Generator().manual_seed(4)
+    pattern = torch.rand(1, 3, 3, generator=g)
+    logits = torch.tensor([[2.0, -2.0, -5.0]])
+    classes = torch.tensor([[0, 1]])
+    h = logits.gather(1, classes)[:, :, None, None] * pattern[:, None]         # (1, 2, 3, 3): +P and -P
+    assert cosines(h[:, 0], h[:, 1]).item() == pytest.approx(-1.0)
+    for c in ("raw", "max", "sum"):
+        signed = scaled(h, c, logits=logits, classes=classes)
+        fixed = scaled(h, f"sc-{c}", logits=logits, classes=classes)
+        assert frobenius(signed[:, 0], signed[:, 1]).item() > 0.1
+        assert frobenius(fixed[:, 0], fixed[:, 1]).item() == pytest.approx(0.0, abs=1e-12)
+    soft = scaled(h, "softmax", logits=logits, classes=classes)              # started at p > 0
+    assert (soft > 0).all()
+    assert torch.equal(sign_corrected(h, torch.tensor([[2.0, 0.0]]))[:, 1], torch.zeros(1, 3, 3))
+    assert torch.equal(scaled(h, "sc-raw", logits=logits, classes=classes, starts_at_logit=False), h)
+    with pytest.raises(ValueError, match="starts elsewhere"):
+        scaled(h, "softmax", logits=logits, classes=classes, starts_at_logit=False)
 
 
 def test_softmax_scale():
@@ -115,8 +144,8 @@ def test_diffusion_variants_against_hand_computation():
     out = diffusion_variants(model, x, low=0.0, high=1.0, batch_size=3, device="cpu", heatmap_fn=fake)
     assert model.training  # mode restored
     assert fake.calls == [3, 3, 1]
-    assert set(out) == {"raw", "max", "sum", "softmax", "cosine", "abs_cosine", "top1_nonpositive",
-                        "top2_nonpositive", "n"} and out["n"] == 7
+    assert set(out) == {*CONVENTIONS, "cosine", "abs_cosine", "sc_cosine", "undefined", "top1_nonpositive",
+                        "top2_nonpositive", "n"} and out["n"] == 7 and out["undefined"] == 0
 
     model.eval()
     with torch.no_grad():
@@ -143,6 +172,11 @@ def test_diffusion_variants_against_hand_computation():
                  for n in range(7)]
     assert out["abs_cosine"] == pytest.approx(np.mean(np.abs(per_image)), rel=1e-5)
     assert out["abs_cosine"] > out["cosine"] + 1e-3
+    sc = np.mean([c * np.sign(f[n, 0].item() * f[n, 1].item()) for n, c in enumerate(per_image)])
+    assert out["sc_cosine"] == pytest.approx(sc, rel=1e-5)
+    hc = h * torch.sign(f)[:, :, None, None]
+    sc_raw = np.mean([torch.linalg.norm(hc[n, 0] - hc[n, 1]).item() for n in range(7)])
+    assert out["sc-raw"] == pytest.approx(sc_raw, rel=1e-5)
     assert [out["top1_nonpositive"], out["top2_nonpositive"]] == (f <= 0).double().mean(0).tolist()
     same = diffusion_variants(model, x, low=0.0, high=1.0, batch_size=100, device="cpu", heatmap_fn=fake)
     assert same == pytest.approx(out)
@@ -154,8 +188,8 @@ def test_cosines_are_the_terms_of_cosine():
     h2[0], h1[1] = -2.5 * h1[0], 0.0
     c = cosines(h1, h2)
     assert c.shape == (6,) and c.dtype == torch.float64
-    assert c[0].item() == pytest.approx(-1.0) and c[1].item() == 0.0
-    assert cosine(h1, h2) == pytest.approx(c.mean().item())
+    assert c[0].item() == pytest.approx(-1.0) and c[1].isnan()
+    assert cosine(h1, h2) == pytest.approx(c[~c.isnan()].mean().item())
 
 
 def test_diffusion_variants_takes_one_convention_by_name():
@@ -185,7 +219,7 @@ def test_diffusion_variants_with_real_dtd():
     assert out["n"] == 6
     for c in CONVENTIONS:
         assert math.isfinite(out[c]) and out[c] >= 0
-    assert -1.0 <= out["cosine"] <= 1.0
+    assert -1.0 <= out["cosine"] <= out["abs_cosine"] <= 1.0
     # DTD is linear in the starting relevance: doubling the logits (last layer x 2) doubles every heatmap,
     # so "raw" doubles while the scale-free conventions do not move
     with torch.no_grad():

@@ -141,6 +141,17 @@ def test_relevance_mass_accuracy_by_hand():
     # an object entirely covered by the other: undefined, not 0 (as in the pointing game)
     inside_other = torch.tensor([[[True, False], [False, False]]])
     assert math.isnan(float(metrics.relevance_mass_accuracy(h2, inside_other, own | other)[0]))
+    # a nan pixel left in: undefined; in the left-out pixels: no effect
+    hn = h2.clone()
+    hn[0, 1, 1] = float("nan")
+    assert math.isnan(float(metrics.relevance_mass_accuracy(hn, own, other)[0]))
+    hn = h2.clone()
+    hn[0, 0, 0] = float("nan")
+    assert math.isclose(float(metrics.relevance_mass_accuracy(hn, own, other)[0]), 2 / 6)
+    # a negated heatmap (negative logit) has no positive mass; sign-corrected it has the original's
+    assert math.isnan(float(metrics.relevance_mass_accuracy(-h2, own, other)[0]))
+    corrected = metrics.sign_corrected(-h2[:, None], torch.tensor([[-0.7]]))[:, 0]
+    assert math.isclose(float(metrics.relevance_mass_accuracy(corrected, own, other)[0]), 2 / 6)
 
 
 def test_pointing_game_by_hand():
@@ -149,20 +160,31 @@ def test_pointing_game_by_hand():
     h = torch.tensor([
         [[9.0, 2.0], [1.0, 0.0]],    # max on a both-pixel (left out); then 2 on own beats 1 -> hit
         [[9.0, 2.0], [3.0, 0.0]],    # 3 on the other object -> miss
-        [[0.0, 0.0], [0.0, 0.0]],    # ties -> miss
+        [[1.0, 2.0], [2.0, 0.0]],    # a tie between own and other -> miss
         [[0.0, 1.0], [0.0, 4.0]],    # background maximum -> miss, but a hit on the objects only
     ])
     assert metrics.pointing_game(h, own, other).tolist() == [1.0, 0.0, 0.0, 0.0]
     assert metrics.pointing_game(h, own, other, objects_only=True).tolist() == [1.0, 0.0, 0.0, 1.0]
     # without mask_other the both-pixel counts: image 0's max 9 is on its own object
     assert metrics.pointing_game(h[:1], own[:1])[0] == 1.0
-    # a heatmap without positive relevance points nowhere, not at its least negative pixel
-    blank = torch.tensor([[[-0.5, -0.1], [-0.5, -0.9]]])     # its least negative pixel lies on the object
-    assert metrics.pointing_game(blank, own[:1], other[:1]).tolist() == [0.0]
-    assert metrics.pointing_game(blank, own[:1], other[:1], objects_only=True).tolist() == [0.0]
-    assert metrics.pointing_game(blank, own[:1]).tolist() == [0.0]
-    # nor does it hit where the object holds every pixel left in
-    assert metrics.pointing_game(torch.zeros(1, 2, 2), torch.ones(1, 2, 2, dtype=torch.bool)).tolist() == [0.0]
+    # a heatmap without positive relevance points nowhere: undefined, not a hit at its least negative
+    # pixel (which lies on the object here) nor a miss
+    blank = torch.tensor([[[-0.5, -0.1], [-0.5, -0.9]]])
+    assert metrics.pointing_game(blank, own[:1], other[:1]).isnan().all()
+    assert metrics.pointing_game(blank, own[:1], other[:1], objects_only=True).isnan().all()
+    assert metrics.pointing_game(torch.zeros(1, 2, 2), own[:1]).isnan().all()
+    # a negated heatmap (negative logit) points at its object once sign-corrected
+    flipped = -h[:1]
+    corrected = metrics.sign_corrected(flipped[:, None], torch.tensor([[-3.0]]))[:, 0]
+    assert metrics.pointing_game(flipped, own[:1], other[:1]).isnan().all()
+    assert metrics.pointing_game(corrected, own[:1], other[:1]).tolist() == [1.0]
+    # a nan pixel left in makes the game undefined, not a miss; one in the left-out pixels does not
+    hn = h[:1].clone()
+    hn[0, 1, 0] = float("nan")
+    assert metrics.pointing_game(hn, own[:1], other[:1]).isnan().all()
+    hn = h[:1].clone()
+    hn[0, 0, 0] = float("nan")
+    assert metrics.pointing_game(hn, own[:1], other[:1]).tolist() == [1.0]
     # an object entirely covered by the other: undefined
     full = torch.ones(1, 2, 2, dtype=torch.bool)
     assert math.isnan(float(metrics.pointing_game(h[:1], own[:1] & torch.tensor([[[True, False], [False, False]]]),

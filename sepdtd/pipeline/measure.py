@@ -18,6 +18,7 @@ network's entry in the unit's measure record as soon as it is done, so an interr
 """
 from __future__ import annotations
 
+import functools
 import math
 import os
 import time
@@ -40,7 +41,7 @@ PAPER_CONVENTIONS = metrics.CONVENTIONS
 
 #: Conventions of Eq. 7 per method in the ``"beyond"`` measurement (``"softmax"`` needs a heatmap that
 #: starts at the logit, which CLRP and SGLRP do not).
-BEYOND_CONVENTIONS = ("raw", "max", "sum")
+BEYOND_CONVENTIONS = (*metrics.SCALES, *(f"sc-{c}" for c in metrics.SCALES))
 
 
 # --------------------------------------------------------------------------------------------- data
@@ -92,32 +93,9 @@ def _top2_heatmaps(method: str, model: nn.Module, x: torch.Tensor, dev: torch.de
     return h.detach().double().cpu(), logits.detach().double().cpu()
 
 
-def top2_fields(method: str, model: nn.Module, x: torch.Tensor, dev: torch.device, batch_size: int,
-                conventions: Sequence[str]) -> tuple[dict, dict]:
-    """Eq. 7 per convention, cosine, |cosine| and logit signs of the top-1/top-2 heatmaps of ``x``.
-
-    Returns the fields (``diffusion``, ``cosine``, ``abs_cosine``, ``logit_nonpositive``, ``n_eval``)
-    and the per-image values behind them.
-    """
-    dist: dict[str, list[torch.Tensor]] = {c: [] for c in conventions}
-    cos, top_logits = [], []
-    for sl in _batches(x.shape[0], batch_size):
-        h, logits = _top2_heatmaps(method, model, x[sl], dev)
-        top = logits.topk(2, dim=1)
-        for c in conventions:
-            hc = h * metrics.softmax_scale(logits, top.indices)[:, :, None, None] if c == "softmax" \
-                else metrics.normalize(h, c)
-            dist[c].append(metrics.frobenius(hc[:, 0], hc[:, 1]))
-        cos.append(metrics.cosines(h[:, 0], h[:, 1]))
-        top_logits.append(top.values)
-    per = {f"diffusion.{c}": torch.cat(v) for c, v in dist.items()}
-    per["cosine"] = torch.cat(cos)
-    per["abs_cosine"] = per["cosine"].abs()
-    per["logit_nonpositive"] = (torch.cat(top_logits) <= 0).double()
-    fields = {"diffusion": {c: float(per[f"diffusion.{c}"].mean()) for c in conventions},
-              "cosine": float(per["cosine"].mean()), "abs_cosine": float(per["abs_cosine"].mean()),
-              "logit_nonpositive": per["logit_nonpositive"].mean(0).tolist(), "n_eval": int(x.shape[0])}
-    return fields, per
+#: Methods whose explanation starts at the logit, so that their heatmaps carry its sign (CLRP starts at
+#: ``|f_c|``, SGLRP at the softmax's gradient).
+LOGIT_STARTED = ("dtd", "epsilon", "alphabeta", "gradient_x_input")
 
 
 def _nanmean(t: torch.Tensor) -> float | None:
@@ -130,31 +108,57 @@ def _nansd(t: torch.Tensor) -> float | None:
     return float(ok.std()) if ok.numel() > 1 else None
 
 
+def top2_fields(method: str, model: nn.Module, x: torch.Tensor, dev: torch.device, batch_size: int,
+                conventions: Sequence[str]) -> tuple[dict, dict]:
+    """How the top-1 and top-2 heatmaps of ``x`` differ, with one explanation method.
+
+    Returns the fields (``diffusion`` per convention, ``cosine``, ``abs_cosine``, ``sc_cosine``: means
+    over the images with no blank heatmap, ``blank``: the count of the others, ``logit_nonpositive``:
+    the shares of top-1 / top-2 logits <= 0, ``n_eval``) and the per-image values behind them
+    (:func:`sepdtd.metrics.top2`).
+    """
+    per = metrics.top2(model, x, low=0.0, high=1.0, batch_size=batch_size, device=dev,
+                       heatmap_fn=functools.partial(attribution.heatmap, method), conventions=conventions,
+                       starts_at_logit=method in LOGIT_STARTED)
+    per["logit_nonpositive"] = (per.pop("logits") <= 0).double()
+    fields = {"diffusion": {c: float(per[f"diffusion.{c}"].mean()) for c in conventions},
+              **{k: _nanmean(per[k]) for k in ("cosine", "abs_cosine", "sc_cosine")},
+              "blank": int(per["cosine"].isnan().sum()),
+              "logit_nonpositive": per["logit_nonpositive"].mean(0).tolist(), "n_eval": int(x.shape[0])}
+    return fields, per
+
+
 def _ground_truth(method: str, model: nn.Module, tset: twoobject.TwoObjectSet, dev: torch.device,
                   batch_size: int) -> tuple[dict, dict]:
-    """Mass accuracy and pointing game of the top-1 and top-2 class on the scored composites."""
+    """Mass accuracy and pointing game of the top-1 and top-2 class on the scored composites, on the
+    sign-corrected heatmaps (:func:`sepdtd.metrics.sign_corrected`) of the methods that start at the logit."""
+    names = ("mass", "pointing", "mass_objects", "pointing_objects")
     if len(tset) == 0:
-        return ({"mass": [None, None], "pointing": [None, None], "mass_objects": [None, None],
-                 "pointing_objects": [None, None], "mass_sd": [None, None], "mass_nan": [0, 0], "covered": [0, 0],
-                 "n_scored": 0}, {})
-    parts: dict[str, list[torch.Tensor]] = {"mass": [], "pointing": [], "mass_objects": [], "pointing_objects": []}
+        return ({**{k: [None, None] for k in names}, "mass_sd": [None, None], "mass_nan": [0, 0],
+                 "pointing_nan": [0, 0], "covered": [0, 0], "n_scored": 0}, {})
+    parts: dict[str, list[torch.Tensor]] = {k: [] for k in (*names, "covered")}
     for sl in _batches(len(tset), batch_size):
         part = tset.subset(torch.arange(sl.start, sl.stop))
         h, logits = _top2_heatmaps(method, model, part.images, dev)
-        own, other = part.regions(logits.topk(2, dim=1).indices)
+        top = logits.topk(2, dim=1)
+        if method in LOGIT_STARTED:
+            h = metrics.sign_corrected(h, top.values)
+        own, other = part.regions(top.indices)
         flat = (h.flatten(0, 1), own.flatten(0, 1), other.flatten(0, 1))
         parts["mass"].append(metrics.relevance_mass_accuracy(*flat).view(-1, 2))
         parts["pointing"].append(metrics.pointing_game(*flat).view(-1, 2))
         parts["mass_objects"].append(metrics.relevance_mass_accuracy(*flat, objects_only=True).view(-1, 2))
         parts["pointing_objects"].append(metrics.pointing_game(*flat, objects_only=True).view(-1, 2))
+        parts["covered"].append((~(own & ~other).flatten(2).any(-1)).double())
     per = {k: torch.cat(v) for k, v in parts.items()}
     m, p = per["mass"], per["pointing"]
-    fields = {k: [_nanmean(v[:, j]) for j in range(2)] for k, v in per.items()}
+    fields = {k: [_nanmean(per[k][:, j]) for j in range(2)] for k in names}
     fields.update({
         "mass_sd": [_nansd(m[:, j]) for j in range(2)],
         "mass_nan": [int(torch.isnan(m[:, j]).sum()) for j in range(2)],
-        # objects with no pixel outside the shared ones have no mass or pointing value
-        "covered": [int(torch.isnan(p[:, j]).sum()) for j in range(2)],
+        "pointing_nan": [int(torch.isnan(p[:, j]).sum()) for j in range(2)],
+        # objects with no pixel outside the shared ones: no mass or pointing value (part of both nan counts)
+        "covered": [int(per["covered"][:, j].sum()) for j in range(2)],
         "n_scored": int(m.shape[0])})
     return fields, per
 
