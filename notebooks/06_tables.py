@@ -180,8 +180,9 @@ for label, rows in all_rows.items():
 for label, rows in all_rows.items():
     checked = [c for c in report.claims(rows)
                if c["claim"] in ("diffusion", "accuracy", "baseline_accuracy")]
-    held = sum(c["held"] for c in checked)
-    lines = [f"- **{'held' if c['held'] else 'not held'}** — {c['text']}" for c in checked]
+    held = sum(c["held"] is True for c in checked)
+    word = {True: "held", False: "not held", None: "open (one seed)"}
+    lines = [f"- **{word[c['held']]}** — {c['text']}" for c in checked]
     book.show_markdown(f"**{label}**: {held} of {len(checked)} held.\n\n" + "\n".join(lines))
 
 # %% [markdown]
@@ -193,10 +194,11 @@ for label, rows in all_rows.items():
     claims = report.claims(rows)
     body = []
     for conv in metrics.CONVENTIONS:
-        line = [f"`{conv}`" + (" (Table 2)" if conv == report.BOOK_CONVENTION else "")]
+        line = [f"`{conv}`" + (" (Table 2)" if conv == report.BOOK_CONVENTION else "")
+                + (" (primary)" if conv == report.PRIMARY_CONVENTION else "")]
         for d in DATASETS:
             cs = [c for c in claims if c["convention"] == conv and c["dataset"] == d]
-            line.append(f"{sum(c['held'] for c in cs)}/{len(cs)}" if cs else "—")
+            line.append(f"{sum(c['held'] is True for c in cs)}/{len(cs)}" if cs else "—")
         body.append(line)
     book.show_markdown(f"**{label}**\n\n" + book.markdown_table(
         ["convention"] + [report.DATASET_LABELS[d] for d in DATASETS], body))
