@@ -35,8 +35,8 @@ from sepdtd import attribution, experiments, models, utils
 from sepdtd.pipeline import measure, store, train, view
 from sepdtd.pipeline.config import MeasureConfig, dataset_name, lam_tag
 
-__all__ = ["BeyondProfile", "PROFILES", "FREE_BIAS", "jobs", "measurements", "run", "ensure", "reproduce", "unit",
-           "load_results", "load_network", "bias_effects", "summary", "factors"]
+__all__ = ["BeyondProfile", "PROFILES", "jobs", "measurements", "run", "ensure", "reproduce", "unit",
+           "load_results", "summary", "factors"]
 
 
 @dataclass(frozen=True)
@@ -64,9 +64,6 @@ class BeyondProfile:
         Convolutional layers added to (``> 0``) or removed from (``< 0``) Table 1's count.
     separate_widths : tuple of str
         Widths of :func:`sepdtd.models.build_separate`.
-    free_bias : bool
-        Also train the baseline and the λ = 1 fine-tune without the constraint b <= 0 (chapter 10's
-        factor 4), for the data sets of ``extra_datasets``.
     threshold : int
         Mask threshold of the overlaid two-object images (:func:`sepdtd.twoobject.overlay`).
     batch_size : int
@@ -82,7 +79,6 @@ class BeyondProfile:
     extra_datasets: tuple[str, ...]
     depth_offsets: tuple[int, ...]
     separate_widths: tuple[str, ...]
-    free_bias: bool = True
     threshold: int = 0
     batch_size: int = 250
 
@@ -118,21 +114,11 @@ def _extras(profile: str, dataset: str) -> list[str]:
     return [f"separate-{w}" for w in p.separate_widths] + [f"depth-{n}" for n in depths]
 
 
-#: The networks of chapter 10's factor 4, trained without the constraint b <= 0.
-FREE_BIAS = ("free-baseline", "free-lam1.0")
-
-
 def jobs(profile: str, dataset: str, seed: int = 0) -> list[train.Job]:
-    """The unit's jobs (:func:`sepdtd.experiments.jobs`), one job per extra network (the baseline's recipe)
-    and, with ``free_bias``, the baseline and the λ = 1 fine-tune trained without b <= 0."""
+    """The unit's jobs (:func:`sepdtd.experiments.jobs`) and one job per extra network (the baseline's recipe)."""
     paper = experiments.jobs(profile, dataset, seed)
     base = paper[0].config
-    out = paper + [train.Job((arch,), dataclasses.replace(base, arch=arch)) for arch in _extras(profile, dataset)]
-    if _profile(profile).free_bias and base.dataset in _profile(profile).extra_datasets:
-        free = dataclasses.replace(base, clamp_bias=False)
-        fine = dataclasses.replace(paper[1].config, clamp_bias=False, lams=(1.0,), start=f"{FREE_BIAS[0]}:{free.key()}")
-        out += [train.Job(FREE_BIAS[:1], free), train.Job(FREE_BIAS[1:], fine)]
-    return out
+    return paper + [train.Job((arch,), dataclasses.replace(base, arch=arch)) for arch in _extras(profile, dataset)]
 
 
 def measurements(profile: str, dataset: str, seed: int = 0) -> dict[str, dict[str, MeasureConfig]]:
@@ -148,41 +134,6 @@ def measurements(profile: str, dataset: str, seed: int = 0) -> dict[str, dict[st
     beyond = {lam_tag(lam): base if lam in every else dataclasses.replace(base, methods=("dtd",)) for lam in lams}
     beyond.update({arch: base for arch in _extras(profile, ds)})
     return {"paper": {t: paper for j in jobs(profile, ds, seed) for t in j.tags}, "beyond": beyond}
-
-
-def load_network(profile: str, dataset: str, tag: str, *, seed: int = 0, results_dir: str | os.PathLike | None = None,
-                 device: str | torch.device = "cpu") -> torch.nn.Module:
-    """A kept network of chapters 9-10 by its tag (``separate-split``, ``depth-1``, ``free-lam1.0``, ...)."""
-    root = store.profile_root(profile, results_dir)
-    path = store.record_path(root, "train", dataset_name(dataset), seed)
-    entry = store.read_record(path)["networks"].get(tag) if path.exists() else None
-    if entry is None:
-        raise FileNotFoundError(f"no kept network {tag!r} of {dataset} seed {seed} in {root}: run `python -m sepdtd "
-                                f"beyond --profile {profile} --datasets {dataset} --seeds {seed}`")
-    return measure.load_network(root, entry, device=device)
-
-
-def bias_effects(model: torch.nn.Module, x: torch.Tensor) -> dict:
-    """What the biases of a network do to DTD (chapter 10's factor 4), on float images ``x``.
-
-    Returns
-    -------
-    dict
-        ``positive_biases`` (share of the Conv2d/Linear biases > 0) and ``conservation_gap`` (median over the
-        images and their top-2 classes of ``|sum_i R_i - f_c| / |f_c|``: the relevance that DTD does not
-        pass down to the pixels; 0 when every bias is <= 0).
-    """
-    from sepdtd import dtd
-
-    biases = torch.cat([m.bias.detach().flatten() for m in model.modules()
-                        if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)) and m.bias is not None])
-    with torch.no_grad():
-        logits = model(x)
-    top = logits.topk(2, dim=1).indices
-    total = dtd.relevance(model, x, top, low=0.0, high=1.0).flatten(2).sum(2)
-    f = logits.gather(1, top)
-    return {"positive_biases": float((biases > 0).double().mean()),
-            "conservation_gap": float(((total - f).abs() / f.abs().clamp_min(1e-6)).median())}
 
 
 def _params(model: torch.nn.Module) -> int:
@@ -220,8 +171,7 @@ def unit(profile: str, dataset: str, seed: int = 0, *, results_dir: str | os.Pat
     for tag, n in complete.items():
         cfg, fields = n["train"]["config"], n["measured"].get("beyond") or {"methods": {}}
         model = _build(cfg)
-        family = "free-bias" if tag in FREE_BIAS else "lambda" if cfg["arch"] == "table1" \
-            else cfg["arch"].split("-", 1)[0]
+        family = "lambda" if cfg["arch"] == "table1" else cfg["arch"].split("-", 1)[0]
         entries.append({
             "model": tag, "family": family, "lam": n["lam"] if family == "lambda" else None,
             "width": cfg["arch"].split("-", 1)[1] if family == "separate" else None,

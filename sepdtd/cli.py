@@ -1,4 +1,4 @@
-"""Command line: ``python -m sepdtd data prepare``, ``reproduce``, ``beyond``, ``tune`` and ``measure``.
+"""Command line: ``python -m sepdtd data prepare``, ``reproduce``, ``beyond``, ``tune``, ``mechanism``, ``measure``.
 
 The report has its own entry point, ``python -m sepdtd.report <results dir> [--json]``. A mistake in the
 arguments (checked before anything runs) or a missing or damaged data set ends with an ``error: ...``
@@ -23,8 +23,8 @@ _EPILOG = """environment:
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m sepdtd", epilog=_EPILOG,
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
-                                description="Command line: data prepare, reproduce, beyond, tune and measure. The "
-                                            "report: python -m sepdtd.report <results dir> [--json].")
+                                description="Command line: data prepare, reproduce, beyond, tune, mechanism and "
+                                            "measure. The report: python -m sepdtd.report <results dir> [--json].")
     sub = p.add_subparsers(dest="command", required=True)
 
     data = sub.add_parser("data", help="data sets: fill the local cache")
@@ -67,6 +67,14 @@ def _parser() -> argparse.ArgumentParser:
     tun.add_argument("--device", default="auto", help="auto (default), cpu, cuda, ...")
     tun.add_argument("--results-dir", default=None,
                      help="default: results/<profile>; the baseline's unit is read or made there too")
+    mec = sub.add_parser("mechanism", help="why the fine-tuned logits go negative: ablations and a λ sweep")
+    mec.add_argument("--profile", default="quick", choices=["smoke", "quick", "full"])
+    mec.add_argument("--datasets", nargs="+", default=None, metavar="SET")
+    mec.add_argument("--seeds", nargs="+", type=int, default=None, metavar="SEED")
+    mec.add_argument("--device", default="auto", help="auto (default), cpu, cuda, ...")
+    mec.add_argument("--results-dir", default=None, help="default: results/<profile>")
+    mec.add_argument("--retrain", default="missing", choices=["missing", "stale", "all"],
+                     help="which kept networks to train again (default: only missing ones)")
     mea = sub.add_parser("measure", help="measure the kept networks of a profile again (no training)")
     mea.add_argument("--profile", default="full", choices=["smoke", "quick", "full"])
     mea.add_argument("--datasets", nargs="+", default=None, metavar="SET")
@@ -143,6 +151,14 @@ def _run(args: argparse.Namespace) -> int:
                                    results_dir=args.results_dir, retrain=args.retrain)
         for r in results:
             print(f"{r['dataset']} seed {r['seed']}: {len(r['entries'])} networks measured")
+        return 0
+    if args.command == "mechanism":
+        from sepdtd import mechanism
+
+        results = mechanism.reproduce(args.profile, datasets=args.datasets, seeds=args.seeds, device=args.device,
+                                      results_dir=args.results_dir, retrain=args.retrain)
+        for r in results:
+            print(f"{r['dataset']} seed {r['seed']}: {len(r['networks'])} networks measured")
         return 0
     if args.command == "measure":
         from sepdtd import remeasure

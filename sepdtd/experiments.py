@@ -44,7 +44,7 @@ from sepdtd.pipeline.config import MeasureConfig, Stage, TrainConfig, dataset_na
 
 __all__ = [
     "LAMBDAS", "Stage", "Profile", "PROFILES", "jobs", "measurements", "finetune_seed", "default_results_dir",
-    "run", "reproduce", "ensure_run", "unit", "load_results", "load_model", "load_models",
+    "run", "reproduce", "ensure_run", "unit", "load_results", "load_model", "load_models", "load_network",
 ]
 
 #: The regularizer rates of Section 5.1 (Tables 2-3).
@@ -434,14 +434,29 @@ def load_model(profile: str, dataset: str, lam: float = 0.0, *, seed: int = 0,
     if not isinstance(lam, (int, float)) or isinstance(lam, bool) or not math.isfinite(lam) \
             or (float(lam) != 0.0 and float(lam) not in p.lams):
         raise ValueError(f"λ = {lam!r} is not one of profile {profile!r}'s {p.lams} (0.0 = baseline)")
+    return load_network(profile, dataset, lam_tag(float(lam)), seed=seed, results_dir=results_dir, device=device)
+
+
+def load_network(profile: str, dataset: str, tag: str, *, seed: int = 0,
+                 results_dir: str | os.PathLike | None = None, device: str | torch.device = "cpu") -> torch.nn.Module:
+    """Any kept network of a (data set, seed) folder by its tag (``baseline``, ``lam1.0``, ``depth-1``,
+    ``abl-output-penalty``, ...), checked against the manifest and the train record, in eval mode.
+
+    Raises
+    ------
+    FileNotFoundError
+        If no network of that tag is kept; the message says which command trains the paper's networks.
+    DigestError
+        If the file is damaged or swapped.
+    """
     root = store.profile_root(profile, results_dir)
     ds = dataset_name(dataset)
     path = store.record_path(root, "train", ds, seed)
-    entry = store.read_record(path)["networks"].get(lam_tag(float(lam))) if path.exists() else None
+    entry = store.read_record(path)["networks"].get(tag) if path.exists() else None
     if entry is None:
-        raise FileNotFoundError(f"the {profile} network {lam_tag(float(lam))} of {ds} seed {seed} is not kept in "
-                                f"{root}: train it with `python -m sepdtd reproduce --profile {profile} --datasets "
-                                f"{ds} --seeds {seed}`")
+        raise FileNotFoundError(f"the {profile} network {tag} of {ds} seed {seed} is not kept in {root}: train it "
+                                f"with `python -m sepdtd reproduce --profile {profile} --datasets {ds} --seeds {seed}` "
+                                "(the paper's networks) or the command of its chapter")
     return measure.load_network(root, entry, device=device)
 
 

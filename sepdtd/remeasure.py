@@ -1,8 +1,8 @@
 """Measure every kept network of a profile again: ``python -m sepdtd measure --profile full``.
 
 The measurements each network gets are the ones its protocol gives it: the ``"paper"`` measurement
-for the networks of :mod:`sepdtd.experiments` and :mod:`sepdtd.tuning`, and the ``"beyond"`` one for
-the networks of :mod:`sepdtd.beyond`. An entry that is current (same network digest, measurement
+for every network, the ``"beyond"`` one for the networks of :mod:`sepdtd.beyond`, and the
+``"mechanism"`` one for those of :mod:`sepdtd.mechanism`. An entry that is current (same network digest, measurement
 configuration and field fingerprints) is kept unless ``force`` is given, so a run that was interrupted
 resumes where it stopped, and a run after a change of the measurement code redoes exactly the stale
 entries. Nothing is trained.
@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from sepdtd import beyond, experiments, utils
+from sepdtd import beyond, experiments, mechanism, utils
 from sepdtd.pipeline import measure, store
 from sepdtd.pipeline.config import MeasureConfig, dataset_name
 
@@ -32,6 +32,9 @@ def plans(profile: str, dataset: str, seed: int, tags: Sequence[str]) -> dict[st
     if seed in beyond.PROFILES[profile].seeds and any(t in extras and not t.startswith(("baseline", "lam"))
                                                        for t in tags):
         out["beyond"] = {t: c for t, c in extras.items() if t in tags}
+    if any(t.startswith(("abl-", "sweep-")) for t in tags):
+        mech = mechanism.measurements(profile, dataset, seed)["mechanism"]
+        out["mechanism"] = {t: c for t, c in mech.items() if t in tags}
     return out
 
 

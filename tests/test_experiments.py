@@ -48,18 +48,23 @@ def test_errors_before_any_work(monkeypatch, call, message):
 
 
 def test_every_network_of_the_full_profile_fits_the_budget(tmp_path):
-    """Each kept network at most 3 MB, the whole full profile (3 data sets x 3 seeds, chapters 9-10 at its
-    seeds) at most 200 MB: checked on the networks the plan builds, written as the store writes them."""
+    """Each kept network at most 3 MB, the whole full profile (3 data sets x 3 seeds, chapters 9-10 and the
+    sign-aware study at their seeds) at most 200 MB: checked on the networks the plans build, written as
+    the store writes them."""
+    from sepdtd import mechanism
+
+    seeds = {"paper": len(experiments.PROFILES["full"].seeds), "beyond": len(beyond.PROFILES["full"].seeds),
+             "mechanism": len(mechanism.SEEDS["full"])}
     total = 0
     for ds in experiments.PROFILES["full"].datasets:
-        sizes = {}
-        for job in beyond.jobs("full", ds, 0):
-            info = store.save_network(tmp_path, f"{ds}/{job.config.arch}.safetensors", job.config.build())
-            assert info["bytes"] <= store.MAX_NETWORK_BYTES, (ds, job.config.arch, info["bytes"])
-            sizes[job.tags] = info["bytes"] * len(job.tags)
-        paper = sum(v for tags, v in sizes.items() if tags[0] in ("baseline", "lam0.1"))
-        total += paper * len(experiments.PROFILES["full"].seeds)
-        total += (sum(sizes.values()) - paper) * len(beyond.PROFILES["full"].seeds)
+        plan = {}
+        for kind, js in (("beyond", beyond.jobs("full", ds, 0)), ("mechanism", mechanism.jobs("full", ds, 0))):
+            for job in js:
+                plan.setdefault(job.tags, ("paper" if job.tags[0] in ("baseline", "lam0.1") else kind, job))
+        for tags, (kind, job) in plan.items():
+            info = store.save_network(tmp_path, f"{ds}/{tags[0]}.safetensors", job.config.build())
+            assert info["bytes"] <= store.MAX_NETWORK_BYTES, (ds, tags, info["bytes"])
+            total += info["bytes"] * len(tags) * seeds[kind]
     assert total <= store.MAX_PROFILE_BYTES, total
 
 

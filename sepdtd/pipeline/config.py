@@ -23,8 +23,9 @@ __all__ = ["Stage", "Config", "TrainConfig", "MeasureConfig", "dataset_name", "f
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
 
-#: The measurements of :mod:`sepdtd.pipeline.measure`: Tables 2-3, and chapters 9-10.
-MEASUREMENTS = ("paper", "beyond")
+#: The measurements of :mod:`sepdtd.pipeline.measure`: Tables 2-3, chapters 9-10, and why the fine-tuned
+#: logits are negative.
+MEASUREMENTS = ("paper", "beyond", "mechanism")
 
 C = TypeVar("C", bound="Config")
 
@@ -274,10 +275,11 @@ class MeasureConfig(Config):
 
     Attributes
     ----------
-    kind : {"paper", "beyond"}
+    kind : {"paper", "beyond", "mechanism"}
         ``"paper"``: test accuracy (Table 3), Eq. 7 and the sign-aware quantities of the top-1/top-2
         DTD heatmaps (Table 2), in-block shares (Figure 6). ``"beyond"``: chapters 9-10, every method
         of ``methods`` on real test images and on two-object images with known object regions.
+        ``"mechanism"``: the parts of the logits and what their signs do to DTD.
     dataset : str
         The data set whose test images are used.
     seed : int

@@ -137,6 +137,9 @@ def measure_fields(kind: str) -> dict[str, str]:
         elif kind == "beyond":
             fields, per = measure.beyond_fields(net, x, probe_pairs(net), methods=tuple(attribution.METHODS),
                                                 max_scored=10, batch_size=3, device="cpu")
+        elif kind == "mechanism":
+            fields, per = measure.mechanism_fields(net, x, probe_pairs(net), max_scored=10, batch_size=3,
+                                                   device="cpu")
         else:
             raise ValueError(f"unknown measurement {kind!r}")
     flat = measure.flatten(fields)

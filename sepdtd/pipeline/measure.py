@@ -29,12 +29,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from sepdtd import attribution, data, metrics, regularization, training, twoobject, utils
+from sepdtd import attribution, data, metrics, models, regularization, training, twoobject, utils
 from sepdtd.pipeline import store
 from sepdtd.pipeline.config import MeasureConfig
 
 __all__ = ["PAPER_CONVENTIONS", "BEYOND_CONVENTIONS", "test_images", "beyond_images", "paper_fields",
-           "beyond_fields", "top2_fields", "flatten", "status", "measure", "load_network"]
+           "beyond_fields", "mechanism_fields", "LOGIT_PARTS", "top2_fields", "flatten", "status", "measure",
+           "load_network"]
 
 #: Conventions of Eq. 7 in the ``"paper"`` measurement.
 PAPER_CONVENTIONS = metrics.CONVENTIONS
@@ -276,6 +277,125 @@ def beyond_fields(model: nn.Module, x_eval: torch.Tensor, candidates: twoobject.
     return out, per
 
 
+def _logit_parts(model: nn.Module, x: torch.Tensor, classes: torch.Tensor, n_blocks: int) -> torch.Tensor:
+    """``(B, K, 6)``: the logits of ``classes`` split into the output layer's in-block positive, in-block
+    negative, off-block positive and off-block negative contributions, its bias, and their sum."""
+    from sepdtd import regularization
+
+    out = list(models.dense_layers(model))[-1]
+    seen: list[torch.Tensor] = []
+    handle = out.register_forward_hook(lambda m, inp, o: seen.append(inp[0].detach()))
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        handle.remove()
+    a = seen[0].double()                                                   # (B, D)
+    w = out.weight.detach().double()[classes]                              # (B, K, D)
+    off = regularization.block_mask(out.out_features, out.in_features, n_blocks, device=w.device)[classes]
+    c = w * a[:, None, :]
+    pos, neg = (w > 0), (w < 0)
+    parts = [(c * (m & s)).sum(-1) for m in (~off, off) for s in (pos, neg)]
+    bias = out.bias.detach().double()[classes] if out.bias is not None else torch.zeros_like(parts[0])
+    return torch.stack([*parts, bias, sum(parts) + bias], dim=-1)
+
+
+#: The parts of a logit in the ``"mechanism"`` measurement (:func:`mechanism_fields`).
+LOGIT_PARTS = ("in_pos", "in_neg", "off_pos", "off_neg", "bias", "logit")
+
+
+@torch.no_grad()
+def mechanism_fields(model: nn.Module, x_eval: torch.Tensor, candidates: twoobject.TwoObjectSet, *,
+                     max_scored: int, n_blocks: int | None = None, batch_size: int = 500,
+                     device: str | torch.device = "cpu") -> tuple[dict, dict]:
+    """The ``"mechanism"`` measurement: why fine-tuned logits are negative, and what that does to DTD.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        The network.
+    x_eval : torch.Tensor
+        Real test images: the logits' parts and the top-1/top-2 DTD heatmaps.
+    candidates : TwoObjectSet
+        Two-object images; the first ``max_scored`` the network recognises are scored.
+    max_scored : int
+        At most this many recognised composites are scored.
+    n_blocks : int, optional
+        Blocks of Eq. 6 (default: the model's classes).
+    batch_size : int, optional
+        Images per pass.
+    device : str or torch.device, optional
+        Where to compute.
+
+    Returns
+    -------
+    fields : dict
+        ``logit_parts``: for ``top1`` and ``top2``, the means over ``x_eval`` of the output layer's
+        contributions to the logit (:data:`LOGIT_PARTS`: in-block positive and negative weights,
+        off-block positive and negative weights, the bias, and the logit); ``logit_nonpositive`` and
+        ``centered_logit_nonpositive`` (shares of top-1 / top-2 logits <= 0, before and after
+        subtracting each image's mean logit); ``cosine``, ``abs_cosine``, ``sc_cosine`` and
+        ``centered_cosine`` of the DTD heatmaps started at the logits, their absolute values, the
+        logits' signs and the centred logits; ``pointing2``: the top-2 class's pointing game on the
+        composites with the heatmap as DTD returns it (``signed``), sign-corrected (``corrected``) and
+        started at the centred logit (``centered``), with ``pointing2_nan`` (undefined counts) and
+        ``n_scored``.
+    per_image : dict
+        The per-image values behind the fields.
+    """
+    dev = utils.resolve_device(device)
+    was = model.training
+    model.to(dev).eval()
+    n_blocks = n_blocks or model.n_classes
+    per: dict[str, list[torch.Tensor]] = {}
+
+    def keep(name: str, v: torch.Tensor) -> None:
+        per.setdefault(name, []).append(v.detach().double().cpu())
+
+    try:
+        for sl in _batches(x_eval.shape[0], batch_size):
+            xb = _floats(x_eval[sl], model, dev)
+            logits = model(xb)
+            top = logits.topk(2, dim=1)
+            keep("logit_parts", _logit_parts(model, xb, top.indices, n_blocks))
+            centered = top.values - logits.mean(1, keepdim=True)
+            keep("logit_nonpositive", (top.values <= 0).double())
+            keep("centered_logit_nonpositive", (centered <= 0).double())
+            with torch.enable_grad():
+                h = attribution.heatmap("dtd", model, xb, top.indices, low=0.0, high=1.0).detach().double()
+            cos = metrics.cosines(h[:, 0], h[:, 1])
+            keep("cosine", cos)
+            keep("abs_cosine", cos.abs())
+            keep("sc_cosine", cos * torch.sign(top.values.prod(1)).double())
+            keep("centered_cosine", cos * torch.sign(centered.prod(1)).double())
+        kept, _ = twoobject.select(candidates, model)
+        scored = kept.subset(torch.arange(min(len(kept), max_scored)))
+        for sl in _batches(len(scored), batch_size):
+            part = scored.subset(torch.arange(sl.start, sl.stop))
+            h, logits = _top2_heatmaps("dtd", model, part.images, dev)
+            top = logits.topk(2, dim=1)
+            own, other = (m[:, 1] for m in part.regions(top.indices))
+            centered = top.values - logits.mean(1, keepdim=True)
+            for name, hk in (("signed", h), ("corrected", metrics.sign_corrected(h, top.values)),
+                             ("centered", metrics.sign_corrected(h, centered * top.values.sign()))):
+                keep(f"pointing2.{name}", metrics.pointing_game(hk[:, 1], own, other))
+    finally:
+        model.train(was)
+    out = {k: torch.cat(v) for k, v in per.items()}
+    parts = out["logit_parts"].mean(0)                                      # (2, 6)
+    fields = {"logit_parts": {f"top{k + 1}": dict(zip(LOGIT_PARTS, parts[k].tolist())) for k in range(2)},
+              **{k: out[k].mean(0).tolist() for k in ("logit_nonpositive", "centered_logit_nonpositive")},
+              **{k: _nanmean(out[k]) for k in ("cosine", "abs_cosine", "sc_cosine", "centered_cosine")},
+              "n_eval": int(x_eval.shape[0])}
+    names = ("signed", "corrected", "centered")
+    fields["pointing2"] = {n: _nanmean(out[f"pointing2.{n}"]) if f"pointing2.{n}" in out else None for n in names}
+    fields["pointing2_nan"] = {n: int(out[f"pointing2.{n}"].isnan().sum()) if f"pointing2.{n}" in out else 0
+                               for n in names}
+    fields["n_scored"] = len(scored)
+    out["logit_parts.top1"], out["logit_parts.top2"] = out["logit_parts"][:, 0], out["logit_parts"][:, 1]
+    return fields, out
+
+
 def flatten(fields: dict, prefix: str = "") -> dict[str, Any]:
     """Nested fields as ``{"diffusion.raw": ..., "methods.dtd.mass": ...}`` (lists are leaves)."""
     out: dict[str, Any] = {}
@@ -411,8 +531,13 @@ def measure(root: str | os.PathLike, dataset: str, seed: int, plan: dict[str, Me
                 if key not in cache:
                     cache[key] = beyond_images(config)
                 x_eval, cands = cache[key]
-                fields, _ = beyond_fields(model, x_eval, cands, methods=config.methods, max_scored=config.max_scored,
-                                          batch_size=config.batch_size, device=dev)
+                if kind == "beyond":
+                    fields, _ = beyond_fields(model, x_eval, cands, methods=config.methods,
+                                              max_scored=config.max_scored, batch_size=config.batch_size, device=dev)
+                else:
+                    fields, _ = mechanism_fields(model, x_eval, cands, max_scored=config.max_scored,
+                                                 n_blocks=trained[tag]["config"].get("n_blocks"),
+                                                 batch_size=config.batch_size, device=dev)
             if dev.type == "cuda":
                 torch.cuda.synchronize(dev)
             t1 = time.time()

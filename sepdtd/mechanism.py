@@ -1,0 +1,239 @@
+r"""Why the fine-tuned logits go negative, and a λ sweep where λ bites (the sign-aware study).
+
+After fine-tuning with Eq. 5, the top-2 logit is <= 0 on almost every test image, and DTD then explains
+it with a negated pattern. For one unit — a (profile, data set, seed) of :mod:`sepdtd.experiments` —
+this protocol adds to the unit's kept networks:
+
+1. **Ablations**, each a fine-tune of the unit's kept baseline at :data:`ABLATION_LAM` with one change
+   (:data:`ABLATIONS`): the output layer's bias left free of b <= 0 (``abl-free-output-bias``), and
+   Eq. 6 on the output layer only instead of every dense layer (``abl-output-penalty``). A third
+   ablation needs no network: the logits centred (each image's mean logit subtracted) before DTD,
+   measured on every network by the ``"mechanism"`` measurement.
+2. **The decomposition** of each logit into the output layer's in-block positive, in-block negative,
+   off-block positive and off-block negative contributions and its bias, for the baseline, the
+   fine-tunes and the ablations (:func:`sepdtd.pipeline.measure.mechanism_fields`).
+3. **A λ sweep** (``sweep-lam<λ>``): fine-tunes of the baseline with Eq. 6 divided by the number of
+   off-block weights (``penalty="mean"``), on a log grid of λ (:data:`SWEEP_LAMS`). With Adam every λ of
+   the sum of Eq. 6 follows one path (the penalty's gradient dwarfs the cross-entropy's, and Adam
+   normalises the step); per weight, λ sets the balance of the two, and the grid goes from no
+   separation to full.
+
+Every network gets the ``"paper"`` measurement (accuracy, Eq. 7, cosines, logit signs, in-block
+share); the baseline, the fine-tunes and the ablations also the ``"mechanism"`` one.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from sepdtd import experiments, utils
+from sepdtd.pipeline import measure, store, train, view
+from sepdtd.pipeline.config import MeasureConfig, dataset_name, lam_tag
+
+__all__ = ["ABLATIONS", "ABLATION_LAM", "SWEEP_LAMS", "SWEEP_PENALTY", "SEEDS", "jobs", "measurements", "run",
+           "reproduce", "unit", "load_results", "ablation_rows", "sweep_rows", "bias_effects"]
+
+#: The ablations: name -> the fine-tuning settings they change (:class:`~sepdtd.pipeline.config.TrainConfig`).
+ABLATIONS: dict[str, dict[str, Any]] = {
+    "free-output-bias": {"clamp_output_bias": False},
+    "output-penalty": {"penalty_layers": "output"},
+}
+
+#: The λ of the ablations' fine-tunes (the book's λ).
+ABLATION_LAM = 1.0
+
+#: The penalty of the sweep: Eq. 6's sum divided by the number of off-block weights.
+SWEEP_PENALTY = "mean"
+
+#: The λ of the sweep, per profile.
+SWEEP_LAMS: dict[str, tuple[float, ...]] = {
+    "smoke": (1.0, 1000.0),
+    "quick": (1.0, 10.0, 100.0, 1000.0, 10000.0),
+    "full": (1.0, 10.0, 100.0, 1000.0, 10000.0),
+}
+
+#: The seeds :func:`reproduce` runs by default, per profile.
+SEEDS: dict[str, tuple[int, ...]] = {"smoke": (0,), "quick": (0,), "full": (0,)}
+
+
+def _check(profile: str) -> None:
+    if profile not in SWEEP_LAMS or profile not in experiments.PROFILES:
+        raise ValueError(f"unknown profile {profile!r}: choose one of {', '.join(SWEEP_LAMS)}")
+
+
+def jobs(profile: str, dataset: str, seed: int = 0) -> list[train.Job]:
+    """The unit's jobs, one job per ablation, and the sweep's stack, all from the unit's kept baseline."""
+    _check(profile)
+    paper = experiments.jobs(profile, dataset, seed)
+    fine = paper[1].config
+    out = list(paper)
+    for name, change in ABLATIONS.items():
+        out.append(train.Job((f"abl-{name}",), dataclasses.replace(fine, lams=(ABLATION_LAM,), **change)))
+    lams = SWEEP_LAMS[profile]
+    out.append(train.Job(tuple(f"sweep-{lam_tag(lam)}" for lam in lams),
+                         dataclasses.replace(fine, lams=lams, penalty=SWEEP_PENALTY)))
+    return out
+
+
+def measurements(profile: str, dataset: str, seed: int = 0) -> dict[str, dict[str, MeasureConfig]]:
+    """Measurement kind -> (tag -> measurement): ``"paper"`` for every network, ``"mechanism"`` for the
+    baseline, the fine-tunes and the ablations (with the two-object settings of chapters 9-10)."""
+    from sepdtd import beyond
+
+    js = jobs(profile, dataset, seed)
+    paper = experiments.measurements(profile, dataset, seed)
+    b = beyond.PROFILES[profile]
+    mech = MeasureConfig(kind="mechanism", dataset=dataset, seed=seed, n_eval=b.n_eval, n_pairs=b.n_pairs,
+                         max_scored=b.max_scored, threshold=b.threshold, batch_size=b.batch_size)
+    tags = [t for j in js for t in j.tags]
+    return {"paper": {t: paper for t in tags}, "mechanism": {t: mech for t in tags if not t.startswith("sweep-")}}
+
+
+def _family(tag: str) -> str:
+    return "ablation" if tag.startswith("abl-") else "sweep" if tag.startswith("sweep-") else "paper"
+
+
+def unit(profile: str, dataset: str, seed: int = 0, *, results_dir: str | os.PathLike | None = None) -> dict | None:
+    """The stored results of the sign-aware study of a unit (None when a network of it is not kept or measured).
+
+    Returns
+    -------
+    dict or None
+        ``kind`` ("mechanism"), ``profile``, ``dataset``, ``seed``, ``stale`` and ``networks``: one entry per
+        network with ``tag``, ``family`` ("paper", "ablation" or "sweep"), ``lam``, ``penalty``,
+        ``penalty_layers``, ``clamp_output_bias``, ``epochs``, ``paper`` (the ``"paper"`` fields),
+        ``mechanism`` (the ``"mechanism"`` fields, None for the sweep) and ``stale``.
+    """
+    root = store.profile_root(profile, results_dir)
+    ds = dataset_name(dataset)
+    nets = view.networks(root, ds, seed, jobs(profile, ds, seed), measurements(profile, ds, seed))
+    if any(n["train"] is None or None in n["measured"].values() for n in nets.values()):
+        return None
+    entries = []
+    for tag, n in nets.items():
+        cfg, t = n["train"]["config"], n["train"]["training"]
+        entries.append({"tag": tag, "family": _family(tag), "lam": n["lam"], "penalty": cfg["penalty"],
+                        "penalty_layers": cfg["penalty_layers"],
+                        "clamp_output_bias": cfg.get("clamp_output_bias", True), "epochs": t["epochs"],
+                        "stopped_early": t["stopped_early"], "paper": n["measured"]["paper"],
+                        "mechanism": n["measured"].get("mechanism"), "stale": n["stale"]})
+    return {"kind": "mechanism", "profile": profile, "dataset": ds, "seed": seed, "networks": entries,
+            "stale": [r for e in entries for r in e["stale"]]}
+
+
+def load_results(profile: str, *, results_dir: str | os.PathLike | None = None) -> list[dict]:
+    """Every stored unit of the study of a profile (those with every network kept and measured)."""
+    root = store.profile_root(profile, results_dir)
+    out = []
+    for path in sorted((root / "measure" / "mechanism").glob("*/seed*.json")):
+        rec = store.read_record(path)
+        u = unit(profile, rec["dataset"], rec["seed"], results_dir=root)
+        if u is None:
+            warnings.warn(f"the sign-aware study of {rec['dataset']} seed {rec['seed']} in {root} is not complete; "
+                          "run `python -m sepdtd mechanism` to finish it", RuntimeWarning, stacklevel=2)
+            continue
+        out.append(u)
+    return out
+
+
+def run(profile: str, dataset: str, seed: int = 0, *, device: str | torch.device = "auto",
+        results_dir: str | os.PathLike | None = None, retrain: str = "missing", progress: bool = True,
+        checkpoints_dir: str | os.PathLike | None = None) -> dict:
+    """Train the unit's missing networks (the paper's, the ablations and the sweep), measure what is not
+    current, and return :func:`unit`."""
+    _check(profile)
+    root = store.profile_root(profile, results_dir)
+    ds = dataset_name(dataset)
+    imgs = measure.test_images(experiments.measurements(profile, ds, seed))
+    train.ensure(root, ds, seed, jobs(profile, ds, seed), device=device, retrain=retrain, progress=progress,
+                 checkpoints_dir=checkpoints_dir, profile=profile, test=(imgs["x_test"], imgs["y_test"]))
+    for plan in measurements(profile, ds, seed).values():
+        measure.measure(root, ds, seed, plan, device=device, progress=progress, profile=profile)
+    return unit(profile, ds, seed, results_dir=root)
+
+
+def reproduce(profile: str, *, datasets: Sequence[str] | str | None = None, seeds: Sequence[int] | None = None,
+              device: str | torch.device = "auto", results_dir: str | os.PathLike | None = None,
+              retrain: str = "missing", progress: bool = True,
+              checkpoints_dir: str | os.PathLike | None = None) -> list[dict]:
+    """Every unit of a profile (default: its data sets and :data:`SEEDS`), one after the other; every name
+    and seed is checked before the first unit starts."""
+    _check(profile)
+    names = [datasets] if isinstance(datasets, str) else list(datasets or experiments.PROFILES[profile].datasets)
+    units = [(dataset_name(d), s) for s in (SEEDS[profile] if seeds is None else seeds) for d in names]
+    for d, s in units:
+        jobs(profile, d, s)
+    utils.resolve_device(device)
+    return [run(profile, d, s, device=device, results_dir=results_dir, retrain=retrain, progress=progress,
+                checkpoints_dir=checkpoints_dir) for d, s in units]
+
+
+def bias_effects(model: torch.nn.Module, x: torch.Tensor) -> dict:
+    """What the biases of a network do to DTD, on float images ``x``.
+
+    Returns
+    -------
+    dict
+        ``positive_biases`` (share of the Conv2d/Linear biases > 0) and ``conservation_gap`` (median over the
+        images and their top-2 classes of ``|sum_i R_i - f_c| / |f_c|``: the relevance DTD does not pass
+        down to the pixels, which only a positive bias loses).
+    """
+    from sepdtd import dtd
+
+    biases = torch.cat([m.bias.detach().flatten() for m in model.modules()
+                        if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)) and m.bias is not None])
+    with torch.no_grad():
+        logits = model(x)
+    top = logits.topk(2, dim=1).indices
+    total = dtd.relevance(model, x, top, low=0.0, high=1.0).flatten(2).sum(2)
+    f = logits.gather(1, top)
+    return {"positive_biases": float((biases > 0).double().mean()),
+            "conservation_gap": float(((total - f).abs() / f.abs().clamp_min(1e-6)).median())}
+
+
+# ------------------------------------------------------------------------------------------- tables
+def ablation_rows(results: Sequence[dict]) -> list[dict]:
+    """One row per (data set, seed, network) of the baseline, the fine-tune at :data:`ABLATION_LAM` and
+    the ablations: accuracy, |cos|, logit signs (raw and centred), the top-2 class's pointing game
+    (signed, sign-corrected, centred) and the parts of the top-2 logit."""
+    rows = []
+    for res in results:
+        for e in res["networks"]:
+            if e["family"] == "sweep" or (e["family"] == "paper" and e["lam"] not in (0.0, ABLATION_LAM)):
+                continue
+            m, p = e["mechanism"], e["paper"]
+            rows.append({"dataset": res["dataset"], "seed": res["seed"], "tag": e["tag"], "family": e["family"],
+                         "lam": e["lam"], "accuracy": p["accuracy"], "abs_cosine": p["abs_cosine"],
+                         "cosine": p["cosine"], "logit_nonpositive": p["logit_nonpositive"],
+                         "centered_logit_nonpositive": m["centered_logit_nonpositive"],
+                         "centered_cosine": m["centered_cosine"], "pointing2": m["pointing2"],
+                         "pointing2_nan": m["pointing2_nan"], "n_scored": m["n_scored"],
+                         "top2_parts": m["logit_parts"]["top2"], "top1_parts": m["logit_parts"]["top1"],
+                         "inblock": p["inblock"], "epochs": e["epochs"]})
+    return rows
+
+
+def sweep_rows(results: Sequence[dict], *, convention: str | None = None) -> list[dict]:
+    """One row per (data set, seed, λ) of the sweep, the baseline first (λ = 0): accuracy, the mean
+    in-block share of the dense layers, |cos| and Eq. 7 under ``convention`` (default
+    :data:`sepdtd.report.PRIMARY_CONVENTION`)."""
+    from sepdtd import report
+
+    convention = convention or report.PRIMARY_CONVENTION
+    rows = []
+    for res in results:
+        for e in res["networks"]:
+            if not (e["family"] == "sweep" or (e["family"] == "paper" and e["lam"] == 0.0)):
+                continue
+            p = e["paper"]
+            shares = [v for v in p["inblock"] if v is not None]
+            rows.append({"dataset": res["dataset"], "seed": res["seed"], "lam": e["lam"], "accuracy": p["accuracy"],
+                         "inblock": sum(shares) / len(shares) if shares else None, "abs_cosine": p["abs_cosine"],
+                         "d": p["diffusion"].get(convention), "convention": convention, "epochs": e["epochs"],
+                         "stopped_early": e["stopped_early"]})
+    return sorted(rows, key=lambda r: (r["dataset"], r["seed"], r["lam"]))

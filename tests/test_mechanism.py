@@ -1,0 +1,82 @@
+"""The sign-aware study (sepdtd.mechanism): ablations, the decomposition of the logits, the λ sweep."""
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from sepdtd import experiments, mechanism, remeasure
+from sepdtd.pipeline import fingerprint, measure
+
+
+@pytest.fixture
+def tiny_mechanism(tiny, monkeypatch):
+    monkeypatch.setitem(mechanism.SWEEP_LAMS, "tiny", (1.0, 1000.0))
+    return tiny
+
+
+def test_the_plan_fine_tunes_the_kept_baseline_with_one_change_each():
+    js = mechanism.jobs("full", "mnist", 0)
+    paper_fine = experiments.jobs("full", "mnist", 0)[1].config
+    by = {j.tags: j.config for j in js}
+    free = by[("abl-free-output-bias",)]
+    assert dataclasses.replace(free, clamp_output_bias=True, lams=paper_fine.lams) == paper_fine
+    out = by[("abl-output-penalty",)]
+    assert dataclasses.replace(out, penalty_layers="dense", lams=paper_fine.lams) == paper_fine
+    assert free.lams == out.lams == (mechanism.ABLATION_LAM,)
+    sweep = by[tuple(f"sweep-lam{lam!r}" for lam in mechanism.SWEEP_LAMS["full"])]
+    assert sweep.penalty == "mean" and sweep.start == paper_fine.start
+    plans = mechanism.measurements("full", "mnist", 0)
+    assert set(plans["mechanism"]) == {"baseline", "lam0.1", "lam0.5", "lam1.0", "lam5.0", "abl-free-output-bias",
+                                       "abl-output-penalty"}
+    assert "output-bias" in fingerprint.train_dependencies(free)
+    with pytest.raises(ValueError, match="unknown profile"):
+        mechanism.jobs("huge", "mnist")
+
+
+def test_the_logit_parts_add_up_to_the_logit():
+    net = fingerprint.probe_network()
+    x, _ = fingerprint.probe_images()
+    with torch.no_grad():
+        logits = net(x)
+    classes = logits.topk(2, dim=1).indices
+    parts = measure._logit_parts(net, x, classes, 3)
+    assert torch.allclose(parts[..., :5].sum(-1), logits.gather(1, classes).double(), atol=1e-12)
+    assert torch.allclose(parts[..., 5], logits.gather(1, classes).double(), atol=1e-12)
+    assert (parts[..., 0] >= 0).all() and (parts[..., 2] >= 0).all()        # positive weights, ReLU inputs
+    assert (parts[..., 1] <= 0).all() and (parts[..., 3] <= 0).all()
+    # by hand for one image and class: w_cj a_j over the blocks of Eq. 6
+    from sepdtd import regularization
+
+    seen = []
+    h = net[-1].register_forward_hook(lambda m, i, o: seen.append(i[0]))
+    with torch.no_grad():
+        net(x[3:4])
+    h.remove()
+    c = int(classes[3, 1])
+    w, a = net[-1].weight[c], seen[0][0]
+    off = regularization.block_mask(3, 9, 3)[c]
+    assert parts[3, 1, 2].item() == pytest.approx(float((w * a).detach()[off & (w > 0)].sum()))
+    assert parts[3, 1, 4].item() == pytest.approx(float(net[-1].bias[c]))
+
+
+def test_a_unit_of_the_study_runs_and_is_read_back(synthetic, tiny_mechanism, dirs):
+    res = mechanism.run("tiny", "mnist", 0, device="cpu", progress=False, **dirs)
+    tags = [e["tag"] for e in res["networks"]]
+    assert tags == ["baseline", "lam0.5", "lam5.0", "abl-free-output-bias", "abl-output-penalty", "sweep-lam1.0",
+                    "sweep-lam1000.0"]
+    assert res["stale"] == []
+    rows = mechanism.ablation_rows([res])
+    assert [r["tag"] for r in rows] == ["baseline", "abl-free-output-bias", "abl-output-penalty"]
+    for r in rows:
+        assert set(r["pointing2"]) == {"signed", "corrected", "centered"}
+        assert r["top2_parts"]["logit"] == pytest.approx(sum(v for k, v in r["top2_parts"].items() if k != "logit"))
+    sweep = mechanism.sweep_rows([res])
+    assert [r["lam"] for r in sweep] == [0.0, 1.0, 1000.0] and all(r["inblock"] is not None for r in sweep)
+    net = experiments.load_network("tiny", "mnist", "abl-free-output-bias", results_dir=dirs["results_dir"])
+    assert not net.training
+    assert mechanism.load_results("tiny", results_dir=dirs["results_dir"]) == [res]
+    # the measure command finds every measurement of the study
+    plans = remeasure.plans("tiny", "mnist", 0, tags)
+    assert set(plans) == {"paper", "mechanism"} and set(plans["paper"]) == set(tags)
