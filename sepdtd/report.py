@@ -32,7 +32,7 @@ __all__ = ["PAPER_TABLE2", "PAPER_TABLE3", "BOOK_CONVENTION", "PRIMARY_CONVENTIO
            "finetune_fit", "at_equal_penalty", "or_dash", "is_control", "lam_text", "tuning_verdicts",
            "tuning_controls", "tuning_labels", "tuning_starts", "tuning_endpoints", "rows", "seed_walls",
            "closest_convention", "convention_scores", "convention_ratio_scores", "format_tables", "claims",
-           "format_claims", "main"]
+           "format_claims", "claims_table", "DIFFUSED_COSINE", "main"]
 
 _LAMS = (0.0, 0.1, 0.5, 1.0, 5.0)
 
@@ -265,6 +265,8 @@ def rows(results: Iterable[dict], *, convention: str | None = None) -> list[dict
             "convention": convention,
             "cosine": _mean([s.get("cosine") for s in settings]),
             "abs_cosine": _mean([s.get("abs_cosine") for s in settings]),
+            "abs_cosine_sd": _sd([s.get("abs_cosine") for s in settings]),
+            "abs_cosine_seeds": [s.get("abs_cosine") for s in settings],
             "logit_nonpositive": [_mean([(s.get("logit_nonpositive") or [None, None])[k] for s in settings])
                                   for k in (0, 1)],
             "variants": variants, "variants_sd": variants_sd, "inblock": inblock,
@@ -743,6 +745,110 @@ def claims(rows_: Sequence[dict], *, convention: str | None = None) -> list[dict
                         "ours": iv["mean"], "interval": iv, "reference": -ACCURACY_TOLERANCE,
                         "text": f"{label} λ={r['lam']:g}: accuracy − baseline {_iv_text(iv, 4)} "
                                 f"(claim: above -{ACCURACY_TOLERANCE:g})"})
+    return out
+
+
+#: The |cos| of the top-1 and top-2 heatmaps above which a baseline counts as diffused ("heatmaps look
+#: identical for all classes", Figure 1).
+DIFFUSED_COSINE = 0.9
+
+
+def _mean_sd(mean: float | None, sd: float | None, n: int, digits: int) -> str:
+    if mean is None:
+        return "—"
+    return f"{mean:.{digits}f}" + (f" ± {sd:.{digits}f}" if sd is not None else "") + f" (n = {n})"
+
+
+def _negated(iv: dict) -> dict:
+    flip = {"mean": "mean", "lo": "hi", "hi": "lo"}
+    return {**iv, **{k: None if iv[src] is None else -iv[src] for k, src in flip.items()}}
+
+
+def _word(held: bool | None, others: tuple[int, int]) -> str:
+    """held / not held / partly (this λ and the others disagree) / open (no interval)."""
+    if held is None:
+        return "open"
+    n_held, n = others
+    if n and ((held and n_held < n) or (not held and n_held > 0)):
+        return "partly"
+    return "held" if held else "not held"
+
+
+def claims_table(rows_: Sequence[dict], *, lam: float = 1.0) -> list[dict]:
+    """The paper's claims, one row per (claim, data set), for a reproducibility summary.
+
+    The fine-tuned claims are read at ``lam`` (the λ of the paper's Figures 4-6) from the paired
+    differences of :func:`rows`; "partly" means the other λ do not all agree with it.
+
+    Returns
+    -------
+    list of dict
+        ``claim``, ``dataset``, ``paper`` (the paper's value or statement), ``ours`` (mean ± sd over
+        seeds, with n), ``paired`` (the mean paired difference and its 95 % interval, or "—"),
+        ``verdict`` ("held", "not held", "partly" or "open") and ``reason`` (at most 12 words).
+    """
+    base = {(r["profile"], r["dataset"]): r for r in rows_ if r["lam"] == 0}
+    tuned = {(r["profile"], r["dataset"], r["lam"]): r for r in rows_ if r["lam"] > 0}
+    all_claims = claims(rows_)
+    out = []
+
+    def others(claim: str, profile: str, dataset: str) -> tuple[int, int]:
+        cs = [c for c in all_claims if c["claim"] == claim and (c["profile"], c["dataset"]) == (profile, dataset)
+              and c["lam"] != lam and c["held"] is not None]
+        return sum(c["held"] for c in cs), len(cs)
+
+    def reason(held: bool | None, why: str, what: str, bound: str, oth: tuple[int, int]) -> str:
+        if held is None:
+            return why
+        text = f"{what} {why.removeprefix('the ')} {bound}"
+        return text + (f"; {oth[0]} of {oth[1]} other λ held" if oth[1] else "")
+
+    for (profile, dataset), b in sorted(base.items(), key=lambda kv: _ORDER.get(kv[0][1], 99)):
+        label = DATASET_LABELS.get(dataset, dataset)
+        iv = interval([v - DIFFUSED_COSINE for v in b.get("abs_cosine_seeds") or [] if v is not None])
+        held, why = _judge(iv, 0.0)
+        out.append({"claim": "the top-2 heatmap looks like the top-1's", "dataset": label,
+                    "paper": "identical (Fig. 1)",
+                    "ours": "|cos| " + _mean_sd(b.get("abs_cosine"), b.get("abs_cosine_sd"), iv["n"], 3),
+                    "paired": "—", "verdict": _word(held, (0, 0)),
+                    "reason": reason(held, why, "baseline |cos|:", f"{DIFFUSED_COSINE:g}", (0, 0))})
+        r = tuned.get((profile, dataset, lam))
+        if r is not None:
+            d_paper = PAPER_TABLE2.get(dataset, {})
+            acc_paper = PAPER_TABLE3.get(dataset, {})
+            p = r["paired"]
+            held, why = _judge(p["d"], 0.0)
+            oth = others("diffusion", profile, dataset)
+            out.append({"claim": "fine-tuning separates the heatmaps (d)", "dataset": label,
+                        "paper": f"d {d_paper[0.0]:.2f} → {d_paper[lam]:.2f}" if lam in d_paper else "—",
+                        "ours": f"d[{PRIMARY_CONVENTION}] " + _mean_sd(r["variants"].get(PRIMARY_CONVENTION),
+                                                                      r["variants_sd"].get(PRIMARY_CONVENTION),
+                                                                      p["d"]["n"], 3),
+                        "paired": _iv_text(p["d"], 3), "verdict": _word(held, oth),
+                        "reason": reason(held, why, "d:", "0", oth)})
+            held, why = _judge(_negated(p["abs_cosine"]), 0.0)
+            out.append({"claim": "fine-tuning separates the heatmaps (|cos|)", "dataset": label, "paper": "—",
+                        "ours": "|cos| " + _mean_sd(r.get("abs_cosine"), r.get("abs_cosine_sd"),
+                                                    p["abs_cosine"]["n"], 3),
+                        "paired": _iv_text(p["abs_cosine"], 3), "verdict": _word(held, (0, 0)),
+                        "reason": reason(held, why.replace("above", "BELOW").replace("below", "above")
+                                         .replace("BELOW", "below"), "|cos|:", "0", (0, 0))})
+            held, why = _judge(p["accuracy"], -ACCURACY_TOLERANCE, strict=False)
+            oth = others("accuracy", profile, dataset)
+            out.append({"claim": "accuracy does not decrease notably", "dataset": label,
+                        "paper": f"{acc_paper[0.0]:.2f} → {acc_paper[lam]:.2f}" if lam in acc_paper else "—",
+                        "ours": "accuracy " + _mean_sd(r["accuracy"], r["accuracy_sd"], r["n_seeds"], 4),
+                        "paired": _iv_text(p["accuracy"], 4), "verdict": _word(held, oth),
+                        "reason": reason(held, why, "accuracy:", f"-{ACCURACY_TOLERANCE:g}", oth)})
+        acc = next((c for c in all_claims if c["claim"] == "baseline_accuracy" and c["dataset"] == dataset
+                    and c["profile"] == profile), None)
+        if acc is not None:
+            out.append({"claim": "the baseline reaches the paper's accuracy", "dataset": label,
+                        "paper": f"{PAPER_TABLE3[dataset][0.0]:.2f}",
+                        "ours": _mean_sd(b["accuracy"], b["accuracy_sd"], b["n_seeds"], 4), "paired": "—",
+                        "verdict": "held" if acc["held"] else "not held",
+                        "reason": f"mean {'at least' if acc['held'] else 'below'} the paper's − "
+                                  f"{ACCURACY_TOLERANCE:g}"})
     return out
 
 

@@ -327,3 +327,24 @@ def test_tuning_labels_tell_apart_runs_of_one_candidate():
     labels = report.tuning_labels([cpu, gpu, gpu2])
     assert labels[id(cpu), 1.0] == "paper (cpu)"
     assert {labels[id(gpu), 1.0], labels[id(gpu2), 1.0]} == {"paper (H200) (a)", "paper (H200) (b)"}
+
+
+def test_the_claims_table_reads_the_paired_intervals():
+    base_d, base_acc = (0.5, 0.7, 0.6), (0.985, 0.975, 0.99)
+    res = [result("mnist", k, d={0.0: base_d[k], **{lam: base_d[k] + 0.1 for lam in LAMS[1:]}},
+                  acc={0.0: base_acc[k], 0.1: base_acc[k] - 0.05, **{lam: base_acc[k] for lam in LAMS[2:]}},
+                  t=(0.0, 1.0)) for k in range(3)]
+    for r in res:
+        for s in r["settings"]:
+            s["abs_cosine"] = 0.99 if s["lam"] == 0 else 0.5
+    table = {(r["claim"], r["dataset"]): r for r in report.claims_table(report.rows(res))}
+    diffused = table[("the top-2 heatmap looks like the top-1's", "MNIST")]
+    assert diffused["verdict"] == "held" and diffused["ours"] == "|cos| 0.990 ± 0.000 (n = 3)"
+    sep = table[("fine-tuning separates the heatmaps (|cos|)", "MNIST")]
+    assert sep["verdict"] == "held" and sep["paired"].startswith("-0.490 [")
+    assert table[("fine-tuning separates the heatmaps (d)", "MNIST")]["verdict"] == "held"
+    acc = table[("accuracy does not decrease notably", "MNIST")]
+    assert acc["verdict"] == "partly" and acc["reason"].endswith("2 of 3 other λ held")   # λ = 0.1 costs 0.05
+    assert all(len(r["reason"].split()) <= 12 for r in table.values())
+    one = {(r["claim"], r["dataset"]): r for r in report.claims_table(report.rows(res[:1]))}
+    assert one[("fine-tuning separates the heatmaps (d)", "MNIST")]["verdict"] == "open"
