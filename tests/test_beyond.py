@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from sepdtd import attribution, beyond, dtd, experiments, models, training
+from sepdtd.explain.rules import Composite, ZPlus, explain
 
 
 # ------------------------------------------------------------------------------------------- models
@@ -55,8 +56,8 @@ def test_separate_dense_layers_stay_separate_through_training(width):
     net.eval()
     xf = x[:4].float() / 255
     feats = torch.nn.Sequential(*list(net)[:-1])(xf)
-    r = attribution._propagate([attribution._Weighted.of(out, feats, "zplus", eps=1e-9)],
-                               attribution._onehot_start(net(xf), torch.full((4, 1), 3), net(xf)[:, 3:4]))
+    top = torch.nn.Sequential(out)                                      # z+ at the output layer alone
+    r = explain(top, feats.detach(), torch.full((4, 1), 3), Composite(ZPlus()), low=None, high=None)
     blocks = torch.arange(hidden) * 10 // hidden
     assert (r[:, 0, blocks != 3] == 0).all() and (r[:, 0, blocks == 3] != 0).any()
 

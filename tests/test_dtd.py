@@ -1,4 +1,4 @@
-"""Tests of :mod:`sepdtd.dtd` (Section 2.2, Eq. 1-4), in float64.
+"""Tests of DTD (Section 2.2, Eq. 1-4) on the engine (:mod:`sepdtd.explain.engine`) and :mod:`sepdtd.dtd`, in float64.
 
 Oracles: a naive per-neuron DTD written directly from Eq. 3 and Eq. 4 with Python loops over explicit
 (i, j) connections (convolutions unfolded to their taps), zennit 0.5.1's composite, and the
@@ -15,6 +15,9 @@ import torch
 from torch import nn
 
 from sepdtd import dtd, models
+from sepdtd.explain import engine as E
+from sepdtd.explain import rules
+from sepdtd.explain.rules import explain
 
 D = torch.float64
 EPS_TINY = 1e-30                        # eps -> 0 for exact identities (float64)
@@ -46,6 +49,12 @@ def _paper_net(name: str, seed: int = 0) -> nn.Module:
             if isinstance(m, (nn.Conv2d, nn.Linear)):
                 m.bias.copy_(0.05 * torch.randn(m.bias.shape, dtype=D, generator=gen))
     return models.clamp_biases_(model).eval()
+
+
+def _engine(model: nn.Module, x: torch.Tensor, classes: torch.Tensor, *, low, high, stabilizer: float,
+            **execution) -> torch.Tensor:
+    """DTD on the engine with its execution choices (memory format, pieces) set."""
+    return explain(model, x, classes, rules._dtd(stabilizer), low=low, high=high, **execution)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -212,7 +221,7 @@ SMALL_NETS = {
 @pytest.mark.parametrize("net", list(SMALL_NETS))
 def test_rules_match_naive_per_neuron_reference(net: str, channels_last: bool, fold: bool, monkeypatch):
     """Eq. 3, Eq. 4 and the pooling rules, via every execution path (memory format, zB by fold or not)."""
-    monkeypatch.setattr(dtd, "_FOLD_MAX_CHANNELS", 4 if fold else 0)
+    monkeypatch.setattr(E, "_FOLD_MAX_CHANNELS", 4 if fold else 0)
     build, shape = SMALL_NETS[net]
     model = _randomize_(build(), seed=1)
     gen = torch.Generator().manual_seed(2)
@@ -222,7 +231,7 @@ def test_rules_match_naive_per_neuron_reference(net: str, channels_last: bool, f
     with torch.no_grad():
         n_out = model(x).shape[1]
     classes = torch.stack([torch.randperm(n_out, generator=gen)[:2] for _ in range(3)])
-    got = dtd._relevance(model, x, classes, low=low, high=high, eps=1e-6, channels_last=channels_last)
+    got = _engine(model, x, classes, low=low, high=high, stabilizer=1e-6, channels_last=channels_last)
     assert got.shape == (3, 2, *shape) and got.dtype == torch.float64
     for b, k in itertools.product(range(3), range(2)):
         want, _ = naive_relevance(model, x[b], int(classes[b, k]), low, high, eps=1e-6)
@@ -273,7 +282,7 @@ def test_conservation_small_nets(net: str, bias: str):
     with torch.no_grad():
         logits = model(x)
     classes = torch.arange(logits.shape[1]).expand(4, -1)
-    r = dtd.relevance(model, x, classes, low=0.0, high=1.0, eps=EPS_TINY)
+    r = dtd.relevance(model, x, classes, low=0.0, high=1.0, stabilizer=EPS_TINY)
     _assert_conserved(r.flatten(2).sum(-1), logits, _top_zplus(model, x))
 
 
@@ -284,7 +293,7 @@ def test_conservation_paper_nets(name: str):
     with torch.no_grad():
         logits = model(x)
     classes = logits.topk(3).indices
-    r = dtd.relevance(model, x, classes, low=0.0, high=1.0, eps=EPS_TINY)
+    r = dtd.relevance(model, x, classes, low=0.0, high=1.0, stabilizer=EPS_TINY)
     _assert_conserved(r.flatten(2).sum(-1), logits.gather(1, classes), _top_zplus(model, x).gather(1, classes))
 
 
@@ -297,7 +306,7 @@ def test_layerwise_identity_with_negative_biases():
     assert len(sums) == 5
     for into, out in sums:
         assert out == pytest.approx(into, rel=1e-12)
-    engine = dtd.relevance(model, x[None], torch.tensor([[2]]), low=0.0, high=1.0, eps=EPS_TINY)
+    engine = dtd.relevance(model, x[None], torch.tensor([[2]]), low=0.0, high=1.0, stabilizer=EPS_TINY)
     torch.testing.assert_close(engine[0, 0], r, rtol=1e-10, atol=1e-14)
 
 
@@ -311,7 +320,7 @@ def test_positive_bias_absorbs_relevance():
         model[2].bias.zero_()
     x = torch.tensor([[0.0, 0.0]], dtype=D)        # first layer off: z = 0 everywhere
     model[0].bias.data.fill_(0.5)                  # ... but the bias switches it on: f = 1
-    r = dtd.relevance(model, x, torch.tensor([[0]]), low=0.0, high=1.0, eps=EPS_TINY)
+    r = dtd.relevance(model, x, torch.tensor([[0]]), low=0.0, high=1.0, stabilizer=EPS_TINY)
     assert float(model(x).detach()) == pytest.approx(1.0)
     assert float(r.sum()) == pytest.approx(0.0, abs=1e-12)
 
@@ -349,7 +358,7 @@ def test_equals_zennit_paper_nets(name: str, channels_last: bool):
     x = _rand(3, *model.input_shape, seed=8)
     with torch.no_grad():
         classes = model(x).topk(2).indices
-    got = dtd._relevance(model, x, classes, low=0.0, high=1.0, eps=1e-9, channels_last=channels_last)
+    got = _engine(model, x, classes, low=0.0, high=1.0, stabilizer=1e-9, channels_last=channels_last)
     want = _zennit_relevance(model, x, classes, 0.0, 1.0, 1e-9)
     torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6 * float(want.abs().max()))
 
@@ -391,10 +400,10 @@ def test_pieces_equal_one_pass(name: str):
     model = _paper_net(name, seed=5)
     x = _rand(5, *model.input_shape, seed=16)
     classes = torch.tensor([[0, 1, 2]] * 5)
-    whole = dtd._relevance(model, x, classes, low=0.0, high=1.0, eps=1e-9, chunk_bytes=0)
-    per_sample = dtd._widest(dtd._layers(model), model.input_shape) * 3 * 8    # K=3 rows of float64
+    whole = _engine(model, x, classes, low=0.0, high=1.0, stabilizer=1e-9, chunk_bytes=0)
+    per_sample = E._shapes(E.layers(model), model.input_shape)[0] * 3 * 8    # K=3 rows of float64
     for chunk_bytes in (1, 2 * per_sample):                            # one sample, then two per piece
-        pieces = dtd._relevance(model, x, classes, low=0.0, high=1.0, eps=1e-9, chunk_bytes=chunk_bytes)
+        pieces = _engine(model, x, classes, low=0.0, high=1.0, stabilizer=1e-9, chunk_bytes=chunk_bytes)
         torch.testing.assert_close(pieces, whole, rtol=1e-12, atol=1e-14 * float(whole.abs().max()))
 
 
@@ -405,7 +414,7 @@ def test_model_left_as_found_and_dropout_off():
     modes = [m.training for m in model.modules()]
     x = _rand(2, *model.input_shape, seed=12)
     classes = torch.tensor([[0, 1], [2, 3]])
-    r_train = dtd.relevance(model, x, classes, low=0.0, high=1.0, eps=EPS_TINY)
+    r_train = dtd.relevance(model, x, classes, low=0.0, high=1.0, stabilizer=EPS_TINY)
     assert [m.training for m in model.modules()] == modes
     after = model.state_dict()
     assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
@@ -415,7 +424,7 @@ def test_model_left_as_found_and_dropout_off():
     model.eval()
     with torch.no_grad():
         f = model(x).gather(1, classes)
-    torch.testing.assert_close(r_train, dtd.relevance(model, x, classes, low=0.0, high=1.0, eps=EPS_TINY))
+    torch.testing.assert_close(r_train, dtd.relevance(model, x, classes, low=0.0, high=1.0, stabilizer=EPS_TINY))
     torch.testing.assert_close(r_train.flatten(2).sum(-1), f, rtol=1e-9, atol=0.0)   # evaluation mode
 
 
@@ -529,7 +538,7 @@ def test_a_module_object_used_at_two_positions_is_explained_at_both():
     relu = nn.ReLU()
     model = _randomize_(nn.Sequential(nn.Linear(6, 5), relu, nn.Linear(5, 5), relu, nn.Linear(5, 4)), seed=3)
     x = _rand(2, 6, seed=4)
-    got = dtd.relevance(model, x, torch.tensor([[0], [2]]), low=0.0, high=1.0, eps=1e-6)
+    got = dtd.relevance(model, x, torch.tensor([[0], [2]]), low=0.0, high=1.0, stabilizer=1e-6)
     for b, c in ((0, 0), (1, 2)):
         want, _ = naive_relevance(model, x[b], c, 0.0, 1.0, eps=1e-6)
         torch.testing.assert_close(got[b, 0], want, rtol=1e-10, atol=1e-14)
@@ -558,9 +567,9 @@ def test_bad_classes_and_arguments():
         call(torch.tensor([[-1], [0]]))
     with pytest.raises(TypeError, match="integer"):
         call(torch.tensor([[0.0], [1.0]]))
-    with pytest.raises(ValueError, match="eps"):
-        call(torch.tensor([[0], [1]]), eps=0.0)
-    with pytest.raises(TypeError, match="floating point"):
+    with pytest.raises(ValueError, match="stabilizer"):
+        call(torch.tensor([[0], [1]]), stabilizer=0.0)
+    with pytest.raises(TypeError, match="float32 or float64"):
         dtd.relevance(model, x.mul(10).long(), torch.tensor([[0], [1]]), low=0, high=10)
     with pytest.raises(ValueError, match="heatmap needs images"):
         dtd.heatmap(model, x, torch.tensor([[0], [1]]), low=0.0, high=1.0)
