@@ -3,7 +3,8 @@
 :func:`relevance` and :func:`heatmap` run the paper's composite, :math:`z^B` (Eq. 4) at the first weighted
 layer and :math:`z^+` (Eq. 3) above it (``Composite(ZPlus(), first=ZBox())``,
 :mod:`sepdtd.explain.rules`), on the engine :mod:`sepdtd.explain.engine`, whose docstring derives the
-rules, how all K classes share one forward pass, and what is conserved.
+rules, how all K classes share one forward pass, and what is conserved. :class:`sepdtd.Explainer` does
+the same with targets such as ``"top2"``, batch-norm folding and the conservation error.
 """
 from __future__ import annotations
 

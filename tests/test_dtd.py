@@ -474,7 +474,7 @@ def test_unsupported_layer_is_named_with_position():
 
 
 def test_unsupported_layers_with_a_standard_replacement_say_it():
-    for layer, hint in ((nn.BatchNorm2d(2), "fold it into that layer"),
+    for layer, hint in ((nn.BatchNorm2d(2), "folds it into that layer"),
                         (nn.AdaptiveAvgPool2d(1), "AvgPool2d it amounts to"),
                         (nn.AdaptiveMaxPool2d(1), "MaxPool2d it amounts to"),
                         (nn.Tanh(), "derived for ReLU")):

@@ -132,9 +132,9 @@ def _unsupported(name: str, layer: nn.Module, why: str) -> TypeError:
 def _hint(layer: nn.Module) -> str:
     """What to do instead of an unsupported layer, where there is a standard answer."""
     if isinstance(layer, nn.modules.batchnorm._BatchNorm):
-        return ("; where it directly follows a Conv2d/Linear, fold it into that layer (in eval mode it is an "
-                "affine map: w' = w γ/σ, b' = (b - μ) γ/σ + β) and explain the folded network, whose biases "
-                "must then be <= 0 (Section 2.2)")
+        return ("; where it directly follows a Conv2d/Linear, sepdtd.Explainer folds it into that layer (its "
+                "MergeBatchNorm canonizer; in eval mode it is an affine map: w' = w γ/σ, b' = (b - μ) γ/σ + β); "
+                "DTD then needs the folded biases <= 0 (Section 2.2)")
     if isinstance(layer, nn.AdaptiveAvgPool2d):
         return "; replace it by the AvgPool2d it amounts to for your input size (fixed kernel_size and stride)"
     if isinstance(layer, nn.AdaptiveMaxPool2d):
@@ -196,7 +196,7 @@ def layers(model: nn.Module, canonizers: Sequence[Callable[[Layers], Layers]] = 
     """The model's layers in computation order as ``(position, layer)`` pairs, checked.
 
     A module object used at several positions appears at each. ``canonizers`` rewrite the list first
-    (e.g. folding a batch norm into the layer before it). Raises as :func:`check_model`.
+    (e.g. :class:`sepdtd.explain.explainer.MergeBatchNorm`). Raises as :func:`check_model`.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -215,7 +215,8 @@ def check_model(model: nn.Module) -> None:
     model : torch.nn.Module
         An :class:`torch.nn.Sequential` (nesting allowed; a module object may appear at several
         positions) of Conv2d, Linear, ReLU, MaxPool2d, AvgPool2d, Flatten and Dropout, e.g. a
-        :class:`sepdtd.models.PaperNet`; or one such layer.
+        :class:`sepdtd.models.PaperNet`; or one such layer. :class:`sepdtd.Explainer` also folds a
+        BatchNorm that follows a Conv2d/Linear.
 
     Raises
     ------

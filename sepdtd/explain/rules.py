@@ -460,7 +460,8 @@ def explain(model: nn.Module, x: Tensor, classes: Tensor, method: Method, *, low
             high: engine.Bound | None, channel_sum: bool = False, **kw) -> Tensor:
     """The relevance ``(B, K, ...)`` (``channel_sum``: ``(B, K, H, W)``) of ``method`` for ``(B, K)`` classes.
 
-    No canonizers; :mod:`sepdtd.dtd` and :mod:`sepdtd.attribution` are this with fixed methods.
+    No canonizers; :mod:`sepdtd.dtd` and :mod:`sepdtd.attribution` are this with fixed methods, and
+    :class:`sepdtd.Explainer` adds targets, canonizers and the conservation error.
     """
     return method._explain(engine.layers(model), x, classes, low=low, high=high, channel_sum=channel_sum, **kw)[0]
 
