@@ -3,8 +3,8 @@
 The face: :class:`Explainer` (``Explainer(model, rule="dtd", low=0.0, high=1.0)(x, target="top2")``
 returns an :class:`Explanation`), its rules and composites (:class:`ZPlus`, :class:`ZBox`,
 :class:`Epsilon`, :class:`AlphaBeta`, :class:`GradientXInput`, :class:`Composite`, :class:`CLRP`,
-:class:`SGLRP`), the canonizer :class:`MergeBatchNorm` and :func:`check_model`. These names are imported
-on first use.
+:class:`SGLRP`), the canonizer :class:`MergeBatchNorm`, :func:`check_model`, and :func:`pretrained` (a
+kept network of the paper with its results). These names are imported on first use.
 
 Modules, one concept each: :mod:`sepdtd.data` (data sets), :mod:`sepdtd.models` (Table 1),
 :mod:`sepdtd.explain` (the explanation engine, rules and face; DTD of Eq. 1-4), :mod:`sepdtd.dtd` and
@@ -32,6 +32,8 @@ _EXPORTS = {
     "CLRP": "sepdtd.explain.rules",
     "SGLRP": "sepdtd.explain.rules",
     "check_model": "sepdtd.explain.engine",
+    "pretrained": "sepdtd.experiments",
+    "Pretrained": "sepdtd.experiments",
 }
 
 __all__ = list(_EXPORTS)

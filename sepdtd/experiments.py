@@ -18,9 +18,9 @@ settings (``smoke`` for tests, ``quick`` for a laptop, ``full`` for the paper's 
 The networks are kept in ``results/<profile>/networks/`` (float16 safetensors with a manifest of their
 digests) and the results in the train and measure records beside them (:mod:`sepdtd.pipeline.store`).
 :func:`load_results` reads them as one dict per unit; :func:`load_model` loads a kept network on any
-machine without training. A result is stale when the code would now compute something else: a
-fingerprint of the training code for the networks, of each measured field for the numbers
-(:mod:`sepdtd.pipeline.fingerprint`).
+machine without training, and :func:`pretrained` (``sepdtd.pretrained``) with its results. A result is
+stale when the code would now compute something else: a fingerprint of the training code for the
+networks, of each measured field for the numbers (:mod:`sepdtd.pipeline.fingerprint`).
 """
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -45,6 +45,7 @@ from sepdtd.pipeline.config import MeasureConfig, Stage, TrainConfig, dataset_na
 __all__ = [
     "LAMBDAS", "Stage", "Profile", "PROFILES", "jobs", "measurements", "finetune_seed", "default_results_dir",
     "run", "reproduce", "ensure_run", "unit", "load_results", "load_model", "load_models", "load_network",
+    "pretrained", "Pretrained",
 ]
 
 #: The regularizer rates of Section 5.1 (Tables 2-3).
@@ -465,3 +466,74 @@ def load_models(profile: str, dataset: str, *, seed: int = 0, results_dir: str |
     """Every kept network of a unit, λ -> model (0.0 = baseline), as :func:`load_model`."""
     return {lam: load_model(profile, dataset, lam, seed=seed, results_dir=results_dir, device=device)
             for lam in (0.0, *_profile(profile).lams)}
+
+
+class Pretrained(NamedTuple):
+    """A kept network of the paper with its results (:func:`pretrained`).
+
+    Attributes
+    ----------
+    model : sepdtd.models.PaperNet
+        The network, in eval mode, float32.
+    record : dict
+        Its entry of the unit's ``settings`` (:func:`unit`): ``lam``, ``tag``, ``accuracy``, ``diffusion``
+        per convention, ``cosine``, ``abs_cosine``, ``inblock``, the training history, ``network`` (file
+        and sha256), ``stale``, ...
+    unit : dict
+        The whole unit (:func:`unit`): every setting, the configurations and the provenance.
+    """
+
+    model: models.PaperNet
+    record: dict
+    unit: dict
+
+
+def pretrained(dataset: str, lam: float = 0.0, *, seed: int = 0, profile: str = "full",
+               results_dir: str | os.PathLike | None = None, device: str | torch.device = "cpu") -> Pretrained:
+    """A network of the paper from the kept networks, with its results record.
+
+    Parameters
+    ----------
+    dataset : str
+        ``"mnist"``, ``"fashion_mnist"`` or ``"cifar10"``.
+    lam : float
+        λ of the fine-tune (Eq. 5), one of the profile's (:data:`LAMBDAS` for ``"full"``); 0.0 is the
+        baseline.
+    seed : int
+        The unit's seed.
+    profile : str
+        The profile whose kept networks to read (``"full"``: the committed ones, ``results/full``).
+    results_dir : str or os.PathLike, optional
+        Where the profile's results live (default: ``results/<profile>`` of the repository).
+    device : str or torch.device
+        Where to put the network.
+
+    Returns
+    -------
+    Pretrained
+        ``(model, record, unit)``: the network (eval mode, float32, its sha256 checked against the
+        manifest and the train record), its setting of the unit's results and the whole unit.
+
+    Raises
+    ------
+    ValueError
+        For an unknown profile or data set, or a λ the profile does not train.
+    FileNotFoundError
+        If the network is not kept, or its unit is not measured; the message says which command makes it.
+    sepdtd.pipeline.store.DigestError
+        If the network file is damaged or swapped.
+
+    Examples
+    --------
+    >>> net, record, _ = sepdtd.pretrained("mnist", lam=1.0, seed=0)       # doctest: +SKIP
+    >>> record["accuracy"], record["diffusion"]["raw"]                      # doctest: +SKIP
+    """
+    model = load_model(profile, dataset, lam, seed=seed, results_dir=results_dir, device=device)
+    results = unit(profile, dataset, seed, results_dir=results_dir)
+    if results is None:
+        root = store.profile_root(profile, results_dir)
+        raise FileNotFoundError(f"the {profile} unit of {dataset_name(dataset)} seed {seed} in {root} is not complete "
+                                f"(a network of it is not kept or not measured): run `python -m sepdtd reproduce "
+                                f"--profile {profile} --datasets {dataset_name(dataset)} --seeds {seed}`")
+    record = next(s for s in results["settings"] if s["lam"] == float(lam))
+    return Pretrained(model, record, results)

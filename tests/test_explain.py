@@ -1,4 +1,4 @@
-"""The face (sepdtd.Explainer), its rules and composites, canonizer, targets and errors.
+"""The face (sepdtd.Explainer), its rules and composites, canonizer, targets and errors; sepdtd.pretrained.
 
 Oracles: zennit 0.5.1 (rules and composites by layer type), autograd (gradient × input), the same
 network with a distinct module object at each position, a batch norm folded by hand in float64, the
@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 import sepdtd
-from sepdtd import attribution, models
+from sepdtd import attribution, experiments, models, training
 from sepdtd.explain import engine
 from sepdtd.explain.rules import METHODS, AlphaBeta, Composite, Epsilon, GradientXInput, ZBox, ZPlus, explain
 
@@ -409,9 +409,36 @@ def test_public_names_are_exported_lazily_with_docstrings():
     code = "import sys, sepdtd; assert 'torch' not in sys.modules; print(sorted(sepdtd.__all__))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env={"PYTHONPATH": str(ROOT)}).stdout
-    assert "Explainer" in out and "Composite" in out
+    assert "Explainer" in out and "pretrained" in out
     for name in sepdtd.__all__:
         obj = getattr(sepdtd, name)
         assert obj.__doc__ and len(obj.__doc__) > 40, name
     with pytest.raises(AttributeError, match="no attribute 'explainer'"):
         _ = sepdtd.explainer
+
+
+def test_pretrained_returns_a_kept_network_with_its_results(synthetic, tiny, dirs):
+    from sepdtd.pipeline import measure, train
+
+    root = dirs["results_dir"]
+    train.ensure(root, "mnist", 0, experiments.jobs("tiny", "mnist", 0), device="cpu", progress=False,
+                 checkpoints_dir=dirs["checkpoints_dir"], profile="tiny")
+    with pytest.raises(FileNotFoundError, match="is not complete.*reproduce --profile tiny"):
+        sepdtd.pretrained("mnist", lam=0.5, profile="tiny", results_dir=root)
+    experiments.run("tiny", "mnist", 0, device="cpu", progress=False, **dirs)
+    net, record, unit = sepdtd.pretrained("mnist", lam=0.5, seed=0, profile="tiny", results_dir=root)
+    assert unit == experiments.unit("tiny", "mnist", 0, results_dir=root)
+    assert record is not None and record["lam"] == 0.5 and record["tag"] == "lam0.5"
+    assert isinstance(net, models.PaperNet) and not net.training
+    assert next(net.parameters()).dtype == torch.float32
+    imgs = measure.test_images(experiments.measurements("tiny", "mnist"))
+    assert training.evaluate(net, imgs["x_test"], imgs["y_test"], device="cpu")[1] == record["accuracy"]
+    base = sepdtd.pretrained("mnist", profile="tiny", results_dir=root)
+    assert base.record["lam"] == 0.0 and not torch.equal(base.model[0].weight, net[0].weight)
+    with pytest.raises(ValueError, match="not one of profile"):
+        sepdtd.pretrained("mnist", lam=0.3, profile="tiny", results_dir=root)
+
+
+def test_pretrained_says_how_to_make_a_network_that_is_not_kept(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"not kept.*reproduce --profile full --datasets cifar10 --seeds 2"):
+        sepdtd.pretrained("cifar10", lam=1.0, seed=2, results_dir=tmp_path)
