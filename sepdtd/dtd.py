@@ -40,13 +40,13 @@ def relevance(model: nn.Module, x: Tensor, classes: Tensor, *, low: Bound, high:
         semantics are used (dropout off) without touching its mode, parameters or hooks. Its weights
         are used in ``x``'s dtype.
     x : torch.Tensor
-        Floating point inputs ``(B, C, H, W)`` or ``(B, D)`` inside the box ``[low, high]``, on the
+        float32 or float64 inputs ``(B, C, H, W)`` or ``(B, D)`` inside the box ``[low, high]``, on the
         model's device.
     classes : torch.Tensor
         Integer class indices of shape ``(B, K)``, e.g. ``logits.topk(2).indices``.
     low, high : float or torch.Tensor
         The box :math:`[l, h]` of Eq. 4 (for images in ``[0, 1]``: ``low=0.0, high=1.0``), broadcastable
-        to one input ``x.shape[1:]``: finite, :math:`l \le 0 \le h`.
+        to one input ``x.shape[1:]``: finite, :math:`l \le 0 \le h` and :math:`l < h`.
     stabilizer : float, optional
         :math:`s > 0`: each denominator :math:`z` becomes :math:`z + s\,\mathrm{sign}(z)`,
         :math:`\mathrm{sign}(0) = +1`.
@@ -61,9 +61,9 @@ def relevance(model: nn.Module, x: Tensor, classes: Tensor, *, low: Bound, high:
     Raises
     ------
     TypeError
-        Unsupported layer (named with its position), non-float ``x``, non-integer ``classes``.
+        Unsupported layer (named with its position), ``x`` not float32/float64, non-integer ``classes``.
     ValueError
-        ``x`` outside the box (says how far) or with NaN, a bad box, bad ``classes``
+        ``x`` with NaN/infinite values or outside the box (says how far), a bad box, bad ``classes``
         shape or range, ``stabilizer <= 0``, or an architecture the rules do not cover (see
         :func:`check_model`).
     """

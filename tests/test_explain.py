@@ -330,6 +330,8 @@ def test_an_unsupported_layer_is_named_with_its_position():
 @pytest.mark.parametrize("low, high, message", [
     (-math.inf, math.inf, "must be finite"),
     (0.0, math.nan, "must be finite"),
+    (0.0, 0.0, "degenerate"),
+    (torch.tensor([0.0, 0.0]), torch.tensor([1.0, 0.0]), "degenerate"),
     (0.25, 1.0, "must hold 0"),
     (-1.0, -0.5, "must hold 0"),
     (torch.zeros(3), torch.ones(2), "do not broadcast"),
@@ -342,7 +344,7 @@ def test_a_bad_box_is_refused_when_the_explainer_is_made(low, high, message):
 
 def test_a_bad_box_is_refused_by_the_functions_too(no_work):
     net, x = small_net(), images()
-    for low, high, message in ((-math.inf, 1.0, "must be finite"),
+    for low, high, message in ((0.0, 0.0, "degenerate"), (-math.inf, 1.0, "must be finite"),
                                (torch.zeros(3), 1.0, "broadcast")):
         with pytest.raises(ValueError, match=message):
             sepdtd.dtd.relevance(net, x, CLS, low=low, high=high)
@@ -371,6 +373,24 @@ def test_bad_targets_are_refused_before_any_work(no_work, target, error, message
     explainer = sepdtd.Explainer(small_net(), low=0.0, high=1.0)
     with pytest.raises(error, match=message):
         explainer(images(), target=target)
+
+
+@pytest.mark.parametrize("name", list(METHODS))
+def test_nan_infinite_and_half_precision_inputs_are_refused(no_work, name):
+    """Issue 22: no NaN heatmap from a NaN input (gradient × input has no box to catch it), no float16."""
+    net = small_net()
+    explainer = sepdtd.Explainer(net, name, low=0.0, high=1.0)
+    for bad in (math.nan, math.inf):
+        x = images()
+        x[2, 1, 3, 4] = bad
+        with pytest.raises(ValueError, match=r"1 NaN or infinite values \(the first at index \(2, 1, 3, 4\)\)"):
+            explainer(x, target="top1")
+        with pytest.raises(ValueError, match="NaN or infinite"):
+            attribution.relevance(name, net, x, CLS, low=0.0, high=1.0)
+    for dtype, todo in ((torch.float16, r"x\.float\(\)"), (torch.bfloat16, r"x\.float\(\)"),
+                        (torch.uint8, r"x\.float\(\) / 255")):
+        with pytest.raises(TypeError, match=f"float32 or float64, got {dtype}; .*{todo}"):
+            explainer(images().to(dtype), target=0)
 
 
 def test_bad_methods_and_composites_are_refused():

@@ -99,6 +99,7 @@ SUPPORTED_LAYERS: tuple[type[nn.Module], ...] = (
     nn.Conv2d, nn.Linear, nn.ReLU, nn.MaxPool2d, nn.AvgPool2d, nn.Flatten, nn.Dropout,
 )
 _WEIGHTED = (nn.Conv2d, nn.Linear)
+_DTYPES = (torch.float32, torch.float64)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -247,11 +248,18 @@ def check_x(x: Tensor) -> tuple[float, float]:
     """Check the input batch; return its smallest and largest value."""
     if not isinstance(x, Tensor):
         raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
-    if not x.is_floating_point():
-        raise TypeError(f"x must be a floating point tensor (float32 or float64), got {x.dtype}")
+    if x.dtype not in _DTYPES:
+        todo = ("convert it with x.float(): the rules divide by sums that half precision rounds away"
+                if x.is_floating_point() else "convert integer images to floats in the box, e.g. x.float() / 255")
+        raise TypeError(f"x must be float32 or float64, got {x.dtype}; {todo}")
     if x.ndim < 2 or x.shape[0] == 0 or x.numel() == 0:
         raise ValueError(f"x must be a non-empty batch (B, C, H, W) or (B, D), got shape {tuple(x.shape)}")
     x_min, x_max = (float(v) for v in torch.aminmax(x))
+    if not (math.isfinite(x_min) and math.isfinite(x_max)):
+        bad = ~torch.isfinite(x)
+        first = tuple(int(i) for i in bad.nonzero()[0])
+        raise ValueError(f"x contains {int(bad.sum())} NaN or infinite values (the first at index {first}); "
+                         "an explanation of such an input is undefined: clean or drop those inputs")
     return x_min, x_max
 
 
@@ -283,10 +291,16 @@ def _check_box_values(lo: Tensor, hi: Tensor) -> None:
             f"a neuron with b <= 0 then lies in the box); got low up to {float(lo.max()):.6g} and "
             f"high down to {float(hi.min()):.6g}. Widen the box, or shift the inputs so that 0 is admissible"
         )
+    if (lo >= hi).any():
+        raise ValueError(
+            f"the box [low, high] of the zB rule (Eq. 4) is degenerate (low == high) at {int((lo >= hi).sum())} "
+            "input elements: such an input has no room to vary and Eq. 4 gives it no relevance; give every "
+            "element low < high (for images in [0, 1]: low=0.0, high=1.0)"
+        )
 
 
 def check_box(low: Bound, high: Bound) -> None:
-    """The checks of the box that need no input: finite, ``low <= 0 <= high``, broadcastable."""
+    """The checks of the box that need no input: finite, ``low <= 0 <= high``, ``low < high``, broadcastable."""
     lo, hi = (torch.as_tensor(v).detach().to(torch.float64) for v in (low, high))
     try:
         lo, hi = torch.broadcast_tensors(lo, hi.to(lo.device))
@@ -313,8 +327,6 @@ def box(x: Tensor, low: Bound, high: Bound, x_range: tuple[float, float]) -> tup
         below, above = float(lo.flatten()[0]) - x_range[0], x_range[1] - float(hi.flatten()[0])
     else:
         below, above = float((lo - x).max()), float((x - hi).max())
-    if math.isnan(below) or math.isnan(above):
-        raise ValueError("x contains NaN")
     if below > 0 or above > 0:
         raise ValueError(
             f"x lies outside the box [low, high] required by the zB rule (Eq. 4): up to {max(below, 0.0):.6g} "

@@ -177,7 +177,7 @@ class Explainer:
         :class:`~sepdtd.explain.rules.SGLRP`.
     low, high : float or torch.Tensor, optional
         The input box :math:`[l, h]` of :math:`z^B` (Eq. 4), broadcastable to one input: finite,
-        :math:`l \le 0 \le h`; ``low=0.0, high=1.0`` for images in ``[0, 1]``. Required
+        :math:`l \le 0 \le h`, :math:`l < h`; ``low=0.0, high=1.0`` for images in ``[0, 1]``. Required
         when the method uses :math:`z^B`.
     canonizers : sequence of callables
         Rewrite the list of ``(position, layer)`` pairs before explaining (default: fold BatchNorm).
@@ -222,7 +222,7 @@ class Explainer:
         Parameters
         ----------
         x : torch.Tensor
-            Floating point inputs ``(B, C, H, W)`` or ``(B, D)``, on the model's device,
+            float32 or float64 inputs ``(B, C, H, W)`` or ``(B, D)``, finite, on the model's device,
             inside the box where the method uses it.
         target : int, torch.Tensor or str
             An int (that class for every input), a ``(B,)`` or ``(B, K)`` integer tensor, ``"top1"``,
@@ -237,7 +237,7 @@ class Explainer:
         Raises
         ------
         TypeError, ValueError
-            Bad ``x`` (not floating point, outside the box, wrong shape) or a bad
+            Bad ``x`` (not float32/64, NaN or infinite values, outside the box, wrong shape) or a bad
             target (an unknown form, a class out of range, more classes than the model has), before any
             computation.
         """

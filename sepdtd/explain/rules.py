@@ -121,7 +121,7 @@ class ZBox(Rule):
 
     :math:`R_i = \sum_j \frac{x_i w_{ij} - l_i w^+_{ij} - h_i w^-_{ij}}{\sum_{i'} x_{i'} w_{i'j} - l_{i'}
     w^+_{i'j} - h_{i'} w^-_{i'j}} R_j`. The box is the explainer's ``low`` and ``high``; it must hold 0
-    (:math:`l \le 0 \le h`, Section 2.2) and be finite.
+    (:math:`l \le 0 \le h`, Section 2.2), be finite and not degenerate (:math:`l < h`).
 
     Parameters
     ----------
