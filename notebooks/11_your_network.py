@@ -22,12 +22,12 @@
 # convolutions where Table 1's Fashion-MNIST network has one unpadded 3×3, and 100 hidden units
 # instead of 256 — on Fashion-MNIST, using only the public API:
 #
-# 1. check that DTD can explain the network (`dtd.check_model`);
+# 1. check that DTD can explain the network (`sepdtd.Explainer` checks it when it is made);
 # 2. train it (`training.fit`, Eq. 5 with λ = 0);
-# 3. explain its two most likely classes and check conservation (`dtd.relevance`, Eq. 3-4);
+# 3. explain its two most likely classes and check conservation (`explainer(x, target="top2")`, Eq. 3-4);
 # 4. fine-tune it with the block-wise penalty (`training.fit` with `lam`, Eq. 5-6);
 # 5. measure what the paper measures (`metrics.diffusion_variants`, Eq. 7; `regularization.inblock_share`)
-#    and what the chapters beyond it add (`attribution`).
+#    and what the chapters beyond it add (the other rules of `sepdtd.Explainer`).
 #
 # The network is small and, at the `quick` profile, trained on a subset for a few epochs: the numbers
 # below illustrate the calls, they are not a result about this architecture.
@@ -60,7 +60,8 @@ import matplotlib.pyplot as plt
 import torch
 from torch import nn
 
-from sepdtd import attribution, data, dtd, metrics, plots, regularization, training, utils
+import sepdtd
+from sepdtd import attribution, data, metrics, plots, regularization, training, utils
 from sepdtd.pipeline import train
 
 # How much of Fashion-MNIST this page trains on, per profile (None: all of it).
@@ -88,8 +89,11 @@ print(f"{len(x_train)} training, {len(x_val)} validation and {len(x_test)} test 
 # DTD's rules need to know the order of the computation and the sign of every layer's input: the
 # $z^B$ rule (Eq. 4) for the first weighted layer, which sees the input box, and the $z^+$ rule
 # (Eq. 3) for every later one, whose input is a ReLU output. So the engine accepts an `nn.Sequential`
-# (nesting allowed) of `Conv2d`, `Linear`, `ReLU`, `MaxPool2d`, `AvgPool2d`, `Flatten` and `Dropout`,
-# and `dtd.check_model` says *before* any computation which layer breaks these conditions:
+# (nesting allowed) of `Conv2d`, `Linear`, `ReLU`, `MaxPool2d`, `AvgPool2d`, `Flatten` and `Dropout`;
+# a `BatchNorm` right after a `Conv2d`/`Linear` is folded into it (in evaluation mode it is an affine
+# map). `sepdtd.Explainer(model, rule="dtd", low=, high=)` checks the network when it is made and says
+# *before* any computation which layer breaks these conditions. The box $[l, h]$ of the $z^B$ rule is
+# the range of the input, here $[0, 1]$:
 
 # %%
 torch.manual_seed(seed)
@@ -99,30 +103,31 @@ net = nn.Sequential(
     nn.Flatten(), nn.Linear(32 * 7 * 7, 100), nn.ReLU(), nn.Dropout(0.25),
     nn.Linear(100, 10),
 )
-dtd.check_model(net)  # passes: nothing to report
+explainer = sepdtd.Explainer(net, rule="dtd", low=0.0, high=1.0)  # passes: nothing to report
+sepdtd.Explainer(nn.Sequential(nn.Conv2d(1, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Flatten(),
+                               nn.Linear(8 * 26 * 26, 10)), low=0.0, high=1.0)  # passes: the batch norm is folded
 print(f"{sum(p.numel() for p in net.parameters()):,} parameters")
 
-for bad in (nn.Sequential(nn.Conv2d(1, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 26 * 26, 10)),
+for bad in (nn.Sequential(nn.Conv2d(1, 8, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(4), nn.Flatten(), nn.Linear(128, 10)),
             nn.Sequential(nn.Flatten(), nn.Linear(784, 100), nn.Tanh(), nn.Linear(100, 10)),
             nn.Sequential(nn.Flatten(), nn.Linear(784, 100), nn.Linear(100, 10))):
     try:
-        dtd.check_model(bad)
+        sepdtd.Explainer(bad, low=0.0, high=1.0)
     except (TypeError, ValueError) as err:
         print(f"{type(err).__name__}: {err}\n")
 
 # %% [markdown]
-# A batch-norm layer in evaluation mode can be folded into the convolution before it (though the
-# folded bias may then be positive); a `tanh` has no DTD rule; two dense layers without a ReLU
-# between them leave the $z^+$ rule's assumption (inputs $\ge 0$) unmet. DTD also needs biases
-# $b \le 0$, the constraint Section 2.2 places on every neuron so that a root point exists at the
-# origin; `training.fit` keeps them there by clamping after every step (`clamp_bias=True`), and the
-# docstring of `sepdtd.dtd` explains what a positive bias would cost (relevance absorbed, not conserved).
+# An adaptive pooling layer amounts to a fixed one for a given input size; a `tanh` has no DTD rule;
+# two dense layers without a ReLU between them leave the $z^+$ rule's assumption (inputs $\ge 0$)
+# unmet. DTD also needs biases $b \le 0$, the constraint Section 2.2 places on every neuron so that a
+# root point exists at the origin; `training.fit` keeps them there by clamping after every step
+# (`clamp_bias=True`), and the docstring of `sepdtd.explain.engine` explains what a positive bias would
+# cost (relevance absorbed, not conserved) — a folded batch norm may well have one.
 #
-# Three limits that `check_model` does not yet enforce (the fixes change the hashed engine, and wait for
-# the next full-profile rerun; see `CONTRIBUTING.md`): give every position of the `nn.Sequential` its own
-# module object (one `nn.ReLU()` used twice is explained once, so the engine explains another network);
-# keep the box of Eq. 4 finite and around 0 ($l \le 0 \le h$; the inputs here are in $[0, 1]$); and put
-# the ReLU before an average-pooling layer, not after it.
+# A module object may be used at several positions (one `nn.ReLU()` used twice is explained at both),
+# and the box of Eq. 4 is checked: finite, around 0 ($l \le 0 \le h$) and not degenerate ($l < h$).
+# One order the explainer accepts but DTD's derivation does not cover: a ReLU after an average-pooling
+# layer instead of before it (the pooling then mixes signed inputs, and so does their relevance).
 
 # %% [markdown]
 # ## 2. Training: Eq. 5 with λ = 0
@@ -144,34 +149,31 @@ print(f"{baseline.epochs} epochs (best {baseline.best_epoch}), {baseline.wall_s:
 # %% [markdown]
 # ## 3. Explaining the two most likely classes
 #
-# `dtd.relevance(model, x, classes, low=, high=)` explains, for each image, every class in its row of
-# `classes` in one pass: the relevance starts at the class's logit $f_c(x)$ (Section 3) and is
-# redistributed down to the pixels. The box $[l, h]$ of the $z^B$ rule is the range of the input,
-# here $[0, 1]$; an input outside it is refused, because Eq. 4 is derived for $l \le x \le h$:
+# `explainer(x, target=...)` explains, for each image, the classes asked — an int, a tensor of classes,
+# `"top1"`, `"top2"`, `"topk:K"` or `"all"` — in one pass: the relevance starts at the class's logit
+# $f_c(x)$ (Section 3) and is redistributed down to the pixels. An input outside the box is refused,
+# because Eq. 4 is derived for $l \le x \le h$:
 
 # %%
 net = net.eval()
 x = data.to_float(x_test).to(dev)
 try:
-    dtd.relevance(net, 255 * x[:4], torch.zeros(4, 1, dtype=torch.long, device=dev), low=0.0, high=1.0)
+    explainer(255 * x[:4], target=0)
 except ValueError as err:
     print(f"ValueError: {err}")
 
 # %% [markdown]
 # For $b \le 0$ the rules conserve relevance: the pixels' relevance sums to the explained logit
 # (Section 2.2), up to the stabiliser of the denominators and float rounding, unless no positive
-# evidence reaches the class at the top ($z^+_c = 0$; then all of $f_c \le 0$ is lost). The largest
-# gap over the top-1 and top-2 explanations of every test image:
+# evidence reaches the class at the top ($z^+_c = 0$; then all of $f_c \le 0$ is lost). The explanation
+# holds the relevance, the heatmaps, the classes, the logits and this conservation error; the largest
+# over the top-1 and top-2 explanations of every test image:
 
 # %%
-with torch.no_grad():
-    logits = net(x)
-top2 = logits.topk(2, dim=1).indices
-R = dtd.relevance(net, x, top2, low=0.0, high=1.0)                 # (N, 2, 1, 28, 28)
-f = logits.gather(1, top2)                                          # (N, 2)
-gap = (R.flatten(2).sum(-1) - f).abs()
-print(f"largest |Σ R − f_c| over {f.numel()} explanations: {gap.max():.2e} (largest |f_c|: {f.abs().max():.2f}; "
-      f"{int((f <= 0).sum())} with f_c <= 0)")
+e = explainer(x, target="top2")                                     # e.relevance: (N, 2, 1, 28, 28)
+f = e.logits.gather(1, e.classes)                                   # (N, 2)
+print(f"largest |Σ R − f_c| over {f.numel()} explanations: {e.conservation_error.abs().max():.2e} "
+      f"(largest |f_c|: {f.abs().max():.2f}; {int((f <= 0).sum())} with f_c <= 0)")
 
 # %% [markdown]
 # ## 4. Fine-tuning with the block-wise penalty: Eq. 5-6
@@ -246,7 +248,7 @@ picks = book.plausible_examples(nets, x_test, y_test, n=2)
 for k, pick in enumerate(picks):
     i = pick["index"]
     classes = torch.tensor([pick["classes"]])
-    heatmaps = {label: dtd.heatmap(m, x[i:i + 1], classes.to(dev), low=0.0, high=1.0)[0]
+    heatmaps = {label: sepdtd.Explainer(m, low=0.0, high=1.0)(x[i:i + 1], target=classes.to(dev)).heatmap[0]
                 for label, m in nets.items()}
     fig = plots.heatmap_comparison(x_test[i], heatmaps, [ds.classes[c] for c in pick["classes"]],
                                    probabilities=pick["probabilities"], title=f"test image {i}")
@@ -256,18 +258,17 @@ for k, pick in enumerate(picks):
 # %% [markdown]
 # ## Other explanation methods
 #
-# `sepdtd.attribution` has the rules of {doc}`10_causes` with the same class-batched interface —
-# LRP-ε, LRP-α2β1, gradient × input and the two contrastive methods, CLRP and SGLRP — so the same
-# comparison takes one loop (raw convention):
+# The explainer's `rule` takes the methods of {doc}`10_causes` by name — LRP-ε, LRP-α2β1, gradient ×
+# input and the two contrastive methods, CLRP and SGLRP — or rule objects and composites that assign
+# rules by layer type (`sepdtd.Composite({nn.Conv2d: sepdtd.ZPlus(), nn.Linear: sepdtd.Epsilon()},
+# first=sepdtd.ZBox())`), so the same comparison takes one loop (raw convention):
 
 # %%
-with torch.no_grad():
-    top2_of = {label: model(x).topk(2, dim=1).indices for label, model in nets.items()}
 rows = []
 for method in attribution.METHODS:
     cells = [f"{attribution.LABELS[method]} (`{method}`)"]
     for label, model in nets.items():
-        h = attribution.heatmap(method, model, x, top2_of[label], low=0.0, high=1.0)
+        h = sepdtd.Explainer(model, rule=method, low=0.0, high=1.0)(x, target="top2").heatmap
         cells += [f"{metrics.diffusion(h[:, 0], h[:, 1]):.4f}", f"{metrics.cosine(h[:, 0], h[:, 1]):.3f}"]
     rows.append(cells)
 book.show_markdown(book.markdown_table(
@@ -276,6 +277,8 @@ book.show_markdown(book.markdown_table(
 # %% [markdown]
 # To go further with a network of your own:
 #
+# - the paper's own networks, trained and kept, load with their results from
+#   `sepdtd.pretrained(dataset, lam=..., seed=...)`;
 # - the whole protocol of Section 5.1 for it — split, pre-training, the stacked fine-tunes of several
 #   λ, Eq. 7 on a test set, a results file with provenance — is `sepdtd.experiments`; its networks come
 #   from `sepdtd.models.build`, the place to register another architecture;

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import math
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -424,7 +425,7 @@ def test_bad_methods_and_composites_are_refused():
             torch.rand(2, 3, dtype=D), target=0).heatmap
 
 
-# ------------------------------------------------------------------------------------------ public names
+# ----------------------------------------------------------------------------------- public names, README
 def test_public_names_are_exported_lazily_with_docstrings():
     code = "import sys, sepdtd; assert 'torch' not in sys.modules; print(sorted(sepdtd.__all__))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
@@ -437,6 +438,17 @@ def test_public_names_are_exported_lazily_with_docstrings():
         _ = sepdtd.explainer
 
 
+def test_the_readme_example_runs_as_written():
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## Using the package", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```python\n(.*?)```", section, flags=re.S)
+    assert blocks and "sepdtd.Explainer" in blocks[0]
+    namespace: dict = {}
+    exec(compile(blocks[0], "README.md", "exec"), namespace)
+    assert namespace["e"].heatmap.shape == (8, 2, 32, 32)
+
+
+# ---------------------------------------------------------------------------------------- pretrained
 def test_pretrained_returns_a_kept_network_with_its_results(synthetic, tiny, dirs):
     from sepdtd.pipeline import measure, train
 
