@@ -2,25 +2,26 @@
 from __future__ import annotations
 
 import contextlib
-import glob
 import json
 import os
 import platform
 import random
 import re
+import shutil
 import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import torch
 
 __all__ = [
-    "resolve_device", "atomic_write_bytes", "remove_stale_temporaries", "atomic_write_json", "atomic_torch_save",
+    "resolve_device", "atomic_write_bytes", "atomic_writer", "temporary_dir", "temporary_prefix",
+    "remove_stale_temporaries", "atomic_write_json", "atomic_torch_save",
     "git_commit", "package_versions", "seed_everything", "device_name", "file_lock", "LockTimeout",
     "die_with_parent",
 ]
@@ -63,45 +64,85 @@ def _host() -> str:
 #: A temporary younger than this is left alone even when its writer looks dead (a reused or foreign pid).
 STALE_AFTER_S = 600.0
 
+# <name>.tmp-<host>-<pid>-<random>: the host is _host() (letters, digits, _), the random part mkstemp's.
+_TEMPORARY = re.compile(r"\.tmp-(?P<host>[A-Za-z0-9_]+)-(?P<pid>[0-9]+)-[A-Za-z0-9_]*$")
 
-def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
-    """Remove the temporary files that writers of ``path`` (:func:`atomic_write_bytes`) killed midway left.
 
-    A temporary file is named ``<name>.tmp-<host>-<pid>-<random>``; it is removed when it was written on
-    this host, process ``<pid>`` no longer runs, and it is older than :data:`STALE_AFTER_S`. Files of a
-    live writer, of another host, of other names, and young ones are kept; the cleanup never fails the
-    write that calls it. Returns the removed paths.
+def temporary_prefix(name: str) -> str:
+    """The prefix of this process's temporaries for ``name``: ``<name>.tmp-<host>-<pid>-``.
+
+    Every temporary file or folder of the package is named ``<name>.tmp-<host>-<pid>-<random>``
+    (:func:`atomic_writer`, :func:`temporary_dir`), so that :func:`remove_stale_temporaries` can tell
+    whose it is.
     """
-    path = Path(path)
-    prefix = f"{path.name}.tmp-{_host()}-"
-    removed = []
-    now = time.time()
-    for tmp in path.parent.glob(glob.escape(prefix) + "*"):
-        pid = re.match(r"([0-9]+)-", tmp.name[len(prefix):])
-        if pid is None or int(pid.group(1)) == os.getpid() or _pid_alive(int(pid.group(1))):
+    return f"{name}.tmp-{_host()}-{os.getpid()}-"
+
+
+def remove_stale_temporaries(folder: str | os.PathLike, *, recursive: bool = False) -> list[Path]:
+    """Remove the temporaries in ``folder`` that writers killed midway left.
+
+    A temporary (a file or a folder) is named ``<name>.tmp-<host>-<pid>-<random>``
+    (:func:`temporary_prefix`); it is removed when it was made on this host, process ``<pid>`` no longer
+    runs, and it is older than :data:`STALE_AFTER_S`, whatever ``<name>`` is. Temporaries of a live
+    writer, of another host and young ones are kept; the cleanup never fails the caller. Every writer
+    (:func:`atomic_writer`, :func:`temporary_dir`) calls it on its folder before it starts.
+
+    Parameters
+    ----------
+    folder : path
+        The folder to sweep; a missing folder has nothing to remove.
+    recursive : bool, optional
+        Also sweep every folder below it.
+
+    Returns
+    -------
+    list of Path
+        The removed paths.
+    """
+    removed: list[Path] = []
+    now, host = time.time(), _host()
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return removed
+    for entry in entries:
+        match = _TEMPORARY.search(entry.name)
+        if match is None:
+            if recursive and entry.is_dir(follow_symlinks=False):
+                removed += remove_stale_temporaries(entry.path, recursive=True)
+            continue
+        pid = int(match["pid"])
+        if match["host"] != host or pid == os.getpid() or _pid_alive(pid):
             continue
         try:
-            if now - tmp.stat().st_mtime > STALE_AFTER_S:
-                tmp.unlink()
-                removed.append(tmp)
+            if now - entry.stat(follow_symlinks=False).st_mtime <= STALE_AFTER_S:
+                continue
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.path)
+            else:
+                os.unlink(entry.path)
+            removed.append(Path(entry.path))
         except OSError:
             pass
     return removed
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    """Write ``data`` to ``path`` atomically: a temporary file in the same folder, fsync, rename.
+@contextlib.contextmanager
+def atomic_writer(path: str | os.PathLike) -> Iterator[BinaryIO]:
+    """A binary file handle whose content replaces ``path`` atomically when the ``with`` block ends.
 
-    The temporary file carries this host's name and process id, so that a later write of ``path``
-    removes what a writer killed midway left (:func:`remove_stale_temporaries`).
+    The content goes to a temporary file in the same folder (named by :func:`temporary_prefix`), which
+    is fsynced and renamed onto ``path``; an error in the block removes it and leaves ``path`` as it
+    was. Before it starts, the stale temporaries of the folder are removed
+    (:func:`remove_stale_temporaries`).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(path)
-    fd, tmp = tempfile.mkstemp(prefix=f"{path.name}.tmp-{_host()}-{os.getpid()}-", dir=path.parent)
+    remove_stale_temporaries(path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=temporary_prefix(path.name), dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o644)
@@ -110,7 +151,33 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
-    return path
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically: a temporary file in the same folder, fsync, rename.
+
+    See :func:`atomic_writer`: what a writer killed midway leaves is removed by a later writer in the folder.
+    """
+    with atomic_writer(path) as f:
+        f.write(data)
+    return Path(path)
+
+
+@contextlib.contextmanager
+def temporary_dir(parent: str | os.PathLike, name: str) -> Iterator[Path]:
+    """A temporary folder ``<parent>/<name>.tmp-<host>-<pid>-<random>``, removed with its content at the end.
+
+    Before it is made, the stale temporaries of ``parent`` are removed (:func:`remove_stale_temporaries`);
+    if this process is killed, the next writer in ``parent`` removes the folder.
+    """
+    parent = Path(parent)
+    parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(parent)
+    tmp = Path(tempfile.mkdtemp(prefix=temporary_prefix(name), dir=parent))
+    try:
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:

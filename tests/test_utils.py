@@ -42,24 +42,56 @@ def test_a_later_write_removes_a_killed_writers_old_temporary(tmp_path):
     assert path.read_text() == '{\n  "a": 2\n}\n'
 
 
-def test_a_live_writers_other_hosts_and_other_files_temporaries_are_kept(tmp_path):
+def test_a_live_writers_other_hosts_and_young_temporaries_are_kept(tmp_path):
     path = tmp_path / "seed0.json"
     live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
         assert _killed_writer(tmp_path / "seed1.json") == -9
+        (young,) = tmp_path.glob("seed1.json.tmp-*")
         mine = tmp_path / f"seed0.json.tmp-{utils._host()}-{live.pid}-abc"
         foreign = tmp_path / f"seed0.json.tmp-{utils._host()}x-{live.pid + 999999}-abc"   # another host
         old_style = tmp_path / "seed0.json.tmp-k3j2h1"                                   # no host, no pid
-        for f in (mine, foreign, old_style, *tmp_path.glob("seed1.json.tmp-*")):
+        for f in (mine, foreign, old_style):
             f.write_bytes(b"?")
             _age(f, utils.STALE_AFTER_S + 60)
-        assert utils.remove_stale_temporaries(path) == []
+        assert utils.remove_stale_temporaries(tmp_path) == []
         utils.atomic_write_bytes(path, b"done")
-        names = sorted(p.name for p in tmp_path.iterdir())
-        assert {mine.name, foreign.name, old_style.name} <= set(names)
-        assert sum(n.startswith("seed1.json.tmp-") for n in names) == 1
+        names = {p.name for p in tmp_path.iterdir()}
+        assert names == {mine.name, foreign.name, old_style.name, young.name, path.name}
         assert path.read_bytes() == b"done"
     finally:
         live.kill()
         live.wait()
-    assert utils.remove_stale_temporaries(path) == [mine]
+    assert utils.remove_stale_temporaries(tmp_path) == [mine]
+
+
+def test_any_writer_in_the_folder_removes_what_dead_writers_left(tmp_path):
+    assert _killed_writer(tmp_path / "seed1.json") == -9
+    (left,) = tmp_path.glob("seed1.json.tmp-*")
+    dead_pid = int(left.name.split("-")[-2])
+    fetch = tmp_path / f".fetch.tmp-{utils._host()}-{dead_pid}-k3j2h1"  # a folder of a killed download
+    (fetch / "part").mkdir(parents=True)
+    (fetch / "part" / "x.gz").write_bytes(b"half")
+    for f in (left, fetch):
+        _age(f, utils.STALE_AFTER_S + 60)
+    utils.atomic_write_bytes(tmp_path / "other.json", b"{}")  # another name in the same folder
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["other.json"]
+
+
+def test_every_temporary_follows_one_naming_scheme(tmp_path):
+    prefix = f"{utils._host()}-{os.getpid()}-"
+    with utils.temporary_dir(tmp_path, ".fetch") as folder:
+        assert folder.parent == tmp_path and folder.name.startswith(f".fetch.tmp-{prefix}")
+        with utils.atomic_writer(folder / "x.npy") as f:
+            (tmp,) = folder.glob("x.npy.tmp-*")
+            assert tmp.name.startswith(f"x.npy.tmp-{prefix}")
+            f.write(b"123")
+        assert (folder / "x.npy").read_bytes() == b"123" and not tmp.exists()
+        try:
+            with utils.atomic_writer(folder / "y.npy") as f:
+                f.write(b"half")
+                raise KeyboardInterrupt
+        except KeyboardInterrupt:
+            pass
+        assert sorted(p.name for p in folder.iterdir()) == ["x.npy"]
+    assert not folder.exists()
