@@ -23,7 +23,7 @@ __all__ = [
     "resolve_device", "atomic_write_bytes", "atomic_writer", "temporary_dir", "temporary_prefix",
     "remove_stale_temporaries", "atomic_write_json", "atomic_torch_save",
     "git_commit", "package_versions", "seed_everything", "device_name", "file_lock", "LockTimeout",
-    "die_with_parent",
+    "LOCK_STOPPED_AFTER_S", "die_with_parent",
 ]
 
 
@@ -232,7 +232,29 @@ def seed_everything(seed: int) -> torch.Generator:
 
 
 class LockTimeout(TimeoutError):
-    """Another process held a lock (:func:`file_lock`) for longer than the timeout."""
+    """Another process held a lock (:func:`file_lock`) for longer than the timeout, or holds it stopped."""
+
+
+#: Seconds a lock's holder may stay stopped (SIGSTOP, a debugger) before a waiter gives up on it.
+LOCK_STOPPED_AFTER_S = 10.0
+
+
+def _pid_stopped(pid: int) -> bool:
+    """Whether process ``pid`` of this host is stopped (state T or t in ``/proc``); False where unknown."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            state = f.read().rsplit(b")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state in (b"T", b"t")
+
+
+def _holder(text: str) -> int | None:
+    """The pid in a lock file's ``<pid> <host>`` when the host is this one, else None."""
+    parts = text.split()
+    if len(parts) == 2 and parts[0].isdigit() and parts[1] == _host():
+        return int(parts[0])
+    return None
 
 
 @contextlib.contextmanager
@@ -241,7 +263,9 @@ def file_lock(path: str | os.PathLike, *, timeout: float = 60.0, what: str = "th
 
     The lock is an advisory ``flock`` where the platform has it, so a killed holder releases it at
     once; elsewhere the file is created exclusively and holds the holder's pid. The holder's pid and
-    host are written into the file, and a :class:`LockTimeout` after ``timeout`` seconds names them.
+    host are written into the file, and a :class:`LockTimeout` after ``timeout`` seconds names them. A
+    holder on this host that stays stopped (``SIGSTOP``, a debugger) for :data:`LOCK_STOPPED_AFTER_S`
+    ends the wait early, with a :class:`LockTimeout` that says how to resume or end it.
 
     Parameters
     ----------
@@ -251,6 +275,11 @@ def file_lock(path: str | os.PathLike, *, timeout: float = 60.0, what: str = "th
         Seconds to wait for another holder.
     what : str, optional
         What the lock protects, for the message.
+
+    Raises
+    ------
+    LockTimeout
+        After ``timeout`` seconds, or when the holder is stopped; the message names the lock file and the holder.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -262,14 +291,25 @@ def file_lock(path: str | os.PathLike, *, timeout: float = 60.0, what: str = "th
         fcntl = None
     if fcntl is not None:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        stopped_since: float | None = None
         try:
             while True:
                 try:
                     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                     break
                 except BlockingIOError:
+                    holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "unknown"
+                    pid = _holder(holder)
+                    if pid is not None and _pid_stopped(pid):
+                        stopped_since = stopped_since if stopped_since is not None else time.monotonic()
+                        if time.monotonic() - stopped_since > LOCK_STOPPED_AFTER_S:
+                            raise LockTimeout(
+                                f"{what} is locked by process {pid} of this host, which is stopped (SIGSTOP or a "
+                                f"debugger; lock file {path}): resume it with `kill -CONT {pid}` or end it, then retry"
+                            ) from None
+                    else:
+                        stopped_since = None
                     if time.monotonic() > deadline:
-                        holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "unknown"
                         raise LockTimeout(f"{what} is locked by another process (pid and host: {holder}; lock file "
                                           f"{path}) for more than {timeout:g} s: wait for it to finish, or stop it"
                                           ) from None

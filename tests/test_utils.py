@@ -7,6 +7,8 @@ import sys
 import textwrap
 import time
 
+import pytest
+
 from sepdtd import utils
 
 KILLED_WRITER = textwrap.dedent("""
@@ -95,3 +97,31 @@ def test_every_temporary_follows_one_naming_scheme(tmp_path):
             pass
         assert sorted(p.name for p in folder.iterdir()) == ["x.npy"]
     assert not folder.exists()
+
+
+STOPPED_HOLDER = textwrap.dedent("""
+    import os, signal, sys
+    from sepdtd import utils
+    with utils.file_lock(sys.argv[1]):
+        print("locked", flush=True)
+        os.kill(os.getpid(), signal.SIGSTOP)
+""")
+
+
+def test_a_stopped_lock_holder_ends_the_wait_with_its_name(tmp_path, monkeypatch):
+    lock = tmp_path / ".lock"
+    holder = subprocess.Popen([sys.executable, "-c", STOPPED_HOLDER, str(lock)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "locked\n"
+        monkeypatch.setattr(utils, "LOCK_STOPPED_AFTER_S", 0.5, raising=False)
+        start = time.monotonic()
+        with pytest.raises(utils.LockTimeout, match=rf"process {holder.pid} of this host, which is stopped") as err:
+            with utils.file_lock(lock, timeout=30, what="the data set"):
+                pass
+        assert time.monotonic() - start < 20
+        assert str(lock) in str(err.value) and f"kill -CONT {holder.pid}" in str(err.value)
+    finally:
+        holder.kill()
+        holder.wait()
+    with utils.file_lock(lock, timeout=5):  # a killed holder releases the lock
+        assert lock.read_text() == f"{os.getpid()} {utils._host()}\n"
