@@ -21,6 +21,7 @@ torchvision.
 """
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import json
@@ -30,11 +31,9 @@ import shutil
 import subprocess
 import sys
 import tarfile
-import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,7 +41,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from sepdtd.utils import atomic_write_json
+from sepdtd.utils import atomic_write_json, atomic_writer, file_lock, temporary_dir
 
 __all__ = ["DATASETS", "Dataset", "load", "prepare", "to_float", "train_val_split", "seeded_subset", "cache_dir",
            "DataNotFoundError", "ChecksumError"]
@@ -238,27 +237,34 @@ def _cache_hit(folder: Path, name: str) -> bool:
         return False
 
 
-@contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    """An exclusive lock file, so that parallel jobs decode a set once (no-op without fcntl)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as handle:
-        try:
-            import fcntl
-        except ImportError:  # pragma: no cover - Windows
-            yield
-            return
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+#: Seconds to wait for another process that fills the same set (a stopped one ends the wait sooner,
+#: see :data:`sepdtd.utils.LOCK_STOPPED_AFTER_S`).
+LOCK_TIMEOUT_S = 3600.0
+
+
+def _locked(cache: Path, name: str) -> contextlib.AbstractContextManager[None]:
+    """The lock of a set's cache entry, so that parallel jobs decode a set once."""
+    return file_lock(cache / f".{name}.lock", timeout=LOCK_TIMEOUT_S, what=f"the data cache of {name} in {cache}")
+
+
+def _remove_leftovers(folder: Path) -> None:
+    """Remove every temporary in a set's folder; called under the set's lock, so their writers are gone.
+
+    Besides :func:`sepdtd.utils.temporary_prefix`'s names this removes the names of earlier versions
+    (``.fetch-*`` folders, ``*.npy.tmp-<pid>`` files).
+    """
+    for entry in list(folder.iterdir()) if folder.is_dir() else []:
+        if ".tmp-" in entry.name or entry.name.startswith(".fetch-"):
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
 
 
 def _ensure(name: str, cache: Path, mirror: str | os.PathLike | None, progress: bool) -> Path:
     folder = cache / name
     if not _cache_hit(folder, name):
-        with _locked(cache / f".{name}.lock"):
+        with _locked(cache, name):
             if not _cache_hit(folder, name):
                 _fill(name, folder, mirror, progress)
     return folder
@@ -267,12 +273,13 @@ def _ensure(name: str, cache: Path, mirror: str | os.PathLike | None, progress: 
 def _fill(name: str, folder: Path, mirror: str | os.PathLike | None, progress: bool) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "manifest.json").unlink(missing_ok=True)  # the manifest marks a complete entry: written last
+    _remove_leftovers(folder)
     failures: list[tuple[str, str]] = []
     for label, source in _sources(name, mirror, progress):
         start = time.perf_counter()
         try:
-            with tempfile.TemporaryDirectory(prefix=".fetch-", dir=folder) as tmp:
-                arrays, checksums = source(Path(tmp))
+            with temporary_dir(folder, ".fetch") as tmp:
+                arrays, checksums = source(tmp)
         except _Unavailable as err:
             failures.append((label, str(err)))
             continue
@@ -291,15 +298,8 @@ def _write_cache(folder: Path, name: str, arrays: Arrays, info: dict) -> None:
     files = {}
     for key in _KEYS:
         path, arr = folder / f"{key}.npy", np.ascontiguousarray(arrays[key])
-        tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-        try:
-            with open(tmp, "wb") as handle:
-                np.save(handle, arr)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
+        with atomic_writer(path) as handle:
+            np.save(handle, arr)
         files[path.name] = {"bytes": path.stat().st_size, "shape": list(arr.shape), "dtype": str(arr.dtype)}
     atomic_write_json(folder / "manifest.json", {
         "schema": _SCHEMA, "name": name, "classes": list(CLASSES[name]), "files": files,

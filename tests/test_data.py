@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import torch
 
-from sepdtd import data
+from sepdtd import data, utils
 
 MNIST_TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
 MNIST_TEST_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
@@ -169,15 +169,54 @@ def test_interrupted_or_damaged_cache_is_refilled(real, real_cache, tmp_path, is
     shutil.copytree(real_cache / "mnist", cache / "mnist")
     (cache / "mnist" / "manifest.json").unlink()  # as if prepare stopped before the manifest was written
     (cache / "mnist" / "x_train.npy").write_bytes(b"half written")
-    (cache / "mnist" / "x_test.npy.tmp-123").write_bytes(b"leftover")
+    (cache / "mnist" / "x_test.npy.tmp-123").write_bytes(b"leftover")          # of an earlier version
+    (cache / "mnist" / ".fetch-k3j2h1" / "raw").mkdir(parents=True)           # of an earlier version
+    (cache / "mnist" / f"y_train.npy.tmp-{utils._host()}-999999999-abc").write_bytes(b"leftover")
     assert not data._cache_hit(cache / "mnist", "mnist")
     ds = data.load("mnist", cache=cache, mirror=MIRROR)
     assert torch.equal(ds.x_train, real["mnist"].x_train)
     assert data._cache_hit(cache / "mnist", "mnist")
+    assert {p.name for p in (cache / "mnist").iterdir()} == {"manifest.json", *(f"{k}.npy" for k in data._KEYS)}
     with open(cache / "mnist" / "y_test.npy", "ab") as f:  # a size that differs from the manifest
         f.write(b"\0")
     assert not data._cache_hit(cache / "mnist", "mnist")
     assert torch.equal(data.load("mnist", cache=cache, mirror=MIRROR).y_test, real["mnist"].y_test)
+
+
+STOPPED_HOLDER = """
+import os, signal, sys
+from sepdtd import utils
+with utils.file_lock(sys.argv[1]):
+    print("locked", flush=True)
+    os.kill(os.getpid(), signal.SIGSTOP)
+"""
+WAITER = """
+import sys
+from sepdtd import data, utils
+utils.LOCK_STOPPED_AFTER_S = 0.5
+try:
+    data.load("mnist", cache=sys.argv[1], mirror=sys.argv[2])
+except Exception as err:
+    print(type(err).__name__, err)
+    sys.exit(3)
+"""
+
+
+def test_a_stopped_holder_of_the_data_lock_ends_the_wait(isolated):
+    cache = isolated["cache"]
+    holder = subprocess.Popen([sys.executable, "-c", STOPPED_HOLDER, str(cache / ".mnist.lock")],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "locked\n"
+        waiter = subprocess.run([sys.executable, "-c", WAITER, str(cache), str(isolated["mirror"])],
+                                capture_output=True, text=True, timeout=60)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert waiter.returncode == 3, waiter.stderr
+    assert waiter.stdout.startswith("LockTimeout the data cache of mnist")
+    assert f"process {holder.pid} of this host, which is stopped" in waiter.stdout
+    assert str(cache / ".mnist.lock") in waiter.stdout
 
 
 def test_corrupt_idx_raises_checksum_error(tmp_path, isolated):
