@@ -18,6 +18,11 @@ CIFAR-10 PNG tree the sha256 of the decoded arrays. torchvision's pickled CIFAR-
 another order than the PNG tree's (class, then file name), so there only the counts, shapes and
 per-class counts are checked (and the batches' md5s recorded). Importing this module never imports
 torchvision.
+
+The manifest records the sha256 of every cached file; :func:`load` and :func:`prepare` check it the first
+time a process reads the file, and a file that differs (e.g. damaged at the same size) is named in a
+warning and the set is decoded again. A manifest of an earlier version, without digests, gets them once
+its arrays are found to be the release (the md5s and digests above); otherwise the set is decoded again.
 """
 from __future__ import annotations
 
@@ -32,10 +37,12 @@ import subprocess
 import sys
 import tarfile
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -189,6 +196,19 @@ def load(name: str, *, cache: str | os.PathLike | None = None, mirror: str | os.
         Mirror folder to fill from instead of ``$SEPDTD_DATA_MIRROR`` and the default ones.
     progress : bool
         Progress bars and a line per source while filling.
+
+    Every cached file's sha256 is checked against the manifest the first time this process reads it
+    (about 0.1 s per 100 MB); a file that differs is named in a :class:`RuntimeWarning`, and the set is
+    decoded again from its sources.
+
+    Raises
+    ------
+    DataNotFoundError
+        When no source has the set.
+    ChecksumError
+        When a file is damaged and no other source has the set; the message names the file.
+    sepdtd.utils.LockTimeout
+        When another process fills the set for longer than :data:`LOCK_TIMEOUT_S`, or holds its lock stopped.
     """
     name = _canonical(name)
     folder = _ensure(name, Path(cache) if cache is not None else cache_dir(), mirror, progress)
@@ -207,7 +227,8 @@ def load(name: str, *, cache: str | os.PathLike | None = None, mirror: str | os.
 def prepare(names: Sequence[str] | str | None = None, *, progress: bool = True) -> list[Path]:
     """Fill :func:`cache_dir` for ``names`` (default: all of :data:`DATASETS`); return the cached files.
 
-    A set already cached is checked cheaply (manifest and file sizes) and not decoded again.
+    A set already cached is checked (manifest, file sizes, and the sha256 of every file once per
+    process) and not decoded again; a damaged one is named in a :class:`RuntimeWarning` and decoded again.
     """
     names = [names] if isinstance(names, str) else list(names or DATASETS)
     paths: list[Path] = []
@@ -225,16 +246,132 @@ def _canonical(name: str) -> str:
     return key
 
 
-def _cache_hit(folder: Path, name: str) -> bool:
-    """A complete cache entry: a manifest of this schema whose files all exist with the recorded sizes."""
+def _manifest(folder: Path, name: str) -> dict | None:
+    """The manifest of a complete cache entry (this schema, every file with its recorded size), else None."""
     try:
         manifest = json.loads((folder / "manifest.json").read_text())
         files = manifest["files"]
-        return (manifest.get("schema") == _SCHEMA and manifest.get("name") == name
-                and set(files) == {f"{k}.npy" for k in _KEYS}
-                and all((folder / f).stat().st_size == info["bytes"] for f, info in files.items()))
-    except (OSError, ValueError, KeyError, TypeError):
+        ok = (manifest.get("schema") == _SCHEMA and manifest.get("name") == name
+              and set(files) == {f"{k}.npy" for k in _KEYS}
+              and all((folder / f).stat().st_size == info["bytes"] for f, info in files.items()))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+    return manifest if ok else None
+
+
+def _cache_hit(folder: Path, name: str) -> bool:
+    """A complete cache entry: a manifest of this schema whose files all exist with the recorded sizes."""
+    return _manifest(folder, name) is not None
+
+
+# (path, sha256 in the manifest) -> (size, mtime, inode, device) of the file when it was last found intact
+_VERIFIED: dict[tuple[str, str], tuple[int, int, int, int]] = {}
+
+
+def _stamp(path: Path) -> tuple[int, int, int, int]:
+    st = path.stat()
+    return st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _damaged(folder: Path, manifest: dict) -> list[tuple[Path, str]]:
+    """The files of an entry whose sha256 is not the manifest's, as ``(path, problem)``.
+
+    A file is hashed once per process: again only when its size, time or inode changed since.
+    """
+    bad = []
+    for fname, info in manifest["files"].items():
+        path, expected = folder / fname, info.get("sha256")
+        if not isinstance(expected, str):
+            bad.append((path, "the manifest records no sha256 for it"))
+            continue
+        key = (str(path.resolve()), expected)
+        try:
+            stamp = _stamp(path)
+            if _VERIFIED.get(key) == stamp:
+                continue
+            digest = _sha256_file(path)
+        except OSError as err:
+            bad.append((path, f"unreadable ({type(err).__name__}: {err})"))
+            continue
+        if digest != expected:
+            bad.append((path, f"its sha256 is {digest}, the manifest says {expected}"))
+        else:
+            _VERIFIED[key] = stamp
+    return bad
+
+
+def _idx_bytes(arr: np.ndarray, images: bool) -> bytes | None:
+    """The IDX file (as the release has it) of a cached MNIST-style array, or None if it cannot be one."""
+    if images:
+        if arr.dtype != np.uint8 or arr.ndim != 4 or arr.shape[1] != 1:
+            return None
+        n, _, h, w = arr.shape
+        return b"\0\0\x08\x03" + np.array([n, h, w], ">i4").tobytes() + arr.tobytes()
+    if arr.ndim != 1 or len(arr) == 0 or arr.min() < 0 or arr.max() > 255:
+        return None
+    return b"\0\0\x08\x01" + np.array([len(arr)], ">i4").tobytes() + arr.astype(np.uint8).tobytes()
+
+
+def _is_release(folder: Path, name: str) -> bool:
+    """Whether the arrays of an entry are the release: the published md5s of the IDX files (MNIST, Fashion-MNIST)
+    or the array digests of the PNG tree (CIFAR-10)."""
+    arrays = {key: np.load(folder / f"{key}.npy", mmap_mode="r") for key in _KEYS}
+    if name == "cifar10":
+        for split in ("train", "test"):
+            x, y = arrays[f"x_{split}"], arrays[f"y_{split}"]
+            if x.ndim != 4 or y.ndim != 1 or len(y) == 0 or y.min() < 0 or y.max() > 9:
+                return False
+            digests = (hashlib.sha256(np.ascontiguousarray(x.transpose(0, 2, 3, 1)).tobytes()).hexdigest(),
+                       hashlib.sha256(y.astype(np.uint8).tobytes()).hexdigest())
+            if digests != _CIFAR_SHA256[split]:
+                return False
+        return True
+    for key, fname in zip(_KEYS, _IDX_FILES):
+        raw = _idx_bytes(np.asarray(arrays[key]), key.startswith("x"))
+        if raw is None or hashlib.md5(raw).hexdigest() != _IDX_MD5[name][fname]:
+            return False
+    return True
+
+
+def _add_digests(folder: Path, name: str, manifest: dict) -> bool:
+    """Record the files' sha256 in a manifest written before digests were (if the arrays are the release)."""
+    try:
+        if not _is_release(folder, name):
+            return False
+    except (OSError, ValueError) as err:
+        warnings.warn(f"{folder}: the cached {name} is unreadable ({type(err).__name__}: {err}); decoding it again",
+                      RuntimeWarning, stacklevel=5)
         return False
+    for fname, info in manifest["files"].items():
+        info["sha256"] = _sha256_file(folder / fname)
+        _VERIFIED[(str((folder / fname).resolve()), info["sha256"])] = _stamp(folder / fname)
+    manifest["digests_added"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    atomic_write_json(folder / "manifest.json", manifest)
+    return True
+
+
+def _current(folder: Path, name: str, *, repair: bool) -> bool:
+    """Whether the entry is complete and intact; with ``repair`` (under the set's lock) a manifest without
+    digests gets them when the arrays are the release. A damaged file is named in a warning."""
+    manifest = _manifest(folder, name)
+    if manifest is None:
+        return False
+    if not all(isinstance(info.get("sha256"), str) for info in manifest["files"].values()):
+        return repair and _add_digests(folder, name, manifest)
+    bad = _damaged(folder, manifest)
+    if bad and repair:
+        problems = "; ".join(f"{path}: {why}" for path, why in bad)
+        warnings.warn(f"the cached {name} is damaged ({problems}): decoding it again from its sources",
+                      RuntimeWarning, stacklevel=4)
+    return not bad
 
 
 #: Seconds to wait for another process that fills the same set (a stopped one ends the wait sooner,
@@ -262,11 +399,15 @@ def _remove_leftovers(folder: Path) -> None:
 
 
 def _ensure(name: str, cache: Path, mirror: str | os.PathLike | None, progress: bool) -> Path:
+    """The folder of an intact cache entry of ``name``: checked, and filled first when it is not."""
     folder = cache / name
-    if not _cache_hit(folder, name):
+    if not _current(folder, name, repair=False):
         with _locked(cache, name):
-            if not _cache_hit(folder, name):
+            if not _current(folder, name, repair=True):
                 _fill(name, folder, mirror, progress)
+                bad = _damaged(folder, json.loads((folder / "manifest.json").read_text()))
+                if bad:  # what was just written does not read back
+                    raise ChecksumError(bad[0][0], f"{bad[0][1]} right after it was written (a failing disk?)")
     return folder
 
 
@@ -294,13 +435,26 @@ def _fill(name: str, folder: Path, mirror: str | os.PathLike | None, progress: b
     raise DataNotFoundError(name, failures)
 
 
+class _Hashing:
+    """A binary file that also feeds what is written to it into a hash."""
+
+    def __init__(self, handle: BinaryIO, digest: hashlib._Hash):
+        self.handle, self.digest = handle, digest
+
+    def write(self, data: bytes) -> int:
+        self.digest.update(data)
+        return self.handle.write(data)
+
+
 def _write_cache(folder: Path, name: str, arrays: Arrays, info: dict) -> None:
     files = {}
     for key in _KEYS:
         path, arr = folder / f"{key}.npy", np.ascontiguousarray(arrays[key])
+        digest = hashlib.sha256()
         with atomic_writer(path) as handle:
-            np.save(handle, arr)
-        files[path.name] = {"bytes": path.stat().st_size, "shape": list(arr.shape), "dtype": str(arr.dtype)}
+            np.save(_Hashing(handle, digest), arr)
+        files[path.name] = {"bytes": path.stat().st_size, "shape": list(arr.shape), "dtype": str(arr.dtype),
+                            "sha256": digest.hexdigest()}
     atomic_write_json(folder / "manifest.json", {
         "schema": _SCHEMA, "name": name, "classes": list(CLASSES[name]), "files": files,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **info})

@@ -183,6 +183,53 @@ def test_interrupted_or_damaged_cache_is_refilled(real, real_cache, tmp_path, is
     assert torch.equal(data.load("mnist", cache=cache, mirror=MIRROR).y_test, real["mnist"].y_test)
 
 
+def test_a_cached_file_damaged_at_the_same_size_is_named_and_decoded_again(real, real_cache, tmp_path, isolated):
+    cache = tmp_path / "cache2"
+    shutil.copytree(real_cache / "mnist", cache / "mnist")
+    labels = cache / "mnist" / "y_train.npy"
+    size = labels.stat().st_size
+    np.save(labels, np.zeros(60000, np.int64))  # every label 0: same size, same header
+    assert labels.stat().st_size == size and data._cache_hit(cache / "mnist", "mnist")
+    with pytest.warns(RuntimeWarning, match=r"cached mnist is damaged \(.*y_train\.npy: its sha256 is [0-9a-f]{64}, "
+                                            r"the manifest says [0-9a-f]{64}\): decoding it again") as caught:
+        ds = data.load("mnist", cache=cache, mirror=MIRROR)
+    assert str(labels) in str(caught[0].message)
+    assert torch.equal(ds.y_train, real["mnist"].y_train) and torch.equal(ds.x_train, real["mnist"].x_train)
+    manifest = json.loads((cache / "mnist" / "manifest.json").read_text())
+    assert manifest["files"]["y_train.npy"]["sha256"] == hashlib.sha256(labels.read_bytes()).hexdigest()
+
+
+def test_a_cache_without_digests_gets_them_if_it_is_the_release(real, real_cache, tmp_path, isolated, monkeypatch):
+    cache = tmp_path / "cache2"
+    for name in ("mnist", "cifar10"):
+        shutil.copytree(real_cache / name, cache / name)
+        manifest = json.loads((cache / name / "manifest.json").read_text())
+        for info in manifest["files"].values():  # as an earlier version wrote it
+            del info["sha256"]
+        (cache / name / "manifest.json").write_text(json.dumps(manifest))
+    fill = data._fill
+
+    def no_fill(*args, **kwargs):
+        raise AssertionError("decoded again")
+
+    monkeypatch.setattr(data, "_fill", no_fill)
+    for name in ("mnist", "cifar10"):
+        _assert_same(data.load(name, cache=cache), real[name])
+        files = json.loads((cache / name / "manifest.json").read_text())["files"]
+        assert all(info["sha256"] == hashlib.sha256((cache / name / f).read_bytes()).hexdigest()
+                   for f, info in files.items())
+    # one that is not the release is decoded again
+    manifest = json.loads((cache / "mnist" / "manifest.json").read_text())
+    for info in manifest["files"].values():
+        del info["sha256"]
+    (cache / "mnist" / "manifest.json").write_text(json.dumps(manifest))
+    y = np.load(cache / "mnist" / "y_test.npy")
+    y[0] = (y[0] + 1) % 10
+    np.save(cache / "mnist" / "y_test.npy", y)
+    monkeypatch.setattr(data, "_fill", fill)
+    assert torch.equal(data.load("mnist", cache=cache, mirror=MIRROR).y_test, real["mnist"].y_test)
+
+
 STOPPED_HOLDER = """
 import os, signal, sys
 from sepdtd import utils
