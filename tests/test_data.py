@@ -280,6 +280,49 @@ def test_corrupt_idx_raises_checksum_error(tmp_path, isolated):
     assert not (isolated["cache"] / "mnist" / "manifest.json").exists()
 
 
+def _damage(path: Path, how: str) -> None:
+    raw = path.read_bytes()
+    path.chmod(0o644)
+    if how == "truncated":
+        path.write_bytes(raw[: len(raw) // 2])
+    else:  # bytes of the deflate stream changed in place, the size kept
+        mid = len(raw) // 2
+        path.write_bytes(raw[:mid] + bytes(b ^ 0x5A for b in raw[mid:mid + 64]) + raw[mid + 64:])
+
+
+@pytest.mark.parametrize("how", ["truncated", "damaged"])
+def test_a_damaged_gzip_is_named_and_the_next_source_is_tried(real, isolated, how):
+    mirror = isolated["mirror"]
+    shutil.copytree(MIRROR / "mnist", mirror / "mnist") if MIRROR else pytest.skip("no mirror")
+    bad = mirror / "mnist" / "train-labels-idx1-ubyte.gz"
+    _damage(bad, how)
+    raw_dir = isolated["tv"] / "MNIST" / "raw"  # the next source has a good copy
+    raw_dir.mkdir(parents=True)
+    for fname, content in _raw_idx("mnist").items():
+        (raw_dir / fname).write_bytes(content)
+    with pytest.warns(RuntimeWarning, match=r"skipped the damaged .*train-labels-idx1-ubyte\.gz \(not a complete gzip "
+                                            r"file .*\); read it from torchvision folder"):
+        ds = data.load("mnist", cache=isolated["cache"], mirror=mirror)
+    _assert_same(ds, real["mnist"])
+    manifest = json.loads((isolated["cache"] / "mnist" / "manifest.json").read_text())
+    assert manifest["source"].startswith("torchvision folder") and str(bad) in manifest["tried"][0][1]
+
+
+@pytest.mark.parametrize("how", ["truncated", "damaged"])
+def test_a_damaged_gzip_in_the_only_source_is_named_not_missing(isolated, how):
+    mirror = isolated["mirror"]
+    shutil.copytree(MIRROR / "fashion-mnist", mirror / "fashion-mnist") if MIRROR else pytest.skip("no mirror")
+    bad = mirror / "fashion-mnist" / "t10k-images-idx3-ubyte.gz"
+    _damage(bad, how)
+    with pytest.raises(data.ChecksumError, match="not a complete gzip file") as err:
+        data.load("fashion_mnist", cache=isolated["cache"], mirror=mirror)
+    assert err.value.path == bad and str(err.value).startswith(f"{bad}: not a complete gzip file")
+    assert [src for src, _ in err.value.failures][1].startswith("torchvision folder")
+    assert "No source has an intact copy" in str(err.value)
+    again = pickle.loads(pickle.dumps(err.value))  # as a --jobs worker hands it back
+    assert str(again) == str(err.value) and again.path == bad
+
+
 def test_missing_set_lists_every_source(isolated, monkeypatch):
     with pytest.raises(data.DataNotFoundError) as err:
         data.load("cifar10", cache=isolated["cache"], mirror=isolated["mirror"])
