@@ -24,6 +24,8 @@ import hashlib
 import json
 import math
 import numbers
+import os
+import tempfile
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -36,7 +38,7 @@ from tqdm.auto import tqdm
 
 from sepdtd.models import clamp_biases_, dense_layers
 from sepdtd.regularization import PENALTY_LAYERS, PENALTY_REDUCTIONS, block_l1, block_mask
-from sepdtd.utils import atomic_torch_save, resolve_device
+from sepdtd.utils import atomic_torch_save, resolve_device, temporary_prefix
 
 __all__ = ["fit", "fit_stacked", "evaluate", "augment_batch", "EarlyStopping", "History", "NaNLossError", "OPTIMIZERS"]
 
@@ -256,8 +258,8 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, device: str 
         Classifier returning logits; moved to ``device``, run in eval mode without gradients, and its
         training mode restored afterwards.
     x : torch.Tensor
-        Images ``(N, C, H, W)``: ``uint8`` (divided by 255) or float (used as is). Any device; moved
-        batch by batch.
+        Images ``(N, C, H, W)``: ``uint8`` (divided by 255) or float in ``[0, 1]`` (used as is; NaN and values
+        outside ``[0, 1]`` are refused). Any device; moved batch by batch.
     y : torch.Tensor
         int64 labels ``(N,)``.
     device : str or torch.device, optional
@@ -270,9 +272,9 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, device: str 
     (float, float)
         Mean cross-entropy (the first term of Eq. 5, without the penalty) and accuracy in ``[0, 1]``.
     """
-    if x.shape[0] != y.shape[0] or x.shape[0] == 0:
-        raise ValueError(f"need as many labels as images (and at least one): {x.shape[0]} vs {y.shape[0]}")
     _check_data(x, y, "eval")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
     _check_labels(model, {"eval": y})
     dev = resolve_device(device)
     was_training = model.training
@@ -308,23 +310,89 @@ def _as_rate(value: object, message: str) -> float:
 
 
 def _check_data(x: torch.Tensor, y: torch.Tensor, what: str) -> None:
+    """Images and labels as :func:`fit` and :func:`evaluate` take them, or a ValueError/TypeError that says why."""
     if not isinstance(x, torch.Tensor) or x.ndim != 4:
         raise ValueError(f"x_{what} must be a (N, C, H, W) tensor, got {getattr(x, 'shape', type(x))}")
     if not (x.dtype == torch.uint8 or x.is_floating_point()):
         raise TypeError(f"x_{what} must be uint8 (0..255) or float in [0, 1], got {x.dtype}")
-    if y.ndim != 1 or y.shape[0] != x.shape[0]:
-        raise ValueError(f"y_{what} must be (N,) with N = {x.shape[0]} labels, got shape {tuple(y.shape)}")
+    if not isinstance(y, torch.Tensor) or y.ndim != 1 or y.shape[0] != x.shape[0]:
+        raise ValueError(f"y_{what} must be a (N,) tensor with N = {x.shape[0]} labels, got "
+                         f"{tuple(y.shape) if isinstance(y, torch.Tensor) else type(y).__name__}")
     if x.shape[0] == 0:
         raise ValueError(f"the {what} set is empty")
-    if y.is_floating_point():
+    if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
         raise TypeError(f"y_{what} must hold integer class labels, got {y.dtype}")
     if x.is_floating_point():
+        finite = torch.isfinite(x)
+        if not bool(finite.all()):
+            bad = (~finite).flatten(1).any(1).nonzero()[:, 0]
+            raise ValueError(f"x_{what} holds NaN or infinite pixels in {bad.numel()} image(s) (the first is image "
+                             f"{int(bad[0])}); clean or drop those images first")
         lo, hi = (float(v) for v in torch.aminmax(x))
-        if not (math.isfinite(lo) and math.isfinite(hi)):
-            raise ValueError(f"x_{what} holds NaN or infinite values; clean or drop those images first")
         if lo < 0 or hi > 1:
-            warnings.warn(f"x_{what} spans [{lo:.4g}, {hi:.4g}], outside [0, 1]: the models and DTD's input box "
-                          "(low=0, high=1) expect images in [0, 1] (or uint8)", stacklevel=3)
+            hint = (" (they look like 0..255: divide by 255, as sepdtd.data.to_float does, or pass them as uint8)"
+                    if hi > 2 and lo >= 0 else "")
+            raise ValueError(f"x_{what} spans [{lo:.4g}, {hi:.4g}], outside [0, 1]: the models and DTD's input box "
+                             f"(low=0, high=1) take float images in [0, 1] or uint8 images{hint}")
+
+
+def _check_model(model: nn.Module, x: torch.Tensor, y_max: int, what: str, label: str = "the model") -> None:
+    """The model's parameters are finite and it maps one of ``x``'s images to one row of logits."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"{label} must be a torch.nn.Module, got {type(model).__name__}")
+    params = list(model.named_parameters())
+    if not params:
+        raise ValueError(f"{label} has no parameters to train")
+    for name, p in params:
+        if p.is_floating_point() and not bool(torch.isfinite(p).all()):
+            raise ValueError(f"{label}'s parameter {name} holds NaN or infinite values before training; "
+                             "build or load it again")
+    was_training = model.training
+    try:
+        with torch.no_grad():
+            model.eval()
+            logits = model(_to_float(x[:1].to(params[0][1].device), params[0][1].dtype))
+    except RuntimeError as err:
+        raise ValueError(f"{label} does not take x_{what}'s images of shape {tuple(x.shape[1:])}: {err}") from None
+    finally:
+        model.train(was_training)
+    if not isinstance(logits, torch.Tensor) or logits.ndim != 2 or logits.shape[0] != 1:
+        raise ValueError(f"{label} must return logits (N, classes); for one image of x_{what} it returned "
+                         f"{tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__}")
+    if y_max >= logits.shape[1]:
+        raise ValueError(f"y_{what} holds the label {y_max} but {label} has {logits.shape[1]} outputs")
+
+
+def _check_flags(**flags: object) -> None:
+    for name, value in flags.items():
+        if not isinstance(value, bool):
+            raise TypeError(f"{name} must be True or False, got {type(value).__name__} {value!r}")
+
+
+def _check_seed(seed: object) -> None:
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed < 2**63:
+        raise ValueError(f"seed must be an int in [0, 2**63), got {seed!r}")
+
+
+def _check_checkpoint(checkpoint: str | Path | None, checkpoint_key: str | None) -> None:
+    """A checkpoint file can be written where it is asked for (tried with a temporary file), before any epoch."""
+    if checkpoint_key is not None and not isinstance(checkpoint_key, str):
+        raise TypeError(f"checkpoint_key must be a str or None, got {type(checkpoint_key).__name__}")
+    if checkpoint is None:
+        return
+    if not isinstance(checkpoint, (str, Path)) or not str(checkpoint):
+        raise TypeError(f"checkpoint must be a path or None, got {checkpoint!r}")
+    path = Path(checkpoint)
+    if path.is_dir():
+        raise ValueError(f"checkpoint {path} is a folder; give a file name in it, e.g. {path / 'train.pt'}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=temporary_prefix(path.name), dir=path.parent)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        raise ValueError(f"checkpoint {path} cannot be written ({type(err).__name__}: {err}); choose a writable "
+                         "path, or checkpoint=None") from None
 
 
 def _make_optimizer(name: str, params: list, lr: float, weight_decay: float,
@@ -578,17 +646,21 @@ class _Stack:
 def _check_settings(models: list[nn.Module], lams: list[float], x_train: torch.Tensor, y_train: torch.Tensor,
                     x_val: torch.Tensor, y_val: torch.Tensor, *, n_blocks: int | None, lr: float, batch_size: int,
                     max_epochs: int, eval_batch_size: int, weight_decay: float, optimizer: str,
-                    checkpoint_every_s: float, penalty: dict) -> int:
+                    checkpoint_every_s: float, penalty: dict, patience: int, seed: int,
+                    checkpoint: str | Path | None, checkpoint_key: str | None, flags: dict[str, object]) -> int:
     """Check every argument of :func:`fit` / :func:`fit_stacked` before any work; return ``n_blocks``."""
-    if not (isinstance(lr, (int, float)) and lr > 0 and math.isfinite(lr)):
+    if isinstance(lr, bool) or not (isinstance(lr, (int, float)) and lr > 0 and math.isfinite(lr)):
         raise ValueError(f"lr must be a positive number, got {lr!r}")
-    for name, v in (("batch_size", batch_size), ("max_epochs", max_epochs), ("eval_batch_size", eval_batch_size)):
+    for name, v in (("batch_size", batch_size), ("max_epochs", max_epochs), ("eval_batch_size", eval_batch_size),
+                    ("patience", patience)):
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise ValueError(f"{name} must be an int >= 1, got {v!r}")
-    if not checkpoint_every_s >= 0:
-        raise ValueError(f"checkpoint_every_s must be >= 0, got {checkpoint_every_s!r}")
-    if not weight_decay >= 0:
-        raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
+    if isinstance(checkpoint_every_s, bool) or not isinstance(checkpoint_every_s, numbers.Real) \
+            or not checkpoint_every_s >= 0:
+        raise ValueError(f"checkpoint_every_s must be a number >= 0, got {checkpoint_every_s!r}")
+    _as_rate(weight_decay, "weight_decay must be a finite number >= 0")
+    _check_flags(**flags)
+    _check_seed(seed)
     if optimizer not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {optimizer!r}: choose one of {', '.join(OPTIMIZERS)}")
     if penalty["layers"] not in PENALTY_LAYERS:
@@ -605,6 +677,10 @@ def _check_settings(models: list[nn.Module], lams: list[float], x_train: torch.T
     for layer in dense:
         block_mask(layer.out_features, layer.in_features, n_blocks)  # validates n_blocks
     _check_labels(models[0], {"train": y_train, "val": y_val})
+    for g, m in enumerate(models):
+        _check_model(m, x_train, max(int(y_train.max()), int(y_val.max())), "train",
+                     "the model" if len(models) == 1 else f"model {g} (λ = {lams[g]:g})")
+    _check_checkpoint(checkpoint, checkpoint_key)
     return n_blocks
 
 
@@ -807,7 +883,8 @@ def fit(
         (float32 for the paper's networks) is the dtype of the whole computation.
     x_train, y_train, x_val, y_val : torch.Tensor
         Images ``(N, C, H, W)`` (``uint8``, divided by 255 per batch on the device, or float in
-        ``[0, 1]``) and int64 labels ``(N,)``. Each set is copied to the device once; each epoch also
+        ``[0, 1]``: NaN and values outside are refused) and integer labels ``(N,)`` below the model's
+        number of outputs. Each set is copied to the device once; each epoch also
         holds a shuffled (and augmented) copy of the training images there.
     lam : float, optional
         λ of Eq. 5, the weight of the block-wise penalty S(W) (Eq. 6); 0 trains the baseline.
@@ -876,7 +953,9 @@ def fit(
     Raises
     ------
     ValueError, TypeError
-        For invalid settings or data, before any work.
+        For invalid settings or data, before any work: every argument is checked, the model is run on one
+        image (its parameters must be finite, its logits cover the labels), and ``checkpoint``'s folder
+        must take a file.
     NaNLossError
         When a training loss (or the validation loss) is not finite; the message names the epoch and
         step. Every step's loss is written to a device buffer without synchronising; the host looks at
@@ -889,7 +968,10 @@ def fit(
     n_blocks = _check_settings([model], [lam], x_train, y_train, x_val, y_val, n_blocks=n_blocks, lr=lr,
                                batch_size=batch_size, max_epochs=max_epochs, eval_batch_size=eval_batch_size,
                                weight_decay=weight_decay, optimizer=optimizer,
-                               checkpoint_every_s=checkpoint_every_s, penalty=pen)
+                               checkpoint_every_s=checkpoint_every_s, penalty=pen, patience=patience, seed=seed,
+                               checkpoint=checkpoint, checkpoint_key=checkpoint_key,
+                               flags=dict(augment=augment, clamp_bias=clamp_bias, progress=progress,
+                                          channels_last=channels_last, cuda_graph=cuda_graph))
     dev = resolve_device(device)
     model.to(dev)
     if channels_last:
@@ -985,7 +1067,10 @@ weight_decay, eval_batch_size, cuda_graph
     n_blocks = _check_settings(models, lams, x_train, y_train, x_val, y_val, n_blocks=n_blocks, lr=lr,
                                batch_size=batch_size, max_epochs=max_epochs, eval_batch_size=eval_batch_size,
                                weight_decay=weight_decay, optimizer=optimizer,
-                               checkpoint_every_s=checkpoint_every_s, penalty=pen)
+                               checkpoint_every_s=checkpoint_every_s, penalty=pen, patience=patience, seed=seed,
+                               checkpoint=checkpoint, checkpoint_key=checkpoint_key,
+                               flags=dict(augment=augment, clamp_bias=clamp_bias, progress=progress,
+                                          cuda_graph=cuda_graph))
     dev = resolve_device(device)
     if clamp_bias:
         for m in models:

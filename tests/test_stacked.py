@@ -165,6 +165,8 @@ def test_fit_stacked_errors(toy_data):
         training.fit_stacked([small_net()], [0.1, 0.2], *toy_data, **KW)
     with pytest.raises(ValueError, match=">= 0"):
         training.fit_stacked([small_net()], [-1.0], *toy_data, **KW)
+    with pytest.raises(ValueError, match="every λ must be a finite number >= 0 .*got '0.1'"):
+        training.fit_stacked([small_net()], ["0.1"], *toy_data, **KW)
     x, y, xv, yv = toy_data
     xf = x.float() / 255
     xf[5] = float("nan")
@@ -173,7 +175,7 @@ def test_fit_stacked_errors(toy_data):
     broken = small_net()
     with torch.no_grad():
         broken[-1].weight[0, 0] = float("nan")
-    with pytest.raises(training.NaNLossError, match="lam=0.5"):
+    with pytest.raises(ValueError, match=rf"model 1 \(λ = 0.5\)'s parameter {len(broken) - 1}.weight holds NaN"):
         training.fit_stacked([small_net(), broken], [0.0, 0.5], x, y, xv, yv, **KW)
 
 
@@ -218,7 +220,7 @@ def test_augmented_members_follow_their_own_fit(toy_data):
 def test_a_nan_in_one_member_names_that_member(toy_data):
     nets = [small_net() for _ in range(3)]
     with torch.no_grad():
-        nets[1][-1].weight.fill_(float("nan"))                     # member 1's output layer
+        nets[1][-1].weight.fill_(1e38)                             # member 1's logits overflow
     with pytest.raises(training.NaNLossError, match="lam=0.5"):
         training.fit_stacked(nets, [0.1, 0.5, 1.0], *toy_data, **KW)
 

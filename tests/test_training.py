@@ -246,14 +246,78 @@ def test_lam_takes_numpy_and_0d_tensor_scalars():
         assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), ref.state_dict().values()))
 
 
-def test_non_finite_float_images_are_refused_and_out_of_range_ones_warned():
+def test_non_finite_and_out_of_range_float_images_are_refused():
     x, y = _data(16, 0)
     xf = x.float() / 255
     xf[3, 0, 2, 2] = float("nan")
-    with pytest.raises(ValueError, match="x_train holds NaN or infinite"):
+    with pytest.raises(ValueError, match=r"x_train holds NaN or infinite pixels in 1 image\(s\) \(the first is "
+                                         r"image 3\)"):
         _fit(_net(), xf, y, x, y)
-    with pytest.warns(UserWarning, match=r"x_val spans \[0, 1\.804\], outside \[0, 1\]"):
+    with pytest.raises(ValueError, match=r"x_val spans \[0, 1\.804\], outside \[0, 1\].*uint8 images$"):
         _fit(_net(), x, y, x.float() / 127.5, y, max_epochs=1)
+
+
+def test_float_images_in_0_to_255_are_refused_before_any_work(monkeypatch):
+    monkeypatch.setattr(training, "_run", _no_run)
+    x, y = _data(16, 0)
+    with pytest.raises(ValueError, match=r"x_train spans \[0, 2\d\d\], outside \[0, 1\].*look like 0\.\.255: divide "
+                                         r"by 255"):
+        _fit(_net(), x.float(), y, x, y)
+    with pytest.raises(ValueError, match=r"x_eval spans \[0, 2\d\d\]"):
+        evaluate(_net(), x.float(), y, device="cpu")
+    with pytest.raises(ValueError, match=r"x_train spans \[-0\.5, 0\.4\d*\], outside \[0, 1\]"):
+        _fit(_net(), x.float() / 255 - 0.5, y, x, y)
+
+
+def _no_run(*args, **kwargs):
+    raise AssertionError("training started before the arguments were checked")
+
+
+def _file_in_the_way(tmp_path):
+    (tmp_path / "file").write_text("in the way")
+    return tmp_path / "file" / "ckpt" / "train.pt"
+
+
+@pytest.mark.parametrize("change, error, message", [
+    (lambda kw, tmp: kw.update(checkpoint=_file_in_the_way(tmp)), ValueError, r"checkpoint .*train\.pt cannot be "
+                                                                                r"written \(.*\); choose a writable"),
+    (lambda kw, tmp: kw.update(checkpoint=tmp), ValueError, "is a folder; give a file name in it"),
+    (lambda kw, tmp: kw.update(n_blocks=0), ValueError, "n_blocks must be >= 1"),
+    (lambda kw, tmp: kw.update(n_blocks="2"), TypeError, "n_blocks must be an int"),
+    (lambda kw, tmp: kw.update(augment="no"), TypeError, "augment must be True or False, got str 'no'"),
+    (lambda kw, tmp: kw.update(clamp_bias=None), TypeError, "clamp_bias must be True or False"),
+    (lambda kw, tmp: kw.update(seed="0"), ValueError, r"seed must be an int in \[0, 2\*\*63\), got '0'"),
+    (lambda kw, tmp: kw.update(seed=2**63), ValueError, r"seed must be an int in \[0, 2\*\*63\)"),
+    (lambda kw, tmp: kw.update(seed=-1), ValueError, r"seed must be an int in \[0, 2\*\*63\)"),
+    (lambda kw, tmp: kw.update(patience=0), ValueError, "patience must be an int >= 1"),
+    (lambda kw, tmp: kw.update(lr=True), ValueError, "lr must be a positive number"),
+    (lambda kw, tmp: kw.update(weight_decay="0"), ValueError, "weight_decay must be a finite number >= 0"),
+    (lambda kw, tmp: kw.update(checkpoint_every_s=float("nan")), ValueError, "checkpoint_every_s must be"),
+    (lambda kw, tmp: kw.update(y=kw["y"].bool()), TypeError, "y_train must hold integer class labels, got torch.bool"),
+    (lambda kw, tmp: kw.update(x=kw["x"].repeat(1, 3, 1, 1)), ValueError,
+     r"the model does not take x_train's images of shape \(3, 8, 8\)"),
+    (lambda kw, tmp: kw["model"][0].weight.data.__setitem__((0, 0, 0, 0), float("nan")), ValueError,
+     r"the model's parameter 0\.weight holds NaN or infinite values"),
+], ids=["checkpoint-under-a-file", "checkpoint-a-folder", "n_blocks-0", "n_blocks-str", "augment-str",
+        "clamp_bias-None", "seed-str", "seed-2**63", "seed-negative", "patience-0", "lr-bool", "weight_decay-str",
+        "checkpoint_every_s-nan", "labels-bool", "images-3-channels", "nan-weight"])
+def test_every_argument_is_checked_before_any_work(monkeypatch, tmp_path, change, error, message):
+    monkeypatch.setattr(training, "_run", _no_run)
+    x, y = _data(16, 0)
+    kw = dict(model=_net(), x=x, y=y)
+    change(kw, tmp_path)
+    model, x, y = kw.pop("model"), kw.pop("x"), kw.pop("y")
+    with pytest.raises(error, match=message):
+        _fit(model, x, y, x, y, **kw)
+    if "checkpoint" in kw or kw.get("augment") == "no":
+        with pytest.raises(error, match=message):
+            training.fit_stacked([_net(), _net()], [0.0, 1.0], x, y, x, y, device="cpu", progress=False, **kw)
+
+
+def test_evaluate_refuses_a_bad_batch_size():
+    x, y = _data(8, 0)
+    with pytest.raises(ValueError, match="batch_size must be an int >= 1, got 0"):
+        evaluate(_net(), x, y, device="cpu", batch_size=0)
 
 
 def test_bad_data_raises():
