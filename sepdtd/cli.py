@@ -1,15 +1,19 @@
 """Command line: ``python -m sepdtd data prepare``, ``reproduce``, ``beyond``, ``tune``, ``mechanism``, ``measure``.
 
 The report has its own entry point, ``python -m sepdtd.report <results dir> [--json]``. A mistake in the
-arguments (checked before anything runs) or a missing or damaged data set ends with an ``error: ...``
-message that says what to do, and exit status 2, instead of a traceback; ``SEPDTD_TRACEBACK=1`` shows
-the traceback. Any other error propagates with its traceback.
+arguments (every one is checked before anything runs: names, seeds, λ, ``--jobs``, ``--device``, and that
+the results folder or data cache takes files), a missing or damaged data set, a damaged or edited record
+or network file, or a lock held too long ends with an ``error: ...`` message that says what to do, and
+exit status 2, instead of a traceback; ``SEPDTD_TRACEBACK=1`` shows the traceback. Any other error
+propagates with its traceback.
 """
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
+from pathlib import Path
 
 _EPILOG = """environment:
   SEPDTD_CACHE             data, checkpoints and torchvision folders (default ~/.cache/sepdtd)
@@ -89,8 +93,12 @@ class UsageError(ValueError):
     """A mistake in the command line's arguments, found before anything runs."""
 
 
-def _check_names(args: argparse.Namespace) -> None:
-    """Refuse unknown data set and candidate names and negative seeds before anything trains."""
+#: Seeds are below 2**31 (:class:`sepdtd.pipeline.config.TrainConfig`).
+MAX_SEED = 2**31 - 1
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    """Refuse every argument that the command could not run with, before anything trains or is read."""
     from sepdtd.pipeline.config import dataset_name
 
     try:
@@ -107,28 +115,81 @@ def _check_names(args: argparse.Namespace) -> None:
         if unknown:
             raise UsageError(f"unknown candidate(s) {', '.join(map(repr, unknown))}: choose from "
                              f"{', '.join(tuning.CANDIDATES)}")
+        for lam in args.lams or []:
+            if not (math.isfinite(lam) and lam >= 0):
+                raise UsageError(f"--lams: every λ must be a finite number >= 0, got {lam:g}")
+        if args.lams and len(set(args.lams)) != len(args.lams):
+            raise UsageError(f"--lams: each λ once, got {' '.join(f'{v:g}' for v in args.lams)}")
+        if args.max_epochs is not None and args.max_epochs < 1:
+            raise UsageError(f"--max-epochs must be >= 1, got {args.max_epochs}")
     seeds = list(getattr(args, "seeds", None) or []) + ([args.seed] if args.command == "tune" else [])
     for seed in seeds:
         if seed < 0:
             raise UsageError(f"seeds must be >= 0, got {seed}")
+        if seed > MAX_SEED:
+            raise UsageError(f"seeds must be below 2**31 = {MAX_SEED + 1}, got {seed}")
+    if getattr(args, "jobs", 1) < 1:
+        raise UsageError(f"--jobs must be >= 1 (units run at once), got {args.jobs}")
+    if hasattr(args, "device"):
+        from sepdtd.utils import resolve_device
+
+        try:
+            resolve_device(args.device)
+        except (ValueError, RuntimeError) as exc:
+            raise UsageError(f"--device: {exc}") from None
+    if args.command == "data":
+        from sepdtd.data import cache_dir
+
+        _check_writable(cache_dir(), "the data cache (SEPDTD_CACHE)")
+    elif args.command in ("reproduce", "beyond", "tune", "measure"):
+        from sepdtd.pipeline import store
+
+        root = store.profile_root(args.profile, args.results_dir)
+        what = "--results-dir" if args.results_dir is not None else f"the results folder of {args.profile}"
+        if args.command == "measure" and not root.is_dir():
+            raise UsageError(f"{what} {root} does not exist: there are no kept networks to measure")
+        _check_writable(root, what)
+
+
+def _check_writable(folder: Path, what: str) -> None:
+    """``folder`` is a folder that takes files, or can be made as one (nothing is made: the nearest existing
+    folder above it is tried with a temporary file)."""
+    import tempfile
+
+    from sepdtd.utils import temporary_prefix
+
+    folder = folder.absolute()
+    existing = next(p for p in (folder, *folder.parents) if p.exists())
+    if not existing.is_dir():
+        where = "is a file" if existing == folder else f"cannot be made: {existing} is a file"
+        raise UsageError(f"{what} {folder} {where}, not a folder: choose a folder")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=temporary_prefix(".write-test"), dir=existing)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise UsageError(f"{what} {folder} cannot be written ({type(exc).__name__} in {existing}: "
+                         f"{exc.strerror or exc}): choose a folder you can write") from None
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit status (2 and an ``error:`` message for a user's mistake)."""
     from sepdtd.data import ChecksumError, DataNotFoundError
+    from sepdtd.pipeline.store import DigestError, RecordError
+    from sepdtd.utils import LockTimeout
 
     args = _parser().parse_args(argv)
     if os.environ.get("SEPDTD_TRACEBACK", "") not in ("", "0"):
         return _run(args)
     try:
         return _run(args)
-    except (UsageError, DataNotFoundError, ChecksumError) as exc:
+    except (UsageError, DataNotFoundError, ChecksumError, RecordError, DigestError, LockTimeout) as exc:
         print(f"error: {exc} (SEPDTD_TRACEBACK=1 shows where)", file=sys.stderr)
         return 2
 
 
 def _run(args: argparse.Namespace) -> int:
-    _check_names(args)
+    _check_args(args)
     if args.command == "data":
         from sepdtd import data
 

@@ -28,12 +28,28 @@ __all__ = [
 
 
 def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
-    """``"auto"`` (or None) means CUDA when available, else CPU; anything else goes to :class:`torch.device`."""
+    """``"auto"`` (or None) means CUDA when available, else CPU; else ``"cpu"``, ``"cuda"`` or ``"cuda:<index>"``.
+
+    Raises
+    ------
+    ValueError
+        For a device that is not one of these (``"foo"``, ``"meta"``, ``"cuda:x"``).
+    RuntimeError
+        For a CUDA device that this machine does not have.
+    """
     if device is None or str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        dev = None
+    if dev is None or dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"unknown device {device!r}: use auto, cpu, cuda or cuda:<index>")
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError(f"device {dev} was asked for but CUDA is not available here; use --device cpu")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise RuntimeError(f"device {dev} was asked for but this machine has {torch.cuda.device_count()} CUDA "
+                           "device(s); use cuda:0 or auto")
     return dev
 
 

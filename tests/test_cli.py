@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from sepdtd import beyond, book, cli, data, experiments, remeasure, tuning
 
@@ -27,12 +28,65 @@ def no_work(monkeypatch):
     (["data", "prepare", "--sets", "svhn"], "unknown data set 'svhn'"),
     (["measure", "--profile", "full", "--datasets", "svhn"], "unknown data set 'svhn'"),
     (["measure", "--seeds", "-2"], "seeds must be >= 0"),
+    (["reproduce", "--profile", "smoke", "--jobs", "0"], "--jobs must be >= 1"),
+    (["reproduce", "--profile", "smoke", "--device", "foo"], "--device: unknown device 'foo': use auto, cpu, cuda"),
+    (["beyond", "--profile", "smoke", "--device", "meta"], "--device: unknown device 'meta'"),
+    (["measure", "--device", "cuda:x"], "--device: unknown device 'cuda:x'"),
+    (["tune", "--profile", "smoke", "--lams", "-1"], "--lams: every λ must be a finite number >= 0, got -1"),
+    (["tune", "--profile", "smoke", "--lams", "nan"], "--lams: every λ must be a finite number >= 0, got nan"),
+    (["tune", "--profile", "smoke", "--lams", "0.1", "0.1"], "--lams: each λ once"),
+    (["tune", "--profile", "smoke", "--max-epochs", "0"], "--max-epochs must be >= 1"),
+    (["reproduce", "--profile", "smoke", "--seeds", str(2**31)], "seeds must be below 2**31"),
+    (["tune", "--profile", "smoke", "--seed", str(2**64)], "seeds must be below 2**31"),
+    (["beyond", "--profile", "smoke", "--seeds", "99999999999999999999"], "seeds must be below 2**31"),
 ])
 def test_bad_arguments_end_with_one_line_before_any_work(no_work, capsys, argv, expected):
     assert cli.main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and expected in err and "\n" not in err
-    assert "choose" in err or "must be" in err
+    assert "choose" in err or "must be" in err or "use " in err or "each λ once" in err
+
+
+@pytest.mark.parametrize("command", [["reproduce"], ["beyond"], ["tune"], ["measure"]])
+@pytest.mark.parametrize("where", ["a file", "under a file", "unwritable"])
+def test_an_unusable_results_dir_is_refused_before_any_work(no_work, capsys, tmp_path, monkeypatch, command, where):
+    (tmp_path / "file").write_text("in the way")
+    results = {"a file": tmp_path / "file", "under a file": tmp_path / "file" / "results",
+               "unwritable": tmp_path / "ro" / "results"}[where]
+    if where == "unwritable":  # as root, a permission bit would not stop the write: refuse it at mkstemp
+        (tmp_path / "ro").mkdir()
+        import tempfile
+
+        real = tempfile.mkstemp
+
+        def read_only(*args, dir=None, **kwargs):
+            if dir is not None and str(dir).startswith(str(tmp_path / "ro")):
+                raise PermissionError(13, "Permission denied")
+            return real(*args, dir=dir, **kwargs)
+
+        monkeypatch.setattr(tempfile, "mkstemp", read_only)
+    if command == ["measure"] and where == "unwritable":
+        results.mkdir()
+    assert cli.main([*command, "--profile", "smoke", "--results-dir", str(results)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: --results-dir {results}") and "\n" not in err, err
+    assert ("choose a folder" in err) or (command == ["measure"] and "does not exist" in err), err
+    assert not (tmp_path / "ro" / "results" / "networks").exists()
+
+
+def test_a_damaged_record_or_a_held_lock_is_an_error_line(monkeypatch, capsys, tmp_path):
+    from sepdtd.pipeline.store import RecordError
+    from sepdtd.utils import LockTimeout
+
+    for exc in (RecordError(f"{tmp_path}/train/mnist/seed0.json: missing key 'networks'"),
+                LockTimeout(f"the data cache of mnist is locked by process 1 (lock file {tmp_path}/.mnist.lock)")):
+        def fail(*args, exc=exc, **kwargs):
+            raise exc
+
+        monkeypatch.setattr(experiments, "reproduce", fail)
+        assert cli.main(["reproduce", "--profile", "smoke", "--results-dir", str(tmp_path)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: {exc}") and str(tmp_path) in err
 
 
 def test_a_missing_data_set_says_where_to_get_it(tmp_path, monkeypatch, capsys):
@@ -74,3 +128,10 @@ def test_results_dir_reaches_beyond_and_tune(monkeypatch, tmp_path, capsys):
 def test_show_markdown_prints_plain_text_outside_ipython(capsys):
     book.show_markdown("**Table 2**, as text")
     assert capsys.readouterr().out == "**Table 2**, as text\n"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available here")
+def test_cuda_without_cuda_is_refused_before_any_work(no_work, capsys):
+    assert cli.main(["reproduce", "--profile", "smoke", "--device", "cuda"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: --device: device cuda was asked for but CUDA is not available here; use --device cpu")
