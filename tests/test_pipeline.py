@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors import safe_open
 
 from sepdtd import metrics, training
 from sepdtd.pipeline import fingerprint, measure, store, train, view
@@ -78,6 +79,18 @@ def test_networks_are_kept_as_float16_with_their_digest(tmp_path):
     for k, v in net.state_dict().items():
         assert state[k].dtype == torch.float16
         assert torch.equal(state[k].float(), v.half().float())
+
+
+def test_the_same_weights_give_the_same_file(tmp_path):
+    net = _net()
+    digests = {store.save_network(tmp_path, f"networks/probe/seed0/{i}.safetensors", net,
+                                  metadata={"tag": "a", "job": "k"})["sha256"] for i in range(12)}
+    assert len(digests) == 1
+    info = store.save_network(tmp_path, "networks/probe/seed0/a.safetensors", net, metadata={"tag": "a"})
+    with safe_open(tmp_path / info["file"], "pt") as f:
+        assert f.metadata() == {"sepdtd": '{"tag": "a"}'}
+    state = store.load_state(tmp_path, info["file"], info["sha256"])
+    assert all(torch.equal(state[k], v.half()) for k, v in net.state_dict().items())
 
 
 def test_a_damaged_or_swapped_network_is_refused_with_its_name(tmp_path):
