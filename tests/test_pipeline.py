@@ -3,16 +3,18 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors import safe_open
 
-from sepdtd import metrics, training
+from sepdtd import metrics, training, utils
 from sepdtd.pipeline import fingerprint, measure, store, train, view
 from sepdtd.pipeline.config import MeasureConfig, Stage, TrainConfig, finetune_seed
 
@@ -257,6 +259,19 @@ def test_train_keeps_networks_and_skips_current_ones(probe_data, tmp_path, monke
     calls = []
     monkeypatch.setattr(training, "fit", lambda *a, **k: calls.append(1))
     assert train.ensure(tmp_path / "r", "mnist", 0, js, **kw) == out and not calls
+
+
+def test_a_stage_removes_what_dead_writers_left_anywhere_below(tmp_path):
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    pid, old = int(dead.stdout), time.time() - utils.STALE_AFTER_S - 60
+    left = [tmp_path / "r" / "networks" / "mnist" / "seed3" / f"lam1.0.safetensors.tmp-{utils._host()}-{pid}-a1",
+            tmp_path / "ck" / "mnist" / "seed3" / "0123abcd" / f"train.pt.tmp-{utils._host()}-{pid}-b2"]
+    for f in left:
+        f.parent.mkdir(parents=True)
+        f.write_bytes(b"half")
+        os.utime(f, (old, old))
+    assert train.ensure(tmp_path / "r", "mnist", 0, [], device="cpu", checkpoints_dir=tmp_path / "ck") == {}
+    assert not any(f.exists() for f in left) and all(f.parent.is_dir() for f in left)
 
 
 def test_an_interrupted_job_resumes_and_gives_the_same_networks(probe_data, tmp_path, monkeypatch):

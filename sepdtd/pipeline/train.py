@@ -242,6 +242,8 @@ def ensure(root: str | os.PathLike, dataset: str, seed: int, jobs: Sequence[Job]
     trained = store.read_record(path)["networks"] if path.exists() else {}
     dev = utils.resolve_device(device)
     ck = Path(checkpoints_dir) if checkpoints_dir is not None else checkpoint_root()
+    for folder in (root, ck):  # a write sweeps only its own folder; this reaches folders no one writes again
+        utils.remove_stale_temporaries(folder, recursive=True)
     arrays: dict[tuple, dict] = {}
     for job in jobs:
         reasons = {t: status(trained.get(t), job, t, trained) for t in job.tags}
