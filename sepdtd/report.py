@@ -70,7 +70,7 @@ _T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 
 BOOK_CONVENTION = "raw"
 
 #: Column names of the paper's tables.
-DATASET_LABELS = {"cifar10": "CIFAR10", "fashion_mnist": "FASHION", "mnist": "MNIST"}
+DATASET_LABELS = {"cifar10": "CIFAR-10", "fashion_mnist": "Fashion-MNIST", "mnist": "MNIST"}
 
 #: "Within 0.01" in the accuracy claims. The paper's accuracies are rounded to two decimals; a
 #: baseline that misses ``paper - 0.01`` by less than this is said to be within the paper's rounding,
@@ -219,7 +219,7 @@ def rows(results: Iterable[dict], *, convention: str | None = None) -> list[dict
     Returns
     -------
     list of dict
-        Sorted by profile, data set (CIFAR10, FASHION, MNIST) and λ. Keys: ``profile``, ``dataset``,
+        Sorted by profile, data set (CIFAR-10, Fashion-MNIST, MNIST) and λ. Keys: ``profile``, ``dataset``,
         ``lam`` (0 = baseline), ``accuracy`` / ``accuracy_sd`` (Table 3), ``diffusion`` /
         ``diffusion_sd`` (Eq. 7 under ``convention``, Table 2), ``convention``, ``cosine``,
         ``variants`` (convention -> mean d), ``variants_sd``, ``inblock`` (per dense layer, mean),
@@ -377,7 +377,7 @@ def finetune_fit(results: Iterable[dict]) -> list[dict]:
     Returns
     -------
     list of dict
-        One per data set (CIFAR10, FASHION, MNIST order), keys ``dataset``, ``n_units``,
+        One per data set (CIFAR-10, Fashion-MNIST, MNIST order), keys ``dataset``, ``n_units``,
         ``base_penalty``, ``base_ce``, ``base_accuracy``, ``ce_epoch1``, ``ce``, ``accuracy``,
         ``penalty``, ``epochs`` (fine-tunes), all means.
     """
@@ -764,10 +764,13 @@ def _negated(iv: dict) -> dict:
     return {**iv, **{k: None if iv[src] is None else -iv[src] for k, src in flip.items()}}
 
 
-def _word(held: bool | None, others: tuple[int, int]) -> str:
-    """held / not held / partly (this λ and the others disagree) / open (no interval)."""
+def _word(held: bool | None, others: tuple[int, int], why: str = "") -> str:
+    """held / not held / inconclusive (the interval includes the bound) / partly (this λ and the others
+    disagree) / open (no interval)."""
     if held is None:
         return "open"
+    if not held and "includes" in why:
+        return "inconclusive"
     n_held, n = others
     if n and ((held and n_held < n) or (not held and n_held > 0)):
         return "partly"
@@ -785,7 +788,8 @@ def claims_table(rows_: Sequence[dict], *, lam: float = 1.0) -> list[dict]:
     list of dict
         ``claim``, ``dataset``, ``paper`` (the paper's value or statement), ``ours`` (mean ± sd over
         seeds, with n), ``paired`` (the mean paired difference and its 95 % interval, or "—"),
-        ``verdict`` ("held", "not held", "partly" or "open") and ``reason`` (at most 12 words).
+        ``verdict`` ("held"; "not held": the interval lies on the wrong side; "inconclusive": it includes
+        the bound; "partly": the other λ disagree; "open": one seed, no interval) and ``reason`` (at most 12 words).
     """
     base = {(r["profile"], r["dataset"]): r for r in rows_ if r["lam"] == 0}
     tuned = {(r["profile"], r["dataset"], r["lam"]): r for r in rows_ if r["lam"] > 0}
@@ -810,7 +814,7 @@ def claims_table(rows_: Sequence[dict], *, lam: float = 1.0) -> list[dict]:
         out.append({"claim": "the top-2 heatmap looks like the top-1's", "dataset": label,
                     "paper": "identical (Fig. 1)",
                     "ours": "|cos| " + _mean_sd(b.get("abs_cosine"), b.get("abs_cosine_sd"), iv["n"], 3),
-                    "paired": "—", "verdict": _word(held, (0, 0)),
+                    "paired": "—", "verdict": _word(held, (0, 0), why),
                     "reason": reason(held, why, "baseline |cos|:", f"{DIFFUSED_COSINE:g}", (0, 0))})
         r = tuned.get((profile, dataset, lam))
         if r is not None:
@@ -824,13 +828,13 @@ def claims_table(rows_: Sequence[dict], *, lam: float = 1.0) -> list[dict]:
                         "ours": f"d[{PRIMARY_CONVENTION}] " + _mean_sd(r["variants"].get(PRIMARY_CONVENTION),
                                                                       r["variants_sd"].get(PRIMARY_CONVENTION),
                                                                       p["d"]["n"], 3),
-                        "paired": _iv_text(p["d"], 3), "verdict": _word(held, oth),
+                        "paired": _iv_text(p["d"], 3), "verdict": _word(held, oth, why),
                         "reason": reason(held, why, "d:", "0", oth)})
             held, why = _judge(_negated(p["abs_cosine"]), 0.0)
             out.append({"claim": "fine-tuning separates the heatmaps (|cos|)", "dataset": label, "paper": "—",
                         "ours": "|cos| " + _mean_sd(r.get("abs_cosine"), r.get("abs_cosine_sd"),
                                                     p["abs_cosine"]["n"], 3),
-                        "paired": _iv_text(p["abs_cosine"], 3), "verdict": _word(held, (0, 0)),
+                        "paired": _iv_text(p["abs_cosine"], 3), "verdict": _word(held, (0, 0), why),
                         "reason": reason(held, why.replace("above", "BELOW").replace("below", "above")
                                          .replace("BELOW", "below"), "|cos|:", "0", (0, 0))})
             held, why = _judge(p["accuracy"], -ACCURACY_TOLERANCE, strict=False)
@@ -838,7 +842,7 @@ def claims_table(rows_: Sequence[dict], *, lam: float = 1.0) -> list[dict]:
             out.append({"claim": "accuracy does not decrease notably", "dataset": label,
                         "paper": f"{acc_paper[0.0]:.2f} → {acc_paper[lam]:.2f}" if lam in acc_paper else "—",
                         "ours": "accuracy " + _mean_sd(r["accuracy"], r["accuracy_sd"], r["n_seeds"], 4),
-                        "paired": _iv_text(p["accuracy"], 4), "verdict": _word(held, oth),
+                        "paired": _iv_text(p["accuracy"], 4), "verdict": _word(held, oth, why),
                         "reason": reason(held, why, "accuracy:", f"-{ACCURACY_TOLERANCE:g}", oth)})
         acc = next((c for c in all_claims if c["claim"] == "baseline_accuracy" and c["dataset"] == dataset
                     and c["profile"] == profile), None)

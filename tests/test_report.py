@@ -183,7 +183,7 @@ def test_format_tables(results):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         text = report.format_tables(report.rows(results + [old]))
-    assert "Table 2" in text and "Table 3" in text and "CIFAR10" in text and "MNIST" in text
+    assert "Table 2" in text and "Table 3" in text and "CIFAR-10" in text and "MNIST" in text
     assert "0.900 ± 0.141 [0.98]" in text          # mnist λ=0.5: mean of 0.8 and 1.0, paper 0.98
     assert "0.750 ± 0.071 [0.80] *" in text        # cifar10 accuracy with a stale seed
     assert "seed 0: 90.0 s" in text and "seed 1: 30.0 s" not in text  # seed 1 spans mnist and cifar10
@@ -290,10 +290,10 @@ def test_controls_are_told_apart_from_fine_tunes():
     control = row("p10", report.CONTROL_LAM, 0.8200, 0.190, epochs=60)
     rows_ = [control, row("p10", 1.0, 0.8416, 0.128, False, 200), row("paper", 1.0, 0.8018, 0.12)]
     # the control, 0.0156 below the baseline, is no candidate for Table 3's claim: p10 keeps at every λ
-    assert report.tuning_verdicts(rows_) == ["CIFAR10, seed 0: at most 0.01 below the baseline at every λ run: p10 "
+    assert report.tuning_verdicts(rows_) == ["CIFAR-10, seed 0: at most 0.01 below the baseline at every λ run: p10 "
                                              "(of these, p10 ended at the epoch cap, not by the stopping rule)."]
     (line,) = report.tuning_controls(rows_)                 # paper has no control: no sentence
-    assert line == ("CIFAR10 seed 0, p10: its control (same start, settings and data order, no penalty) stopped after "
+    assert line == ("CIFAR-10 seed 0, p10: its control (same start, settings and data order, no penalty) stopped after "
                     "60 epochs (best 50) at test accuracy 0.8200 (-0.0156 against the baseline), d 0.190, top-2 cosine "
                     "0.900; λ = 1 ended at its epoch cap after 200 epochs (best 190) at 0.8416, d 0.128, cosine 0.250. "
                     "With the same settings, the penalty moves test accuracy by +0.0216, d by -0.062 and the cosine "
@@ -304,10 +304,10 @@ def test_controls_are_told_apart_from_fine_tunes():
             row("p10", 1.0, 0.8, 0.1, baseline_accuracy=0.79), row("p10", 1.0, 0.8, 0.1, seed=1),
             row("p10", 1.0, 0.8, 0.1, lr=1e-5), {**control, "stale": True, "accuracy": 0.5}]
     lines = report.tuning_controls(rows_ + more)
-    assert [ln.split(": its control")[0] for ln in lines] == ["CIFAR10 seed 0, p10"] * 2
+    assert [ln.split(": its control")[0] for ln in lines] == ["CIFAR-10 seed 0, p10"] * 2
     assert "λ = 1 ended" in lines[0] and "λ = 5 stopped" in lines[1] and all("0.8200" in ln for ln in lines)
     (stale,) = report.tuning_controls([{**control, "stale": True}, rows_[1]])
-    assert stale.startswith("CIFAR10 seed 0, p10 (stale): ")
+    assert stale.startswith("CIFAR-10 seed 0, p10 (stale): ")
     (blank,) = report.tuning_controls([{**control, "diffusion": None}, rows_[1]])
     assert "d —, top-2" in blank and "d by — and" in blank
 
@@ -348,3 +348,18 @@ def test_the_claims_table_reads_the_paired_intervals():
     assert all(len(r["reason"].split()) <= 12 for r in table.values())
     one = {(r["claim"], r["dataset"]): r for r in report.claims_table(report.rows(res[:1]))}
     assert one[("fine-tuning separates the heatmaps (d)", "MNIST")]["verdict"] == "open"
+
+
+def test_an_interval_across_the_bound_is_inconclusive_not_a_failure():
+    base_acc, shift = (0.985, 0.975, 0.99), (-0.03, 0.02, 0.0)
+    res = [result("mnist", k, d={lam: 0.5 for lam in LAMS},
+                  acc={0.0: base_acc[k], **{lam: base_acc[k] + shift[k] for lam in LAMS[1:]}},
+                  t=(0.0, 1.0)) for k in range(3)]
+    table = {(r["claim"], r["dataset"]): r for r in report.claims_table(report.rows(res))}
+    acc = table[("accuracy does not decrease notably", "MNIST")]
+    assert acc["verdict"] == "inconclusive" and "includes -0.01" in acc["reason"]
+    res = [result("mnist", k, d={lam: 0.5 for lam in LAMS},
+                  acc={0.0: base_acc[k], **{lam: base_acc[k] - 0.05 - 0.001 * k for lam in LAMS[1:]}},
+                  t=(0.0, 1.0)) for k in range(3)]
+    table = {(r["claim"], r["dataset"]): r for r in report.claims_table(report.rows(res))}
+    assert table[("accuracy does not decrease notably", "MNIST")]["verdict"] == "not held"

@@ -99,19 +99,19 @@ def test_verdicts_and_starting_baselines_for_the_book():
 
     lines = report.tuning_verdicts([row("a", 0.1, True), row("a", 1.0, False), row("b", 1.0, True),
                                     row("c-cap5", 1.0, True, stopped=False)])
-    assert lines == ["CIFAR10, seed 0: at most 0.01 below the baseline at every λ run: b, c-cap5 (of these, c-cap5 "
+    assert lines == ["CIFAR-10, seed 0: at most 0.01 below the baseline at every λ run: b, c-cap5 (of these, c-cap5 "
                      "ended at the epoch cap, not by the stopping rule)."]
     assert report.tuning_verdicts([row("a", 1.0, False)]) == [
-        "CIFAR10, seed 0: at most 0.01 below the baseline at every λ run: no candidate."]
+        "CIFAR-10, seed 0: at most 0.01 below the baseline at every λ run: no candidate."]
     # a stale row does not count; one candidate from two baselines is judged once per baseline
     stale = {**row("a", 1.0, False), "stale": True}
     assert report.tuning_verdicts([stale, row("a", 1.0, True)]) == report.tuning_verdicts([row("a", 1.0, True)])
     assert report.tuning_verdicts([row("a", 1.0, True)]) == [
-        "CIFAR10, seed 0: at most 0.01 below the baseline at every λ run: a."]
+        "CIFAR-10, seed 0: at most 0.01 below the baseline at every λ run: a."]
     cpu = {**row("a", 1.0, True), "baseline_accuracy": 0.8356}
     gpu = {**row("a", 1.0, False), "baseline_accuracy": 0.7879}
     assert report.tuning_verdicts([cpu, gpu]) == [
-        "CIFAR10, seed 0: at most 0.01 below the baseline at every λ run: a (from the baseline at 0.8356)."]
+        "CIFAR-10, seed 0: at most 0.01 below the baseline at every λ run: a (from the baseline at 0.8356)."]
 
     base = {"epochs": 43, "best_epoch": 40, "accuracy": 0.8356}
     tuned = [{"dataset": "cifar10", "seed": 0, "unit_config_hash": "h", "baseline": base,
@@ -141,7 +141,7 @@ def test_endpoints_compare_converged_fine_tunes_with_the_unit():
                          {"lam": 0.1, "epochs": 30, "best_epoch": 27, "accuracy": 0.77},
                          {"lam": 1.0, "epochs": 52, "best_epoch": 49, "accuracy": 0.7832}]}
     (line,) = report.tuning_endpoints([res], [unit])          # the capped λ = 5 is no end point
-    assert line.startswith("CIFAR10 seed 0, λ = 1: paper (adam 0.0001, patience 3) was stopped after 52 epochs "
+    assert line.startswith("CIFAR-10 seed 0, λ = 1: paper (adam 0.0001, patience 3) was stopped after 52 epochs "
                            "(best 49) at test accuracy 0.8012, -0.0344 against its baseline (0.8356, cpu).")
     assert "(NVIDIA H200) ended after 52 epochs (best 49) at 0.7832, -0.0047 against its baseline (0.7879)" in line
     (alone,) = report.tuning_endpoints([res], [])
