@@ -35,7 +35,7 @@ from sepdtd import experiments, utils
 from sepdtd.pipeline import measure, store, train, view
 from sepdtd.pipeline.config import MeasureConfig, dataset_name, lam_tag
 
-__all__ = ["ABLATIONS", "ABLATION_LAM", "SWEEP_LAMS", "SWEEP_PENALTY", "SEEDS", "jobs", "measurements", "run",
+__all__ = ["ABLATIONS", "ABLATION_LAM", "SWEEP_LAMS", "SWEEP_MAX_EPOCHS", "SWEEP_PENALTY", "SEEDS", "jobs", "measurements", "run",
            "reproduce", "unit", "load_results", "ablation_rows", "sweep_rows", "bias_effects"]
 
 #: The ablations: name -> the fine-tuning settings they change (:class:`~sepdtd.pipeline.config.TrainConfig`).
@@ -50,12 +50,17 @@ ABLATION_LAM = 1.0
 #: The penalty of the sweep: Eq. 6's sum divided by the number of off-block weights.
 SWEEP_PENALTY = "mean"
 
-#: The λ of the sweep, per profile.
+#: The λ of the sweep, per profile: a log grid from no cut to a full one.
 SWEEP_LAMS: dict[str, tuple[float, ...]] = {
     "smoke": (1.0, 1000.0),
-    "quick": (1.0, 10.0, 100.0, 1000.0, 10000.0),
-    "full": (1.0, 10.0, 100.0, 1000.0, 10000.0),
+    "quick": (1.0, 10.0, 100.0, 1000.0, 10000.0, 100000.0),
+    "full": (1.0, 10.0, 100.0, 1000.0, 10000.0, 100000.0),
 }
+
+#: The sweep's cap on fine-tuning epochs, where it differs from the profile's. Adam moves a weight by
+#: about one learning-rate step per update whatever λ is, so the quick profile's 2 epochs cut no
+#: off-block weight to zero; 10 let the sweep reach the λ-dependent balance of the two terms.
+SWEEP_MAX_EPOCHS: dict[str, int | None] = {"smoke": None, "quick": 10, "full": None}
 
 #: The seeds :func:`reproduce` runs by default, per profile.
 SEEDS: dict[str, tuple[int, ...]] = {"smoke": (0,), "quick": (0,), "full": (0,)}
@@ -75,8 +80,11 @@ def jobs(profile: str, dataset: str, seed: int = 0) -> list[train.Job]:
     for name, change in ABLATIONS.items():
         out.append(train.Job((f"abl-{name}",), dataclasses.replace(fine, lams=(ABLATION_LAM,), **change)))
     lams = SWEEP_LAMS[profile]
+    stage = fine.stage
+    if SWEEP_MAX_EPOCHS.get(profile) is not None:
+        stage = dataclasses.replace(stage, max_epochs=SWEEP_MAX_EPOCHS[profile])
     out.append(train.Job(tuple(f"sweep-{lam_tag(lam)}" for lam in lams),
-                         dataclasses.replace(fine, lams=lams, penalty=SWEEP_PENALTY)))
+                         dataclasses.replace(fine, lams=lams, penalty=SWEEP_PENALTY, stage=stage)))
     return out
 
 

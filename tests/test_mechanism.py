@@ -26,7 +26,10 @@ def test_the_plan_fine_tunes_the_kept_baseline_with_one_change_each():
     assert dataclasses.replace(out, penalty_layers="dense", lams=paper_fine.lams) == paper_fine
     assert free.lams == out.lams == (mechanism.ABLATION_LAM,)
     sweep = by[tuple(f"sweep-lam{lam!r}" for lam in mechanism.SWEEP_LAMS["full"])]
-    assert sweep.penalty == "mean" and sweep.start == paper_fine.start
+    assert sweep.penalty == "mean" and sweep.start == paper_fine.start and sweep.stage == paper_fine.stage
+    quick = {j.tags[0]: j.config for j in mechanism.jobs("quick", "mnist", 0)}
+    assert quick["sweep-lam1.0"].stage.max_epochs == 10 > quick["lam0.1"].stage.max_epochs
+    assert dataclasses.replace(quick["sweep-lam1.0"].stage, max_epochs=2) == quick["lam0.1"].stage
     plans = mechanism.measurements("full", "mnist", 0)
     assert set(plans["mechanism"]) == {"baseline", "lam0.1", "lam0.5", "lam1.0", "lam5.0", "abl-free-output-bias",
                                        "abl-output-penalty"}
