@@ -36,7 +36,7 @@ if "google.colab" in sys.modules:
                     "sepdtd[vision] @ git+https://github.com/sepdtd/sepdtd"], check=True)
 
 # %% tags=["parameters"]
-profile = "quick"
+profile = "full"
 seed = 0
 device = "auto"
 data_dir = None

@@ -30,7 +30,7 @@ if "google.colab" in sys.modules:
                     "sepdtd[vision] @ git+https://github.com/sepdtd/sepdtd"], check=True)
 
 # %% tags=["parameters"]
-profile = "quick"
+profile = "full"
 seed = 0
 device = "auto"
 data_dir = None
@@ -49,10 +49,10 @@ from torch import nn
 
 from sepdtd import data, dtd, experiments, models
 
-# the trained networks of this profile (loaded if they exist, else trained: see 04_models_training)
-results = {name: experiments.ensure_run(profile, name, seed, device, progress=False, with_models=True)
-           for name in data.DATASETS}
+# the trained networks of this profile (read, or trained where missing: see 04_models_training)
+results = {name: book.unit_for(profile, name, seed, device) for name in data.DATASETS}
 book.show_provenance(book.provenance(list(results.values()), profile=profile, seed=seed, device=device))
+book.show_markdown(book.profile_note(profile, results.values()))
 torch.set_default_dtype(torch.float64)  # exact arithmetic for the checks on this page
 
 # %% [markdown]
@@ -232,7 +232,7 @@ print(f"\nThe package equals the neuron-by-neuron computation (largest differenc
 # %%
 print("data set        images  classes  max |sum R - f_c| / |f_c|   biases <= 0")
 for name in data.DATASETS:
-    net = experiments.load_model(profile, name, 0.0, seed=seed).double()
+    net = experiments.load_model(results[name]["profile"], name, 0.0, seed=seed).double()
     test = data.load(name)
     xb = data.to_float(test.x_test[:64]).double()
     with torch.no_grad():

@@ -29,7 +29,7 @@ if "google.colab" in sys.modules:
                     "sepdtd[vision] @ git+https://github.com/sepdtd/sepdtd"], check=True)
 
 # %% tags=["parameters"]
-profile = "quick"
+profile = "full"
 seed = 0
 device = "auto"
 data_dir = None
@@ -47,10 +47,11 @@ import torch
 from sepdtd import data, dtd, experiments, metrics, plots, utils
 
 dev = utils.resolve_device(device)
-result = experiments.ensure_run(profile, "cifar10", seed, device, progress=False, with_models=True)
+result = book.unit_for(profile, "cifar10", seed, device)
 prov = book.provenance(result, profile=profile, seed=seed, device=device)
 book.show_provenance(prov)
-net = experiments.load_model(profile, "cifar10", 0.0, seed=seed, device=dev)
+book.show_markdown(book.profile_note(profile, [result]))
+net = experiments.load_model(result["profile"], "cifar10", 0.0, seed=seed, device=dev)
 cifar = data.load("cifar10")
 classes = cifar.classes
 

@@ -32,7 +32,7 @@ if "google.colab" in sys.modules:
                     "sepdtd[vision] @ git+https://github.com/sepdtd/sepdtd"], check=True)
 
 # %% tags=["parameters"]
-profile = "quick"
+profile = "full"
 seed = 0
 device = "auto"
 data_dir = None
@@ -46,10 +46,11 @@ book.setup_notebook(data_dir)
 # %%
 from sepdtd import data, experiments, models, plots, report
 
-results = {name: experiments.ensure_run(profile, name, seed, device, progress=False)
+results = {name: book.unit_for(profile, name, seed, device)
            for name in ("cifar10", "fashion_mnist", "mnist")}
 prov = book.provenance(list(results.values()), profile=profile, seed=seed, device=device)
 book.show_provenance(prov)
+book.show_markdown(book.profile_note(profile, results.values()))
 
 # %% [markdown]
 # ## Table 1, generated from the models

@@ -31,7 +31,7 @@ if "google.colab" in sys.modules:
                     "sepdtd[vision] @ git+https://github.com/sepdtd/sepdtd"], check=True)
 
 # %% tags=["parameters"]
-profile = "quick"
+profile = "full"
 seed = 0
 device = "auto"
 data_dir = None
@@ -47,10 +47,11 @@ import torch
 
 from sepdtd import experiments, models, plots, regularization, report
 
-results = {name: experiments.ensure_run(profile, name, seed, device, progress=False, with_models=True)
+results = {name: book.unit_for(profile, name, seed, device)
            for name in ("cifar10", "fashion_mnist", "mnist")}
 prov = book.provenance(list(results.values()), profile=profile, seed=seed, device=device)
 book.show_provenance(prov)
+book.show_markdown(book.profile_note(profile, results.values()))
 
 # %% [markdown]
 # ## The penalty
@@ -107,7 +108,7 @@ def penalty_literally(model, n_classes):
 
 
 for name in ("fashion_mnist",):                            # the smallest dense layers: 256 x 5408
-    net = experiments.load_model(profile, name, 0.0, seed=seed)
+    net = experiments.load_model(results[name]["profile"], name, 0.0, seed=seed)
     with torch.no_grad():
         fast = float(regularization.block_l1(net, 10))
     slow = penalty_literally(net, 10)

@@ -35,7 +35,7 @@ if "google.colab" in sys.modules:
                     "sepdtd[vision] @ git+https://github.com/sepdtd/sepdtd"], check=True)
 
 # %% tags=["parameters"]
-profile = "quick"
+profile = "full"
 seed = 0
 device = "auto"
 data_dir = None
@@ -54,7 +54,7 @@ import matplotlib.pyplot as plt
 from sepdtd import experiments, metrics, plots, report, tuning
 
 DATASETS = ("cifar10", "fashion_mnist", "mnist")
-ran = [experiments.ensure_run(profile, name, seed, device, progress=False) for name in DATASETS]
+ran = [book.unit_for(profile, name, seed, device) for name in DATASETS]
 sources = {f"this build: profile `{profile}`, seed {seed}": ran}
 full_dir = experiments.default_results_dir("full")
 full = experiments.load_results(full_dir) if full_dir.is_dir() else []
@@ -65,6 +65,7 @@ if full:
 for rs in sources.values():  # one provenance line per set of results: this build's, then the committed ones
     prov = book.provenance(rs, profile=profile, seed=seed, device=device)
     book.show_provenance(prov)
+book.show_markdown(book.profile_note(profile, ran))
 if not full:
     book.show_markdown("*No committed full-profile results (`results/full/`) in this checkout: the tables "
                        "below are this build's only.*")

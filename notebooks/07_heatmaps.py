@@ -31,7 +31,7 @@ if "google.colab" in sys.modules:
                     "sepdtd[vision] @ git+https://github.com/sepdtd/sepdtd"], check=True)
 
 # %% tags=["parameters"]
-profile = "quick"
+profile = "full"
 seed = 0
 device = "auto"
 data_dir = None
@@ -49,10 +49,11 @@ from sepdtd import data, dtd, experiments, metrics, plots, report, utils
 
 dev = utils.resolve_device(device)
 LAM = 1.0
-results = {name: experiments.ensure_run(profile, name, seed, device, progress=False, with_models=True)
+results = {name: book.unit_for(profile, name, seed, device)
            for name in ("cifar10", "fashion_mnist")}
 prov = book.provenance(list(results.values()), profile=profile, seed=seed, device=device)
 book.show_provenance(prov)
+book.show_markdown(book.profile_note(profile, results.values()))
 
 # %% [markdown]
 # ## Choosing the images
@@ -72,8 +73,9 @@ book.show_provenance(prov)
 
 # %%
 def compare(name, prefer, figure_name, n=2):
-    nets = {"baseline": experiments.load_model(profile, name, 0.0, seed=seed, device=dev),
-            f"λ = {LAM:.1f}": experiments.load_model(profile, name, LAM, seed=seed, device=dev)}
+    shown = results[name]["profile"]
+    nets = {"baseline": experiments.load_model(shown, name, 0.0, seed=seed, device=dev),
+            f"λ = {LAM:.1f}": experiments.load_model(shown, name, LAM, seed=seed, device=dev)}
     ds = data.load(name)
     pool = torch.randperm(ds.x_test.shape[0], generator=torch.Generator().manual_seed(seed))[:2000]
     pairs = [(ds.classes.index(a), ds.classes.index(b)) for a, b in prefer]

@@ -33,7 +33,7 @@ if "google.colab" in sys.modules:
                     "sepdtd[vision] @ git+https://github.com/sepdtd/sepdtd"], check=True)
 
 # %% tags=["parameters"]
-profile = "quick"
+profile = "full"
 seed = 0
 device = "auto"
 data_dir = None
@@ -48,12 +48,13 @@ book.setup_notebook(data_dir)
 from sepdtd import experiments, models, plots, regularization, report
 
 LAM = 1.0
-results = {name: experiments.ensure_run(profile, name, seed, device, progress=False, with_models=True)
+results = {name: book.unit_for(profile, name, seed, device)
            for name in ("cifar10", "fashion_mnist", "mnist")}
 prov = book.provenance(list(results.values()), profile=profile, seed=seed, device=device)
 book.show_provenance(prov)
-nets = {"baseline": experiments.load_model(profile, "cifar10", 0.0, seed=seed),
-        f"λ = {LAM:.1f}": experiments.load_model(profile, "cifar10", LAM, seed=seed)}
+book.show_markdown(book.profile_note(profile, results.values()))
+nets = {"baseline": experiments.load_model(results["cifar10"]["profile"], "cifar10", 0.0, seed=seed),
+        f"λ = {LAM:.1f}": experiments.load_model(results["cifar10"]["profile"], "cifar10", LAM, seed=seed)}
 
 # %% [markdown]
 # ## Figure 6

@@ -35,7 +35,7 @@ if "google.colab" in sys.modules:
                     "sepdtd[vision] @ git+https://github.com/sepdtd/sepdtd"], check=True)
 
 # %% tags=["parameters"]
-profile = "quick"
+profile = "full"
 seed = 0
 device = "auto"
 data_dir = None
@@ -62,6 +62,8 @@ CONVENTION = "max"  # scale-free d, comparable across methods and networks
 rows = beyond.summary(results, convention=CONVENTION)
 prov = book.provenance(results, profile=profile, seed=seed, device=device)
 book.show_provenance(prov)
+book.show_markdown(book.profile_note(profile, [r for r in results if r["seed"] == seed]))
+shown = {r["dataset"]: r["profile"] for r in results if r["seed"] == seed}  # the profile each data set comes from
 seeds = sorted({r["seed"] for r in results})
 print(f"seeds: {seeds}; settings: {beyond.PROFILES[profile]}")
 
@@ -342,7 +344,7 @@ for name in DATASETS:
     x_test = data.to_float(torch.as_tensor(data.load(name).x_test[:2000])).to(dev)
     x_comp = data.to_float(twoobject.make(name, 2000, seed=seed).images).to(dev)
     for lam in (0.0, *experiments.PROFILES[profile].lams):
-        net = experiments.load_model(profile, name, lam, seed=seed, device=dev)
+        net = experiments.load_model(shown[name], name, lam, seed=seed, device=dev)
         real, comp = logits_top2(net, x_test), logits_top2(net, x_comp)
         body.append([LABELS[name], "Baseline" if lam == 0 else f"λ = {lam:.1f}",
                      f"{(real[:, 0] <= 0).double().mean():.1%}", f"{(real[:, 1] <= 0).double().mean():.1%}",
@@ -371,8 +373,8 @@ book.show_markdown(book.markdown_table(["data set", "network", "test: top-1 logi
 # %%
 LAM = 1.0
 for name in DATASETS:
-    nets = {"baseline": experiments.load_model(profile, name, 0.0, seed=seed, device=dev),
-            f"λ = {LAM:.1f}": experiments.load_model(profile, name, LAM, seed=seed, device=dev)}
+    nets = {"baseline": experiments.load_model(shown[name], name, 0.0, seed=seed, device=dev),
+            f"λ = {LAM:.1f}": experiments.load_model(shown[name], name, LAM, seed=seed, device=dev)}
     cands = twoobject.make(name, 400, seed=seed)
     kept, _ = twoobject.select(cands, nets)
     if len(kept) == 0:

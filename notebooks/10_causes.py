@@ -40,7 +40,7 @@ if "google.colab" in sys.modules:
                     "sepdtd[vision] @ git+https://github.com/sepdtd/sepdtd"], check=True)
 
 # %% tags=["parameters"]
-profile = "quick"
+profile = "full"
 seed = 0
 device = "auto"
 data_dir = None
@@ -71,6 +71,8 @@ rows = beyond.summary(results, convention=CONVENTION)
 by = {(r["dataset"], r["model"], r["method"]): r for r in rows}
 prov = book.provenance(results, profile=profile, seed=seed, device=device)
 book.show_provenance(prov)
+book.show_markdown(book.profile_note(profile, [r for r in results if r["seed"] == seed]))
+shown = {r["dataset"]: r["profile"] for r in results if r["seed"] == seed}  # the profile each data set comes from
 seeds = sorted({r["seed"] for r in results})
 conf = beyond.PROFILES[profile]
 extra = [d for d in DATASETS if any(r["dataset"] == d and r["family"] != "lambda" for r in rows)]
@@ -147,7 +149,7 @@ for name in DATASETS:
 
 # %%
 for name in DATASETS:
-    net = experiments.load_model(profile, name, 0.0, seed=seed, device=dev)
+    net = experiments.load_model(shown[name], name, 0.0, seed=seed, device=dev)
     kept, _ = twoobject.select(twoobject.make(name, 400, seed=seed), net)
     if len(kept) == 0:
         print(f"{name}: no composite recognised at this profile")
@@ -246,7 +248,7 @@ for name in extra:
 # from summing to the logit (the rules leave the biases out, so only a positive bias loses relevance).
 
 # %%
-mech = [mechanism.run(profile, name, seed, device, progress=False) for name in extra]
+mech = [book.unit_for(profile, name, seed, device, kind="mechanism") for name in extra]
 body = []
 for res in mech:
     x = data.to_float(torch.as_tensor(data.load(res["dataset"]).x_test[:200])).to(dev)
@@ -254,7 +256,7 @@ for res in mech:
         e = next((e for e in res["networks"] if e["tag"] == tag), None)
         if e is None:
             continue
-        net = experiments.load_network(profile, res["dataset"], tag, seed=seed, device=dev)
+        net = experiments.load_network(res["profile"], res["dataset"], tag, seed=seed, device=dev)
         effects = mechanism.bias_effects(net, x)
         p = e["paper"]
         body.append([LABELS[res["dataset"]], label, f"{p['accuracy']:.3f}", f"{p['abs_cosine']:.3f}",
@@ -314,7 +316,7 @@ for name in DATASETS:
     x_test = torch.as_tensor(test_images[:min(5 * conf.n_eval, len(test_images))])
     tset = twoobject.make(name, conf.n_pairs, seed=seed, threshold=conf.threshold)
     for lam in (0.0, 1.0):
-        net = experiments.load_model(profile, name, lam, seed=seed, device=dev)
+        net = experiments.load_model(shown[name], name, lam, seed=seed, device=dev)
         for rule, fn in FIRST_RULES.items():
             d = metrics.diffusion_variants(net, x_test, low=0.0, high=1.0, device=dev, heatmap_fn=fn,
                                            batch_size=conf.batch_size, conventions=(CONVENTION,))

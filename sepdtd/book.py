@@ -27,7 +27,8 @@ from typing import Any
 
 __all__ = [
     "NOTEBOOK_DIR", "provenance", "provenance_line", "show_provenance", "setup_notebook", "book_root",
-    "markdown_table", "show_markdown", "beyond_results", "committed_beyond", "committed_inblock", "blank_shares",
+    "markdown_table", "show_markdown", "FALLBACK", "unit_for", "profile_note", "beyond_results",
+    "committed_beyond", "committed_inblock", "blank_shares",
     "mass_se", "pointing_beyond_nonblank", "committed_seeds", "top2_cosines",
     "plausible_examples", "source_cells", "is_executed_copy", "choose_sources", "execute", "setup",
 ]
@@ -176,12 +177,70 @@ def show_markdown(text: str) -> None:
     display(Markdown(text))
 
 
+#: The profile a page draws from where the full profile's networks are not kept (CIFAR-10 until the GPU
+#: job has run): it trains on a laptop in minutes.
+FALLBACK = "quick"
+
+
+def unit_for(profile: str, dataset: str, seed: int, device: str, *, kind: str = "paper") -> dict:
+    """The results a page shows for one data set, with ``profile`` set to the profile they come from.
+
+    At the full profile the book only reads: the committed networks and results, never trained or
+    measured again. Where the full profile's networks are not kept, the page falls back to
+    :data:`FALLBACK` (trained when missing) and the result says so (``fallback``). At another profile,
+    the networks are trained where missing and measured where not current.
+
+    Parameters
+    ----------
+    profile : str
+        The book's profile.
+    dataset : str
+        The data set.
+    seed : int
+        The unit's seed.
+    device : str
+        Where to compute what is missing.
+    kind : {"paper", "beyond", "mechanism"}, optional
+        The protocol: :mod:`sepdtd.experiments`, :mod:`sepdtd.beyond` or :mod:`sepdtd.mechanism`.
+    """
+    import importlib
+
+    mod = importlib.import_module({"paper": "sepdtd.experiments", "beyond": "sepdtd.beyond",
+                                   "mechanism": "sepdtd.mechanism"}[kind])
+    if profile == "full":
+        kept = mod.unit("full", dataset, seed)
+        if kept is not None:
+            return {**kept, "fallback": None}
+        return {**mod.run(FALLBACK, dataset, seed, device=device, progress=False),
+                "fallback": "the full profile's networks of this data set are not kept yet"}
+    return {**mod.run(profile, dataset, seed, device=device, progress=False), "fallback": None}
+
+
+def profile_note(profile: str, results: Iterable[Mapping]) -> str:
+    """One Markdown line: the profile a page shows, and the data sets it draws from another one."""
+    from sepdtd import report
+
+    results = list(results)
+    moved = sorted({r["dataset"] for r in results if r.get("fallback")}, key=_DATASET_ORDER.index)
+    text = f"This page shows the **{profile}** profile"
+    if profile == "full":
+        text += " (the committed networks and results)"
+    if moved:
+        names = ", ".join(report.DATASET_LABELS.get(d, d) for d in moved)
+        text += (f"; {names} {'comes' if len(moved) == 1 else 'come'} from the **{FALLBACK}** profile: its "
+                 "full-profile networks are not kept yet")
+    return text + "."
+
+
+_DATASET_ORDER = ["cifar10", "fashion_mnist", "mnist"]
+
+
 def beyond_results(profile: str, seed: int, device: str, datasets: Sequence[str]) -> list[dict]:
-    """Results of chapters 9-10: this build's units (run or loaded by :func:`sepdtd.beyond.ensure`) and
-    every other seed of ``profile`` already run, ordered by data set (as in ``datasets``), then seed."""
+    """Results of chapters 9-10: this build's units (:func:`unit_for`) and every other seed of ``profile``
+    already stored, ordered by data set (as in ``datasets``), then seed."""
     from sepdtd import beyond
 
-    ran = [beyond.ensure(profile, name, seed, device, progress=False) for name in datasets]
+    ran = [unit_for(profile, name, seed, device, kind="beyond") for name in datasets]
     units = {(r["dataset"], r["seed"]): r for r in beyond.load_results(profile)}
     units.update({(r["dataset"], r["seed"]): r for r in ran})
     results = [units[k] for k in sorted(units, key=lambda k: (list(datasets).index(k[0]), k[1]))]
@@ -346,7 +405,7 @@ def pointing_beyond_nonblank(results: Iterable[Mapping], *, objects_only: bool =
 
 
 def committed_seeds(results: Iterable[Mapping]) -> str:
-    """The data sets and seeds of chapter 9-10 results, e.g. ``"MNIST seed(s) [0], FASHION seed(s) [0]"``."""
+    """The data sets and seeds of chapter 9-10 results, e.g. ``"MNIST seed(s) [0], Fashion-MNIST seed(s) [0]"``."""
     from sepdtd import models, report
 
     seeds: dict[str, list[int]] = {}
