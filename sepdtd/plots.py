@@ -22,7 +22,8 @@ from matplotlib.ticker import MaxNLocator
 
 __all__ = [
     "figures_dir", "save_figure", "toy_network", "heatmap_grid",
-    "training_curves", "block_mask", "heatmap_comparison", "dense_weights", "as_image",
+    "training_curves", "block_mask", "heatmap_comparison", "dense_weights", "as_image", "claims_figure",
+    "lambda_sweep",
 ]
 
 BLUE = "#1f77b4"
@@ -474,4 +475,80 @@ def dense_weights(weights: Mapping[str, Any], n_blocks: int, *, shares: Mapping[
         ax.set_ylabel(f"output neuron j ({w.shape[0]})", fontsize=8)
         ax.tick_params(labelsize=7)
     fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.9, label="weight")
+    return fig
+
+
+# --------------------------------------------------------------------------------------------------
+# The reproducibility summary and the sign-aware study
+# --------------------------------------------------------------------------------------------------
+_SUMMARY_PANELS = (("accuracy", "accuracy − baseline", 0.0, -0.01),
+                   ("abs_cosine", "|cos| − baseline", 0.0, None),
+                   ("d", "d[sc-sum] − baseline", 0.0, None))
+
+
+def claims_figure(rows: Sequence[Mapping[str, Any]], *, lam: float = 1.0) -> Figure:
+    """The paired differences of the fine-tunes at ``lam`` to their own baselines, per data set.
+
+    One panel per quantity (accuracy, |cos| of the top-1 and top-2 heatmaps, Eq. 7's d under the primary
+    convention), one row per data set: the mean difference over seeds with its 95 % interval (a dot alone
+    for one seed). The dashed line marks the accuracy claim's bound.
+
+    Parameters
+    ----------
+    rows : sequence of dict
+        :func:`sepdtd.report.rows`.
+    lam : float, optional
+        The λ shown.
+    """
+    from sepdtd.report import DATASET_LABELS
+
+    picked = [r for r in rows if r["lam"] == lam and "paired" in r]
+    fig, axes = plt.subplots(1, len(_SUMMARY_PANELS), sharey=True, squeeze=False,
+                             figsize=(3.2 * len(_SUMMARY_PANELS), 0.6 + 0.55 * max(1, len(picked))))
+    labels = [DATASET_LABELS.get(r["dataset"], r["dataset"]) for r in picked]
+    for ax, (key, title, zero, bound) in zip(axes[0], _SUMMARY_PANELS):
+        for y, r in enumerate(picked):
+            iv = r["paired"][key]
+            if iv["mean"] is None:
+                ax.text(zero, y, "not measured", ha="center", va="center", fontsize=7, color="grey")
+                continue
+            if iv["lo"] is not None:
+                ax.plot([iv["lo"], iv["hi"]], [y, y], color=BLUE, lw=2)
+            ax.plot([iv["mean"]], [y], "o", color=BLUE, ms=5)
+            ax.annotate(f"n = {iv['n']}", (iv["mean"], y), textcoords="offset points", xytext=(0, 6), ha="center",
+                        fontsize=7, color="grey")
+        ax.axvline(zero, color="black", lw=0.8)
+        if bound is not None:
+            ax.axvline(bound, color=ORANGE, lw=1, ls="--")
+        ax.set_title(title, fontsize=9)
+        ax.tick_params(labelsize=8)
+    axes[0][0].set_yticks(range(len(picked)), labels)
+    axes[0][0].set_ylim(-0.7, len(picked) - 0.3)
+    axes[0][0].invert_yaxis()
+    fig.suptitle(f"Fine-tuned at λ = {lam:g} minus the same seed's baseline (mean, 95 % interval)", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def lambda_sweep(rows: Sequence[Mapping[str, Any]]) -> Figure:
+    """Accuracy, in-block share and |cos| against λ (:func:`sepdtd.mechanism.sweep_rows`), one line per
+    data set; λ = 0 (the baseline) is drawn at the left edge."""
+    from sepdtd.report import DATASET_LABELS
+
+    fig, axes = plt.subplots(1, 3, figsize=(10, 3), squeeze=False)
+    datasets = list(dict.fromkeys(r["dataset"] for r in rows))
+    lams = sorted({r["lam"] for r in rows if r["lam"] > 0})
+    left = min(lams) / 10 if lams else 1.0
+    for ds in datasets:
+        rs = sorted((r for r in rows if r["dataset"] == ds), key=lambda r: r["lam"])
+        xs = [r["lam"] if r["lam"] > 0 else left for r in rs]
+        for ax, key in zip(axes[0], ("accuracy", "inblock", "abs_cosine")):
+            ax.plot(xs, [r[key] for r in rs], "o-", label=DATASET_LABELS.get(ds, ds), ms=4)
+    for ax, title in zip(axes[0], ("test accuracy", "in-block share of positive weight", "|cos| of top-1/top-2")):
+        ax.set_xscale("log")
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("λ (Eq. 6 per off-block weight; left: baseline)", fontsize=8)
+        ax.tick_params(labelsize=8)
+    axes[0][0].legend(fontsize=8)
+    fig.tight_layout()
     return fig
