@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 PROFILE ?= full
 STAMP := $(VENV)/.sepdtd-installed
 
-.PHONY: all setup data experiments notebooks book chromium test bench clean
+.PHONY: all setup data experiments notebooks mathjax book chromium test bench clean
 
 all: book
 
@@ -47,8 +47,33 @@ notebooks: experiments
 	      --cwd notebooks --no-progress-bar; \
 	done
 
-book: notebooks
+book: notebooks mathjax
 	$(VENV)/bin/jupyter-book build . -W -n --keep-going
+
+# MathJax, served by the book itself so that formulas render offline (mathjax_path in _config.yml).
+# The npm package is fetched with `npm pack` (or curl from the same registry when npm is missing),
+# checked against its SHA-512 and unpacked into .cache/mathjax/static/mathjax/ (git-ignored); Sphinx
+# copies it into _build/html/_static/. Without it `make book` fails here: no silent fallback to a CDN.
+MATHJAX_VERSION := 3.2.2
+MATHJAX_SHA512 := 06df9249553c7811b6ef30a155ec0e89c62ced7b1db78d2a9b8f94a47c97ee4d3f3bd36588f73ec7bee4d7f144b0fb2328f64626fb5164cd6f3be81e5b43a11b
+MATHJAX_TGZ := .cache/mathjax/mathjax-$(MATHJAX_VERSION).tgz
+MATHJAX_JS := .cache/mathjax/static/mathjax/tex-mml-chtml.js
+
+mathjax: $(MATHJAX_JS)
+
+$(MATHJAX_TGZ):
+	@mkdir -p $(@D)
+	@{ command -v npm >/dev/null 2>&1 && npm pack --silent --pack-destination $(@D) mathjax@$(MATHJAX_VERSION) >/dev/null; } \
+	  || curl -fsSL -o $@ https://registry.npmjs.org/mathjax/-/mathjax-$(MATHJAX_VERSION).tgz \
+	  || { rm -f $@; echo "error: could not fetch mathjax@$(MATHJAX_VERSION) from the npm registry (npm pack, curl)." \
+	       "The book serves MathJax itself; put the package at $@ by hand and run make again." >&2; exit 1; }
+
+$(MATHJAX_JS): $(MATHJAX_TGZ)
+	@echo "$(MATHJAX_SHA512)  $<" | sha512sum --check --quiet - \
+	  || { echo "error: $< is not mathjax@$(MATHJAX_VERSION) (SHA-512 differs); delete it and run make again" >&2; exit 1; }
+	rm -rf .cache/mathjax/static && mkdir -p $(@D)
+	tar -xzf $< -C $(@D) --strip-components=2 package/es5
+	touch $@
 
 # Headless Chromium for the book's screenshot test (tests/test_book.py): any of chromium, chromium-browser
 # or google-chrome; installed with apt when missing (as root, or with sudo that needs no password). Outside
@@ -62,7 +87,7 @@ chromium:
 	       || $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium-browser; }) \
 	  || { [ -z "$(IN_CI)" ] && echo "note: chromium could not be installed; the book screenshot test will be skipped"; }
 
-test: setup chromium
+test: setup chromium mathjax
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q
 

@@ -14,6 +14,8 @@ notebook when the build starts: the ``.ipynb`` if it is a successful papermill r
 ``.py`` (same cells, apart from papermill's injected parameters), else the ``.py``. A stale or failed
 executed copy is never shown by accident.
 
+The same extension stops the build when the MathJax that the site serves is missing (``make mathjax``).
+
 Nothing here imports torch; :func:`provenance` imports :mod:`sepdtd.utils` lazily.
 """
 from __future__ import annotations
@@ -623,7 +625,21 @@ def execute(source: str | os.PathLike, output: str | os.PathLike | None,
 # --------------------------------------------------------------------------------------------------
 # Sphinx extension
 # --------------------------------------------------------------------------------------------------
+def _missing_mathjax(app: Any, config: Any) -> str | None:
+    """Why the MathJax of ``mathjax_path`` is not in the site's static files; None when it is, or when
+    ``mathjax_path`` is an address on the web."""
+    path = str(config.mathjax_path or "")
+    if not path or "://" in path or path.startswith("/"):
+        return None
+    folders = [Path(app.confdir, f) for f in config.html_static_path]
+    if any((folder / path).is_file() for folder in folders):
+        return None
+    return (f"MathJax ({path}, mathjax_path) is in none of the site's static folders (html_static_path): run "
+            "`make mathjax`, which fetches it from the npm registry into .cache/mathjax/ (see book/reproducing.md)")
+
+
 def _on_config_inited(app: Any, config: Any) -> None:
+    from sphinx.errors import ConfigError
     from sphinx.util import logging
 
     logger = logging.getLogger(__name__)
@@ -631,10 +647,13 @@ def _on_config_inited(app: Any, config: Any) -> None:
     config.exclude_patterns = list(config.exclude_patterns) + chosen["exclude"]
     for note in chosen["notes"]:
         logger.info("[sepdtd.book] %s", note)
+    if why := _missing_mathjax(app, config):
+        raise ConfigError(f"[sepdtd.book] {why}")
 
 
 def setup(app: Any) -> dict:
-    """Sphinx entry point: choose each notebook's source before Sphinx looks for documents."""
+    """Sphinx entry point: choose each notebook's source before Sphinx looks for documents, and check
+    MathJax."""
     app.add_config_value("sepdtd_notebook_dir", NOTEBOOK_DIR, "env")
     app.connect("config-inited", _on_config_inited, priority=900)
     return {"parallel_read_safe": True, "parallel_write_safe": True}

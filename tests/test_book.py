@@ -31,6 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.py"))
 PARAMETERS = {"profile": "full", "seed": 0, "device": "auto", "data_dir": None}
 SMOKE = {"profile": "smoke", "device": "cpu"}
+MATHJAX = ".cache/mathjax/static"          # where `make mathjax` unpacks MathJax (html_static_path)
 
 
 def _toc_files() -> list[str]:
@@ -62,6 +63,21 @@ def test_notebook_has_parameters_and_colab_cell(path):
     url = yaml.safe_load((ROOT / "_config.yml").read_text())["repository"]["url"]
     assert f"git+{url}" in colab[0].source, "the Colab cell installs from _config.yml's repository.url"
     assert nb.cells[0].cell_type == "markdown" and nb.cells[0].source.startswith("# "), "starts with a title"
+
+
+def test_the_build_stops_without_the_sites_mathjax(tmp_path):
+    from types import SimpleNamespace
+
+    app = SimpleNamespace(confdir=str(tmp_path))
+    config = SimpleNamespace(mathjax_path="mathjax/tex-mml-chtml.js", html_static_path=["static"])
+    assert "make mathjax" in book._missing_mathjax(app, config)
+    (tmp_path / "static" / "mathjax").mkdir(parents=True)
+    (tmp_path / "static" / "mathjax" / "tex-mml-chtml.js").write_text("")
+    assert book._missing_mathjax(app, config) is None
+    assert book._missing_mathjax(app, SimpleNamespace(mathjax_path="https://cdn.example/mathjax.js",
+                                                      html_static_path=[])) is None
+    cfg = yaml.safe_load((ROOT / "_config.yml").read_text())["sphinx"]["config"]
+    assert MATHJAX in cfg["html_static_path"] and not cfg["mathjax_path"].startswith(("http", "//"))
 
 
 def test_config_reads_py_notebooks_and_excludes_package_sources():
@@ -215,6 +231,12 @@ def book_src(tmp_path_factory) -> Path:
     (src / "notebooks").mkdir()
     for path in NOTEBOOKS:
         shutil.copy(path, src / "notebooks" / path.name)
+    mathjax = ROOT / MATHJAX
+    if not mathjax.is_dir():                          # make test fetches it first; pytest alone may not
+        subprocess.run(["make", "-s", "mathjax"], cwd=ROOT, timeout=300, check=False)
+    assert mathjax.is_dir(), f"{MATHJAX} is missing: run `make mathjax`"
+    (src / MATHJAX).parent.mkdir(parents=True)
+    (src / MATHJAX).symlink_to(mathjax, target_is_directory=True)
     return src
 
 
@@ -339,6 +361,20 @@ def test_figures_are_saved_with_provenance(built_book, book_src):
             meta = json.loads(im.text["Description"])
             assert im.text["Title"] == path.stem
         assert meta["profile"] == "smoke" and meta["commit"], path.name
+
+
+@pytest.mark.slow
+def test_mathjax_is_served_by_the_site(built_book):
+    html_dir, _ = built_book
+    assert (html_dir / "_static" / "mathjax" / "tex-mml-chtml.js").is_file()
+    assert (html_dir / "_static" / "mathjax" / "output" / "chtml" / "fonts" / "woff-v2").is_dir()
+    for f in _toc_files():
+        text = (html_dir / f"{f}.html").read_text()
+        scripts = [s.split("?")[0] for s in re.findall(r'<script[^>]+src="([^"]+)"', text)]
+        up = "../" * f.count("/")
+        mathjax = [s for s in scripts if "mathjax" in s.lower()]
+        assert mathjax == ([f"{up}_static/mathjax/tex-mml-chtml.js"] if 'class="math' in text else []), f
+        assert not re.findall(r'<(?:script|link)[^>]+(?:src|href)="https?://', text), f"{f} loads from the web"
 
 
 def _chromium() -> str | None:
