@@ -14,12 +14,14 @@ notebook when the build starts: the ``.ipynb`` if it is a successful papermill r
 ``.py`` (same cells, apart from papermill's injected parameters), else the ``.py``. A stale or failed
 executed copy is never shown by accident.
 
-The same extension stops the build when the MathJax that the site serves is missing (``make mathjax``).
+The same extension shows one parameters cell per page (:func:`show_parameters`) and stops the build
+when the MathJax that the site serves is missing (``make mathjax``).
 
 Nothing here imports torch; :func:`provenance` imports :mod:`sepdtd.utils` lazily.
 """
 from __future__ import annotations
 
+import ast
 import json
 import math
 import os
@@ -32,7 +34,8 @@ __all__ = [
     "markdown_table", "show_markdown", "FALLBACK", "unit_for", "profile_note", "beyond_results",
     "committed_beyond", "committed_inblock", "blank_shares",
     "mass_se", "pointing_beyond_nonblank", "committed_seeds", "top2_cosines",
-    "plausible_examples", "source_cells", "is_executed_copy", "choose_sources", "execute", "setup",
+    "plausible_examples", "show_parameters", "source_cells", "is_executed_copy", "choose_sources", "execute",
+    "setup",
 ]
 
 NOTEBOOK_DIR = "notebooks"
@@ -515,6 +518,81 @@ def plausible_examples(nets: Mapping[str, Any], x: Any, y: Any, *, n: int = 2,
 
 
 # --------------------------------------------------------------------------------------------------
+# One parameters cell per page
+# --------------------------------------------------------------------------------------------------
+INJECTED_TAG = "injected-parameters"
+"""Tag of the cell that papermill adds after the notebook's own ``parameters`` cell."""
+
+
+def _tags(cell: Any) -> list[str]:
+    return cell.get("metadata", {}).get("tags", [])
+
+
+def _assignments(source: str) -> dict[str, tuple[int, int, str, str]] | None:
+    """``name -> (first line, last line, statement, value)`` of a cell's top-level ``name = value``
+    statements, as source text.
+
+    Lines count from 0, the last one included. None when the cell is not valid Python.
+    """
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:
+        return None
+    lines = source.splitlines()
+    out = {}
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+            first, last = node.lineno - 1, (node.end_lineno or node.lineno) - 1
+            value = ast.get_source_segment(source, node.value) or ""
+            out[node.targets[0].id] = (first, last, "\n".join(lines[first:last + 1]), value)
+    return out
+
+
+def _value(source: str) -> Any:
+    """The value of a literal's source text; the text itself when it is not a literal."""
+    try:
+        return ast.literal_eval(source)
+    except (ValueError, SyntaxError):
+        return source
+
+
+def show_parameters(nb: Any) -> Any:
+    """One parameters cell with the values the run used, for the page of a papermill run.
+
+    papermill leaves the notebook's own cell tagged ``parameters`` as it is and adds a cell tagged
+    ``injected-parameters`` with the values it was given. This writes each given value into the
+    notebook's own cell, in place of the default, with a comment naming the default, and hides the
+    injected cell (tag ``remove-cell``). A value equal to its default is written without comment.
+    Without an own cell, or when it is not plain Python, the own cell is hidden and papermill's shown.
+
+    Returns ``nb``, changed in place; the notebook on disk, papermill's record, is not changed.
+    """
+    own = [c for c in nb.cells if "parameters" in _tags(c)]
+    injected = [c for c in nb.cells if INJECTED_TAG in _tags(c)]
+    if not injected:
+        return nb
+    given = _assignments(injected[-1].source) or {}
+    defaults = _assignments(own[0].source) if len(own) == 1 else None
+    if defaults is None or not given:
+        for cell in own:
+            cell.metadata["tags"] = [*_tags(cell), "remove-cell"]
+        return nb
+    lines = own[0].source.splitlines()
+    for name, (first, last, _, default) in sorted(defaults.items(), key=lambda kv: -kv[1][0]):
+        if name not in given:
+            continue
+        used, value = given[name][2:]
+        if _value(value) != _value(default):
+            used += f"  # papermill -p {name}; the default is {default}"
+        lines[first:last + 1] = used.splitlines()
+    lines += [f"{s}  # papermill -p {name}; no default" for name, (_, _, s, _) in given.items() if name not in defaults]
+    own[0].source = "\n".join(lines)
+    for cell in injected:
+        cell.metadata["tags"] = [*_tags(cell), "remove-cell"]
+    return nb
+
+
+# --------------------------------------------------------------------------------------------------
 # Executed copies and source selection
 # --------------------------------------------------------------------------------------------------
 def source_cells(nb: Any) -> list[tuple[str, str]]:
@@ -651,9 +729,21 @@ def _on_config_inited(app: Any, config: Any) -> None:
         raise ConfigError(f"[sepdtd.book] {why}")
 
 
+def _on_source_read(app: Any, docname: str, source: list[str]) -> None:
+    """Show one parameters cell on the page of a papermill run (:func:`show_parameters`)."""
+    import nbformat
+
+    if Path(app.env.doc2path(docname)).suffix != ".ipynb":
+        return
+    nb = nbformat.reads(source[0], as_version=4)
+    if any(INJECTED_TAG in _tags(c) for c in nb.cells):
+        source[0] = nbformat.writes(show_parameters(nb))
+
+
 def setup(app: Any) -> dict:
-    """Sphinx entry point: choose each notebook's source before Sphinx looks for documents, and check
-    MathJax."""
+    """Sphinx entry point: choose each notebook's source before Sphinx looks for documents, check
+    MathJax, and merge the parameters cells of papermill runs."""
     app.add_config_value("sepdtd_notebook_dir", NOTEBOOK_DIR, "env")
     app.connect("config-inited", _on_config_inited, priority=900)
+    app.connect("source-read", _on_source_read)
     return {"parallel_read_safe": True, "parallel_write_safe": True}

@@ -14,6 +14,7 @@ import re
 import shutil
 import subprocess
 import sys
+from html import unescape
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -78,6 +79,38 @@ def test_the_build_stops_without_the_sites_mathjax(tmp_path):
                                                       html_static_path=[])) is None
     cfg = yaml.safe_load((ROOT / "_config.yml").read_text())["sphinx"]["config"]
     assert MATHJAX in cfg["html_static_path"] and not cfg["mathjax_path"].startswith(("http", "//"))
+
+
+def _papermill_run(own: str, injected: str):
+    nb = nbformat.v4.new_notebook(cells=[
+        nbformat.v4.new_markdown_cell("# t"),
+        nbformat.v4.new_code_cell(own, metadata={"tags": ["parameters"]}),
+        nbformat.v4.new_code_cell(injected, metadata={"tags": ["injected-parameters"]}),
+        nbformat.v4.new_code_cell("x = 1")])
+    return nb
+
+
+def test_one_parameters_cell_shows_the_values_the_run_used():
+    own = 'profile = "quick"  # smoke, quick or full\nseed = 0\ndevice = "auto"\ndata_dir = None'
+    nb = book.show_parameters(_papermill_run(own, '# Parameters\nprofile = "smoke"\nseed = 0\ndevice = "cpu"\n'
+                                                  'extra = [1,\n  2]\n'))
+    assert nb.cells[1].source.splitlines() == [
+        'profile = "smoke"  # papermill -p profile; the default is "quick"',
+        "seed = 0",
+        'device = "cpu"  # papermill -p device; the default is "auto"',
+        "data_dir = None",
+        "extra = [1,",
+        "  2]  # papermill -p extra; no default"]
+    values: dict = {}
+    exec(nb.cells[1].source, {}, values)
+    assert values == {"profile": "smoke", "seed": 0, "device": "cpu", "data_dir": None, "extra": [1, 2]}
+    assert "remove-cell" in nb.cells[2].metadata["tags"] and "remove-cell" not in nb.cells[1].metadata["tags"]
+    # not plain assignments: papermill's cell is the one shown
+    odd = book.show_parameters(_papermill_run("profile = (", 'profile = "smoke"'))
+    assert "remove-cell" in odd.cells[1].metadata["tags"] and "remove-cell" not in odd.cells[2].metadata["tags"]
+    # no papermill run: nothing changes
+    plain = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(own, metadata={"tags": ["parameters"]})])
+    assert book.show_parameters(plain).cells[0].source == own
 
 
 def test_config_reads_py_notebooks_and_excludes_package_sources():
@@ -361,6 +394,23 @@ def test_figures_are_saved_with_provenance(built_book, book_src):
             meta = json.loads(im.text["Description"])
             assert im.text["Title"] == path.stem
         assert meta["profile"] == "smoke" and meta["commit"], path.name
+
+
+def _text(html: str) -> str:
+    """The text of some HTML, tags dropped (code is split into highlighting spans)."""
+    return unescape(re.sub(r"<[^>]+>", "", html))
+
+
+@pytest.mark.slow
+def test_each_page_shows_one_parameters_cell_with_the_values_used(built_book):
+    html_dir, _ = built_book
+    for path in NOTEBOOKS:
+        text = (html_dir / "notebooks" / f"{path.stem}.html").read_text()
+        assert text.count("tag_parameters") == 1, path.stem
+        assert "tag_injected-parameters" not in text, f"{path.stem}: papermill's cell is shown too"
+        shown = _text(text)
+        assert 'profile = "smoke"  # papermill -p profile; the default is "quick"' in shown, path.stem
+        assert 'device = "cpu"  # papermill -p device; the default is "auto"' in shown, path.stem
 
 
 @pytest.mark.slow
