@@ -414,10 +414,11 @@ def test_each_page_shows_one_parameters_cell_with_the_values_used(built_book):
 
 
 @pytest.mark.slow
-def test_mathjax_is_served_by_the_site(built_book):
+def test_mathjax_and_the_styles_are_served_by_the_site(built_book):
     html_dir, _ = built_book
     assert (html_dir / "_static" / "mathjax" / "tex-mml-chtml.js").is_file()
     assert (html_dir / "_static" / "mathjax" / "output" / "chtml" / "fonts" / "woff-v2").is_dir()
+    assert (html_dir / "_static" / "sepdtd.css").is_file()
     for f in _toc_files():
         text = (html_dir / f"{f}.html").read_text()
         scripts = [s.split("?")[0] for s in re.findall(r'<script[^>]+src="([^"]+)"', text)]
@@ -425,6 +426,7 @@ def test_mathjax_is_served_by_the_site(built_book):
         mathjax = [s for s in scripts if "mathjax" in s.lower()]
         assert mathjax == ([f"{up}_static/mathjax/tex-mml-chtml.js"] if 'class="math' in text else []), f
         assert not re.findall(r'<(?:script|link)[^>]+(?:src|href)="https?://', text), f"{f} loads from the web"
+        assert f'href="{up}_static/sepdtd.css' in text, f
 
 
 def _chromium() -> str | None:
