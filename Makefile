@@ -29,6 +29,8 @@ data: setup
 # 2. every notebook run by papermill at PROFILE into notebooks/<name>.ipynb (converted by jupytext on the
 #    fly; the executed copy is what the book shows, see sepdtd/book.py);
 # 3. jupyter-book, which executes nothing (the executed copies are current), warnings as errors.
+# Between Jupytext and papermill, `python -m sepdtd.book install-cell` adds the hidden cell that installs
+# the package on Colab, when _config.yml names the repository (repository.url); otherwise it adds nothing.
 NOTEBOOKS := $(sort $(wildcard notebooks/*.py))
 DEVICE ?= auto
 
@@ -42,7 +44,7 @@ endif
 notebooks: experiments
 	@set -eo pipefail; for nb in $(NOTEBOOKS); do \
 	  echo "papermill $$nb -> $${nb%.py}.ipynb (profile $(PROFILE))"; \
-	  $(VENV)/bin/jupytext --to ipynb --output - "$$nb" \
+	  $(VENV)/bin/jupytext --to ipynb --output - "$$nb" | $(PY) -m sepdtd.book install-cell \
 	    | $(VENV)/bin/papermill - "$${nb%.py}.ipynb" -p profile $(PROFILE) -p device $(DEVICE) \
 	      --cwd notebooks --no-progress-bar; \
 	done

@@ -26,15 +26,6 @@
 # layer sums the colour intensities; the hidden layer, which weight goes where and the example's
 # intensities are our reconstruction from its figure and text.
 
-# %% tags=["remove-cell"]
-# On Google Colab: install the package first (elsewhere it is already installed; see "Reproducing").
-import subprocess
-import sys
-
-if "google.colab" in sys.modules:
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q",
-                    "sepdtd[vision] @ git+https://github.com/sepdtd/sepdtd"], check=True)
-
 # %% tags=["parameters"]
 profile = "full"
 seed = 0

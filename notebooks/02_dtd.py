@@ -20,15 +20,6 @@
 # rules the paper uses, $z^+$ (Eq. 3) and $z^B$ (Eq. 4), from the Taylor expansion of Eq. 1, and checks
 # numerically that the package's engine, `sepdtd.dtd`, computes exactly what the derivation says.
 
-# %% tags=["remove-cell"]
-# On Google Colab: install the package first (elsewhere it is already installed; see "Reproducing").
-import subprocess
-import sys
-
-if "google.colab" in sys.modules:
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q",
-                    "sepdtd[vision] @ git+https://github.com/sepdtd/sepdtd"], check=True)
-
 # %% tags=["parameters"]
 profile = "full"
 seed = 0

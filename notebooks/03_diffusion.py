@@ -19,15 +19,6 @@
 # explain. Figure 1 shows this for a CIFAR-10 image and all ten classes. This page redraws Figure 1 with
 # the baseline CIFAR-10 network of Table 1 and measures *how* alike the ten heatmaps are.
 
-# %% tags=["remove-cell"]
-# On Google Colab: install the package first (elsewhere it is already installed; see "Reproducing").
-import subprocess
-import sys
-
-if "google.colab" in sys.modules:
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q",
-                    "sepdtd[vision] @ git+https://github.com/sepdtd/sepdtd"], check=True)
-
 # %% tags=["parameters"]
 profile = "full"
 seed = 0

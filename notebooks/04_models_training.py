@@ -22,15 +22,6 @@
 # **baseline**, and then fine-tuned with the block-wise penalty of Section 4 ({doc}`05_block_regularization`).
 # This page regenerates Table 1 from the code and shows how the baselines trained.
 
-# %% tags=["remove-cell"]
-# On Google Colab: install the package first (elsewhere it is already installed; see "Reproducing").
-import subprocess
-import sys
-
-if "google.colab" in sys.modules:
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q",
-                    "sepdtd[vision] @ git+https://github.com/sepdtd/sepdtd"], check=True)
-
 # %% tags=["parameters"]
 profile = "full"
 seed = 0

@@ -25,15 +25,6 @@
 # rebuilds both tables from the results of the experiments, beside the paper's values, and checks the
 # paper's claims one by one.
 
-# %% tags=["remove-cell"]
-# On Google Colab: install the package first (elsewhere it is already installed; see "Reproducing").
-import subprocess
-import sys
-
-if "google.colab" in sys.modules:
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q",
-                    "sepdtd[vision] @ git+https://github.com/sepdtd/sepdtd"], check=True)
-
 # %% tags=["parameters"]
 profile = "full"
 seed = 0

@@ -21,15 +21,6 @@
 # *plane*, the street for *car*), and a Fashion-MNIST image torn between *sneaker* and *ankle boot*.
 # This page draws the same comparison: baseline against the network fine-tuned with $\lambda = 1.0$.
 
-# %% tags=["remove-cell"]
-# On Google Colab: install the package first (elsewhere it is already installed; see "Reproducing").
-import subprocess
-import sys
-
-if "google.colab" in sys.modules:
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q",
-                    "sepdtd[vision] @ git+https://github.com/sepdtd/sepdtd"], check=True)
-
 # %% tags=["parameters"]
 profile = "full"
 seed = 0

@@ -23,15 +23,6 @@
 # does not say which network, layer or λ its figure shows; CIFAR-10, both dense layers and λ = 1.0, the
 # λ of its Figures 4-5, are our choice.)
 
-# %% tags=["remove-cell"]
-# On Google Colab: install the package first (elsewhere it is already installed; see "Reproducing").
-import subprocess
-import sys
-
-if "google.colab" in sys.modules:
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q",
-                    "sepdtd[vision] @ git+https://github.com/sepdtd/sepdtd"], check=True)
-
 # %% tags=["parameters"]
 profile = "full"
 seed = 0

@@ -25,15 +25,6 @@
 # class $c$ lie on the object of class $c$?* In particular: does the block-wise regularization of
 # Section 4 make the heatmap of the **second** class point at the **second** object?
 
-# %% tags=["remove-cell"]
-# On Google Colab: install the package first (elsewhere it is already installed; see "Reproducing").
-import subprocess
-import sys
-
-if "google.colab" in sys.modules:
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q",
-                    "sepdtd[vision] @ git+https://github.com/sepdtd/sepdtd"], check=True)
-
 # %% tags=["parameters"]
 profile = "full"
 seed = 0

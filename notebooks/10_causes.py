@@ -30,15 +30,6 @@
 # top-2 heatmaps beside it, a scale-free measure that the book adds), and against the ground truth of
 # {doc}`09_ground_truth` (does the top-2 class's heatmap lie on the top-2 object?).
 
-# %% tags=["remove-cell"]
-# On Google Colab: install the package first (elsewhere it is already installed; see "Reproducing").
-import subprocess
-import sys
-
-if "google.colab" in sys.modules:
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q",
-                    "sepdtd[vision] @ git+https://github.com/sepdtd/sepdtd"], check=True)
-
 # %% tags=["parameters"]
 profile = "full"
 seed = 0

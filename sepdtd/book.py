@@ -14,8 +14,9 @@ notebook when the build starts: the ``.ipynb`` if it is a successful papermill r
 ``.py`` (same cells, apart from papermill's injected parameters), else the ``.py``. A stale or failed
 executed copy is never shown by accident.
 
-The same extension shows one parameters cell per page (:func:`show_parameters`) and stops the build
-when the MathJax that the site serves is missing (``make mathjax``).
+The same extension shows one parameters cell per page (:func:`show_parameters`), switches the
+repository and launch buttons on only when ``_config.yml`` names the repository (:func:`repository_url`),
+and stops the build when the MathJax that the site serves is missing (``make mathjax``).
 
 Nothing here imports torch; :func:`provenance` imports :mod:`sepdtd.utils` lazily.
 """
@@ -25,6 +26,7 @@ import ast
 import json
 import math
 import os
+import sys
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -34,8 +36,8 @@ __all__ = [
     "markdown_table", "show_markdown", "FALLBACK", "unit_for", "profile_note", "beyond_results",
     "committed_beyond", "committed_inblock", "blank_shares",
     "mass_se", "pointing_beyond_nonblank", "committed_seeds", "top2_cosines",
-    "plausible_examples", "show_parameters", "source_cells", "is_executed_copy", "choose_sources", "execute",
-    "setup",
+    "plausible_examples", "show_parameters", "repository_url", "install_cell", "add_install_cell",
+    "source_cells", "is_executed_copy", "choose_sources", "execute", "setup", "main",
 ]
 
 NOTEBOOK_DIR = "notebooks"
@@ -593,13 +595,71 @@ def show_parameters(nb: Any) -> Any:
 
 
 # --------------------------------------------------------------------------------------------------
+# The repository's address, and the install cell that depends on it
+# --------------------------------------------------------------------------------------------------
+INSTALL_TAG = "sepdtd-install"
+"""Tag of the install cell that :func:`add_install_cell` adds to an executed copy."""
+
+
+def repository_url(start: str | os.PathLike | None = None) -> str | None:
+    """The repository's address: ``repository.url`` in the book's ``_config.yml``, or None when unset.
+
+    This is the one place where the address is written. The book shows its repository, issues and launch
+    buttons only when it is set, and executed copies get an install cell only then
+    (:func:`add_install_cell`).
+
+    Parameters
+    ----------
+    start : path, optional
+        A folder in the book (default: cwd); ``_config.yml`` is looked up from there (:func:`book_root`).
+    """
+    import yaml
+
+    path = book_root(start) / "_config.yml"
+    if not path.is_file():
+        return None
+    config = yaml.safe_load(path.read_text()) or {}
+    url = str((config.get("repository") or {}).get("url") or "").strip()
+    return url or None
+
+
+def install_cell(url: str) -> Any:
+    """A hidden code cell that installs the package from ``url`` when it runs on Google Colab."""
+    import nbformat
+
+    source = (f"# On Google Colab: install the package from {url} (elsewhere it is installed already).\n"
+              "import subprocess\n"
+              "import sys\n\n"
+              'if "google.colab" in sys.modules:\n'
+              '    subprocess.run([sys.executable, "-m", "pip", "install", "-q",\n'
+              f'                    "sepdtd[vision] @ git+{url}"], check=True)')
+    return nbformat.v4.new_code_cell(source, metadata={"tags": ["remove-cell", INSTALL_TAG]})
+
+
+def add_install_cell(nb: Any, url: str | None) -> Any:
+    """Give ``nb`` the install cell of ``url`` before its first code cell; with no ``url``, none.
+
+    The notebooks' sources hold no install cell: it is added to an executed copy at build time, so that
+    it exists only when the repository is published (:func:`repository_url`). An install cell already
+    there is replaced. Returns ``nb``, changed in place.
+    """
+    cells = [c for c in nb.cells if INSTALL_TAG not in _tags(c)]
+    if url:
+        first = next((i for i, c in enumerate(cells) if c.cell_type == "code"), len(cells))
+        cells.insert(first, install_cell(url))
+    nb.cells = cells
+    return nb
+
+
+# --------------------------------------------------------------------------------------------------
 # Executed copies and source selection
 # --------------------------------------------------------------------------------------------------
 def source_cells(nb: Any) -> list[tuple[str, str]]:
-    """``(cell_type, source)`` of a notebook's cells, without papermill's injected-parameters cell."""
+    """``(cell_type, source)`` of a notebook's cells, without the cells the build adds: papermill's
+    injected parameters and the install cell (:func:`add_install_cell`)."""
     cells = []
     for cell in nb.cells:
-        if "injected-parameters" in cell.get("metadata", {}).get("tags", []):
+        if INJECTED_TAG in _tags(cell) or INSTALL_TAG in _tags(cell):
             continue
         cells.append((cell.cell_type, cell.source.strip()))
     return cells
@@ -667,7 +727,8 @@ def execute(source: str | os.PathLike, output: str | os.PathLike | None,
             kernel_name: str = "python3", timeout: float | None = None) -> Any:
     """Run a text notebook with papermill, converting it with Jupytext in memory.
 
-    This is what ``jupytext --to ipynb -o - <source> | papermill - <output> -p ...`` does in ``make book``.
+    This is what ``jupytext --to ipynb -o - <source> | python -m sepdtd.book install-cell | papermill - <output>
+    -p ...`` does in ``make book``: the install cell is added when the repository is configured.
 
     Parameters
     ----------
@@ -692,7 +753,7 @@ def execute(source: str | os.PathLike, output: str | os.PathLike | None,
     import jupytext
     import papermill
 
-    nb = jupytext.read(source)
+    nb = add_install_cell(jupytext.read(source), repository_url(Path(source).resolve().parent))
     return papermill.execute_notebook(
         nb, None if output is None else str(output), parameters=dict(parameters or {}),
         cwd=str(cwd or Path(source).resolve().parent), kernel_name=kernel_name,
@@ -703,6 +764,30 @@ def execute(source: str | os.PathLike, output: str | os.PathLike | None,
 # --------------------------------------------------------------------------------------------------
 # Sphinx extension
 # --------------------------------------------------------------------------------------------------
+REPOSITORY_BUTTONS = ("use_repository_button", "use_issues_button")
+"""The header buttons that lead to the repository; shown only when its address is set."""
+
+
+def repository_options(theme_options: Mapping[str, Any]) -> dict[str, Any]:
+    """The theme options with the repository and launch buttons on if ``repository_url`` is set, else off.
+
+    Jupyter Book copies ``repository.url`` of ``_config.yml`` to ``repository_url``. Without it, the
+    buttons would lead nowhere: the launch buttons and ``repository_url`` are dropped and the repository
+    buttons are switched off. With it, the repository and issues buttons are switched on (Jupyter Book's
+    defaults switch them off, and it refuses ``html.use_repository_button`` without an address).
+    """
+    options = dict(theme_options)
+    url = str(options.get("repository_url") or "").strip()
+    if url:
+        options.update(dict.fromkeys(REPOSITORY_BUTTONS, True))
+        return options
+    options.pop("repository_url", None)
+    options.pop("launch_buttons", None)
+    for key in (*REPOSITORY_BUTTONS, "use_edit_page_button"):
+        options[key] = False
+    return options
+
+
 def _missing_mathjax(app: Any, config: Any) -> str | None:
     """Why the MathJax of ``mathjax_path`` is not in the site's static files; None when it is, or when
     ``mathjax_path`` is an address on the web."""
@@ -725,6 +810,9 @@ def _on_config_inited(app: Any, config: Any) -> None:
     config.exclude_patterns = list(config.exclude_patterns) + chosen["exclude"]
     for note in chosen["notes"]:
         logger.info("[sepdtd.book] %s", note)
+    config.html_theme_options = repository_options(config.html_theme_options)
+    if not config.html_theme_options.get("repository_url"):
+        logger.info("[sepdtd.book] no repository.url in _config.yml: no repository or launch buttons")
     if why := _missing_mathjax(app, config):
         raise ConfigError(f"[sepdtd.book] {why}")
 
@@ -741,9 +829,34 @@ def _on_source_read(app: Any, docname: str, source: list[str]) -> None:
 
 
 def setup(app: Any) -> dict:
-    """Sphinx entry point: choose each notebook's source before Sphinx looks for documents, check
-    MathJax, and merge the parameters cells of papermill runs."""
+    """Sphinx entry point: choose each notebook's source before Sphinx looks for documents, configure
+    the buttons, check MathJax, and merge the parameters cells of papermill runs."""
     app.add_config_value("sepdtd_notebook_dir", NOTEBOOK_DIR, "env")
     app.connect("config-inited", _on_config_inited, priority=900)
     app.connect("source-read", _on_source_read)
     return {"parallel_read_safe": True, "parallel_write_safe": True}
+
+
+# --------------------------------------------------------------------------------------------------
+# Command line
+# --------------------------------------------------------------------------------------------------
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m sepdtd.book install-cell``: a notebook on stdin, with its install cell, to stdout.
+
+    The filter between Jupytext and papermill in ``make book``. The address comes from the
+    ``_config.yml`` of the book around the current folder (:func:`repository_url`).
+    """
+    import argparse
+
+    import nbformat
+
+    parser = argparse.ArgumentParser(prog="python -m sepdtd.book", description=main.__doc__.splitlines()[0])
+    parser.add_argument("command", choices=["install-cell"])
+    parser.parse_args(argv)
+    nb = nbformat.read(sys.stdin, as_version=4)
+    nbformat.write(add_install_cell(nb, repository_url()), sys.stdout)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

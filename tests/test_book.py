@@ -52,18 +52,87 @@ def test_toc_lists_every_notebook_in_order():
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
-def test_notebook_has_parameters_and_colab_cell(path):
+def test_notebook_has_parameters_and_no_install_cell(path):
     nb = jupytext.read(path)
     tagged = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
     assert len(tagged) == 1, "exactly one cell tagged 'parameters'"
     values: dict = {}
     exec(tagged[0].source, {}, values)  # our own notebook's parameter cell
     assert values == PARAMETERS
-    colab = [c for c in nb.cells if "remove-cell" in c.metadata.get("tags", []) and "google.colab" in c.source]
-    assert len(colab) == 1, "one hidden cell that installs the package on Colab"
-    url = yaml.safe_load((ROOT / "_config.yml").read_text())["repository"]["url"]
-    assert f"git+{url}" in colab[0].source, "the Colab cell installs from _config.yml's repository.url"
+    # the Colab install cell is added at build time from _config.yml (book.add_install_cell), never written here
+    for cell in nb.cells:
+        assert "google.colab" not in cell.source and "git+" not in cell.source, cell.source
     assert nb.cells[0].cell_type == "markdown" and nb.cells[0].source.startswith("# "), "starts with a title"
+
+
+def _book_root(tmp_path: Path, url: str | None) -> Path:
+    """A folder with a _config.yml whose repository.url is ``url`` (absent when None) and one notebook."""
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    config = {"title": "t"} if url is None else {"title": "t", "repository": {"url": url, "branch": "main"}}
+    (tmp_path / "_config.yml").write_text(yaml.safe_dump(config))
+    (tmp_path / "_toc.yml").write_text("format: jb-book\nroot: a\n")
+    (tmp_path / "notebooks").mkdir()
+    py = tmp_path / "notebooks" / "a.py"
+    py.write_text("# %% [markdown]\n# # a\n\n# %% tags=[\"parameters\"]\nprofile = \"quick\"\n\n# %%\nx = 1\n")
+    return py
+
+
+def test_repository_url_is_read_from_config_yml(tmp_path):
+    _book_root(tmp_path, None)
+    assert book.repository_url(tmp_path / "notebooks") is None
+    for empty in ("", "  "):
+        _book_root(tmp_path / f"e{len(empty)}", empty)
+        assert book.repository_url(tmp_path / f"e{len(empty)}") is None
+    _book_root(tmp_path / "set", "https://github.com/someone/sepdtd")
+    assert book.repository_url(tmp_path / "set" / "notebooks") == "https://github.com/someone/sepdtd"
+
+
+def test_install_cell_exists_only_when_the_repository_is_configured(tmp_path, monkeypatch):
+    url = "https://github.com/someone/sepdtd"
+    nb = jupytext.read(_book_root(tmp_path, url))
+    n_cells = len(nb.cells)
+    assert book.add_install_cell(nb, None) is nb and len(nb.cells) == n_cells
+    book.add_install_cell(nb, url)
+    book.add_install_cell(nb, url)                                  # replaced, not added twice
+    assert len(nb.cells) == n_cells + 1
+    cell = nb.cells[1]                                              # before the first code cell
+    assert cell.cell_type == "code" and nb.cells[2].metadata["tags"] == ["parameters"]
+    assert cell.metadata["tags"] == ["remove-cell", book.INSTALL_TAG]
+    assert f'"sepdtd[vision] @ git+{url}"' in cell.source
+    calls = []
+    monkeypatch.setattr(subprocess, "run", lambda *a, **k: calls.append(a))
+    exec(cell.source, {})                                           # outside Colab: installs nothing
+    assert calls == []
+    monkeypatch.setitem(sys.modules, "google.colab", object())
+    exec(cell.source, {})
+    assert calls and calls[0][0][-1] == f"sepdtd[vision] @ git+{url}"
+    assert book.source_cells(nb) == book.source_cells(jupytext.read(tmp_path / "notebooks" / "a.py"))
+    assert len(book.add_install_cell(nb, None).cells) == n_cells     # unset again: removed
+
+
+@pytest.mark.parametrize("url", [None, "https://github.com/someone/sepdtd"])
+def test_make_books_install_cell_filter_follows_config_yml(tmp_path, url):
+    py = _book_root(tmp_path, url)
+    text = nbformat.writes(jupytext.read(py))
+    proc = subprocess.run([sys.executable, "-m", "sepdtd.book", "install-cell"], input=text, text=True,
+                          capture_output=True, cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    cells = nbformat.reads(proc.stdout, as_version=4).cells
+    installs = [c for c in cells if book.INSTALL_TAG in c.metadata.get("tags", [])]
+    assert len(installs) == (1 if url else 0)
+    assert len(cells) == 3 + len(installs)
+
+
+def test_repository_and_launch_buttons_only_with_a_repository_url():
+    launch = {"binderhub_url": "https://mybinder.org", "colab_url": "https://colab.research.google.com"}
+    off = book.repository_options({"repository_url": "", "launch_buttons": launch, "home_page_in_toc": True})
+    assert "launch_buttons" not in off and "repository_url" not in off and off["home_page_in_toc"]
+    assert not off["use_repository_button"] and not off["use_issues_button"] and not off["use_edit_page_button"]
+    on = book.repository_options({"repository_url": "https://github.com/someone/sepdtd", "launch_buttons": launch,
+                                  "use_issues_button": False, "use_repository_button": False})  # Jupyter Book's
+    assert on["launch_buttons"] == launch and on["use_repository_button"] and on["use_issues_button"]
+    cfg = yaml.safe_load((ROOT / "_config.yml").read_text())
+    assert not set(cfg["html"]) & set(book.REPOSITORY_BUTTONS), "sepdtd.book switches them with repository.url"
 
 
 def test_the_build_stops_without_the_sites_mathjax(tmp_path):
@@ -411,6 +480,24 @@ def test_each_page_shows_one_parameters_cell_with_the_values_used(built_book):
         shown = _text(text)
         assert 'profile = "smoke"  # papermill -p profile; the default is "quick"' in shown, path.stem
         assert 'device = "cpu"  # papermill -p device; the default is "auto"' in shown, path.stem
+
+
+@pytest.mark.slow
+def test_repository_and_launch_buttons_follow_the_repository_url(built_book):
+    """No buttons that lead to the repository while _config.yml names none; all of them once it does."""
+    html_dir, log = built_book
+    url = book.repository_url(ROOT)
+    assert ("no repository.url in _config.yml" in log) == (url is None)
+    for f in _toc_files():
+        text = (html_dir / f"{f}.html").read_text()
+        assert "download-notebook-button" in text or "download-source-button" in text, f  # the header is there
+        marks = ["source-repository-button", "source-issues-button"]
+        if f.startswith("notebooks/"):
+            marks += ["launch-buttons", "mybinder.org", "colab.research.google.com"]
+        for mark in marks:
+            assert (mark in text) == (url is not None), f"{f}: {mark}"
+        if url is None:
+            assert "Launch on" not in text and "github.com" not in text, f
 
 
 @pytest.mark.slow
