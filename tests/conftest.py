@@ -1,5 +1,10 @@
-"""Fixtures shared by the protocol tests (test_experiments.py, test_tuning.py, test_beyond.py)."""
+"""Fixtures shared by the protocol tests (test_experiments.py, test_tuning.py, test_beyond.py), and the
+folder of the book's screenshots (test_book.py), named at the end of the run."""
 from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -41,3 +46,28 @@ def tiny(monkeypatch):
 @pytest.fixture
 def dirs(tmp_path):
     return {"results_dir": tmp_path / "results", "checkpoints_dir": tmp_path / "ckpt"}
+
+
+_SCREENSHOTS = pytest.StashKey[Path]()
+
+
+@pytest.fixture(scope="session")
+def screenshot_dir(tmp_path_factory, request) -> Path:
+    """Where test_book.py's screenshots go: the test run's temporary folder."""
+    folder = tmp_path_factory.mktemp("screenshots")
+    request.config.stash[_SCREENSHOTS] = folder
+    return folder
+
+
+def pytest_terminal_summary(terminalreporter, config):
+    """Name the screenshots' folder, and copy them to ``$SEPDTD_SCREENSHOTS`` when it is set."""
+    folder = config.stash.get(_SCREENSHOTS, None)
+    if folder is None or not any(folder.glob("*.png")):
+        return
+    line = f"screenshots of the book: {folder}"
+    if copy_to := os.environ.get("SEPDTD_SCREENSHOTS"):
+        Path(copy_to).mkdir(parents=True, exist_ok=True)
+        for png in sorted(folder.glob("*.png")):
+            shutil.copy(png, Path(copy_to) / png.name)
+        line += f" (copied to {copy_to})"
+    terminalreporter.write_sep("-", line)

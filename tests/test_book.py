@@ -2,9 +2,10 @@
 
 The notebooks run with papermill at the ``smoke`` profile (converted by Jupytext in memory), in a copy
 of the book's sources in a temporary folder; the book is then built from those executed copies (so
-nothing is executed at the default profile) and its HTML checked; headless Chromium takes screenshots
-of two pages. Chromium is installed by ``make test`` (the ``chromium`` target); without it the
-screenshot test skips, except under ``CI=true``, where it fails.
+nothing is executed at the default profile) and its HTML checked; headless Chromium opens three pages
+at a desktop and a phone width, checks what they show and keeps screenshots. Chromium is installed by
+``make test`` (the ``chromium`` target); without it the browser tests skip, except under ``CI=true``,
+where they fail.
 """
 from __future__ import annotations
 
@@ -516,6 +517,7 @@ def test_mathjax_and_the_styles_are_served_by_the_site(built_book):
         assert f'href="{up}_static/sepdtd.css' in text, f
 
 
+# ----------------------------------------------------------------- the pages in headless Chromium
 def _chromium() -> str | None:
     for name in ("chromium", "chromium-browser", "google-chrome"):
         if exe := shutil.which(name):
@@ -523,26 +525,225 @@ def _chromium() -> str | None:
     return None
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("page", ["book/intro", "notebooks/03_diffusion"])
-def test_screenshot_is_not_blank(built_book, page, tmp_path):
+class _Browser:
+    """Headless Chromium driven through the DevTools protocol over a pipe (no package needed).
+
+    Chromium reads commands from file descriptor 3 and writes answers and events to 4, each a JSON
+    message ending with a NUL byte (``--remote-debugging-pipe``). Host names resolve to nothing, so a
+    page can load only what the built site holds.
+    """
+
+    FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--hide-scrollbars",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             "--host-resolver-rules=MAP * ~NOTFOUND", "--remote-debugging-pipe")
+
+    def __init__(self, exe: str, profile: Path) -> None:
+        import fcntl
+
+        to_chromium, self._out = os.pipe()
+        self._in, from_chromium = os.pipe()
+
+        def pipes_as_3_and_4():                       # runs in the child, before Chromium starts
+            a = fcntl.fcntl(to_chromium, fcntl.F_DUPFD, 10)
+            b = fcntl.fcntl(from_chromium, fcntl.F_DUPFD, 10)
+            os.dup2(a, 3)
+            os.dup2(b, 4)
+
+        self.proc = subprocess.Popen([exe, *self.FLAGS, f"--user-data-dir={profile}", "about:blank"],
+                                     preexec_fn=pipes_as_3_and_4, close_fds=False,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        os.close(to_chromium)
+        os.close(from_chromium)
+        self._buffer = b""
+        self._id = 0
+        self.events: list[dict] = []
+
+    def _message(self, timeout: float) -> dict:
+        import select
+        import time
+
+        deadline = time.monotonic() + timeout
+        while b"\0" not in self._buffer:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([self._in], [], [], left)[0]:
+                raise TimeoutError("no answer from chromium")
+            chunk = os.read(self._in, 1 << 20)
+            if not chunk:
+                raise RuntimeError("chromium closed the pipe")
+            self._buffer += chunk
+        raw, self._buffer = self._buffer.split(b"\0", 1)
+        return json.loads(raw)
+
+    def send(self, method: str, params: dict | None = None, session: str | None = None,
+             timeout: float = 60) -> dict:
+        self._id += 1
+        message = {"id": self._id, "method": method, "params": params or {}}
+        if session:
+            message["sessionId"] = session
+        data = json.dumps(message).encode() + b"\0"
+        while data:
+            data = data[os.write(self._out, data):]
+        while True:
+            answer = self._message(timeout)
+            if answer.get("id") == self._id:
+                if "error" in answer:
+                    raise RuntimeError(f"{method}: {answer['error']}")
+                return answer.get("result", {})
+            self.events.append(answer)
+
+    def wait_for(self, method: str, session: str, timeout: float = 60) -> dict:
+        while True:
+            for i, event in enumerate(self.events):
+                if event.get("method") == method and event.get("sessionId") == session:
+                    return self.events.pop(i)
+            self.events.append(self._message(timeout))
+
+    def evaluate(self, session: str, expression: str, timeout: float = 60):
+        result = self.send("Runtime.evaluate", {"expression": expression, "awaitPromise": True,
+                                                "returnByValue": True}, session, timeout)
+        if "exceptionDetails" in result:
+            raise RuntimeError(f"{expression[:60]}...: {result['exceptionDetails']}")
+        return result["result"].get("value")
+
+    def close(self) -> None:
+        try:
+            self.send("Browser.close", timeout=10)
+        except Exception:  # already gone
+            pass
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        os.close(self._in)
+        os.close(self._out)
+
+
+@pytest.fixture(scope="session")
+def browser(tmp_path_factory):
     exe = _chromium()
     if exe is None:
         if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
             pytest.fail("CI is set but chromium is missing: run `make chromium` (apt-get install chromium)")
         pytest.skip("chromium is not installed (make chromium)")
+    b = _Browser(exe, tmp_path_factory.mktemp("chromium-profile"))
+    yield b
+    b.close()
+
+
+# What the browser finds on a page once MathJax has run: the visible tables, images, formulas, and the
+# code blocks whose lines run out of view.
+_INSPECT = """(async () => {
+  if (window.MathJax && MathJax.startup) await MathJax.startup.promise;
+  await document.fonts.ready;
+  await new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)));
+  const article = document.querySelector("article.bd-article") || document.body;
+  const visible = e => {
+    const r = e.getBoundingClientRect(), s = getComputedStyle(e);
+    return r.width > 1 && r.height > 1 && s.visibility !== "hidden" && s.display !== "none";
+  };
+  const all = sel => [...article.querySelectorAll(sel)];
+  const typeset = e => e.querySelector("mjx-container") && visible(e.querySelector("mjx-container"));
+  return {
+    tables: all("table").length,
+    visibleTables: all("table").filter(e => visible(e) && e.querySelectorAll("td").length > 0).length,
+    images: all("img").length,
+    visibleImages: all("img").filter(e => visible(e) && e.complete && e.naturalWidth > 0).length,
+    maths: all(".math").length,
+    rendered: all(".math").filter(typeset).length,
+    mathjax: window.MathJax && MathJax.version,
+    mathjaxFonts: [...document.fonts].filter(f => f.family.includes("MJX") && f.status === "loaded").length,
+    cutCode: all("pre").filter(e => visible(e) && e.scrollWidth > e.clientWidth + 1)
+                       .map(e => e.textContent.slice(0, 80)),
+    pageWidth: document.documentElement.scrollWidth,
+    viewportWidth: window.innerWidth,
+  };
+})()"""
+
+_SCROLL_TO = """(async () => {
+  const article = document.querySelector("article.bd-article") || document.body;
+  const e = [...article.querySelectorAll(%s)].find(%s);
+  e.scrollIntoView({block: "center"});
+  await new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)));
+  const r = e.getBoundingClientRect();
+  return [r.left, r.top, r.right, r.bottom];
+})()"""
+
+# name -> (CSS selector, JavaScript test of an element) of what a page must show
+_TARGETS = {
+    "table": ('"table"', 'e => e.querySelectorAll("td").length > 0 && e.getBoundingClientRect().width > 1'),
+    "figure": ('"img"', "e => e.naturalWidth > 0 && e.getBoundingClientRect().width > 1"),
+    "formula": ('".math"', 'e => e.querySelector("mjx-container")'),
+}
+# page -> what it must show (True) or must show visibly when it has one (None)
+_PAGES = {
+    "book/intro": {"formula": None, "table": None, "figure": None},
+    "notebooks/06_tables": {"formula": True, "table": True, "figure": None},
+    "notebooks/07_heatmaps": {"formula": True, "table": None, "figure": True},
+}
+_WIDTHS = {"desktop": (1280, 900), "phone": (390, 844)}
+
+
+def _png(data: str, path: Path) -> np.ndarray:
+    import base64
+
     from PIL import Image
 
+    path.write_bytes(base64.b64decode(data))
+    with Image.open(path) as im:
+        return np.asarray(im.convert("L"), dtype=np.float64)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("width", list(_WIDTHS))
+@pytest.mark.parametrize("page", list(_PAGES))
+def test_page_in_the_browser(built_book, browser, screenshot_dir, page, width):
+    """A page at a desktop and a phone width: not blank, formulas typeset by the site's own MathJax, its
+    tables and figures visible, no code line cut off, nothing loaded from the web. Screenshots of the top
+    of the page and of each of its first table, figure and formula are kept."""
     html_dir, _ = built_book
-    png = tmp_path / "shot.png"
-    cmd = [exe, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-           "--disable-background-networking", "--disable-component-update", "--disable-sync",
-           f"--user-data-dir={tmp_path / 'profile'}", f"--screenshot={png}", "--window-size=1200,900",
-           "--hide-scrollbars", "--virtual-time-budget=5000", (html_dir / f"{page}.html").as_uri()]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
-    assert png.is_file(), proc.stderr[-3000:]
-    with Image.open(png) as im:
-        pixels = np.asarray(im.convert("L"), dtype=np.float64)
-    assert pixels.shape == (900, 1200)
-    assert pixels.std() > 15, f"screenshot of {page} looks blank (pixel std {pixels.std():.1f})"
-    assert (pixels < 200).mean() > 0.02, f"screenshot of {page} has almost no dark pixels"
+    w, h = _WIDTHS[width]
+    target = browser.send("Target.createTarget", {"url": "about:blank"})["targetId"]
+    session = browser.send("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
+    try:
+        browser.send("Emulation.setDeviceMetricsOverride", {"width": w, "height": h, "deviceScaleFactor": 1,
+                                                            "mobile": width == "phone"}, session)
+        for domain in ("Page", "Network"):
+            browser.send(f"{domain}.enable", {}, session)
+        browser.send("Page.navigate", {"url": (html_dir / f"{page}.html").as_uri()}, session)
+        browser.wait_for("Page.loadEventFired", session)
+        found = browser.evaluate(session, _INSPECT)
+        requests = [e["params"]["request"]["url"] for e in browser.events
+                    if e.get("sessionId") == session and e.get("method") == "Network.requestWillBeSent"]
+        stem = f"{page.replace('/', '_')}-{width}"
+        pixels = _png(browser.send("Page.captureScreenshot", {"format": "png"}, session)["data"],
+                      screenshot_dir / f"{stem}.png")
+        shots = {}
+        for name, required in _PAGES[page].items():
+            count = {"table": found["visibleTables"], "figure": found["visibleImages"], "formula": found["rendered"]}
+            present = {"table": found["tables"], "figure": found["images"], "formula": found["maths"]}[name]
+            if not required and not present:
+                continue
+            assert count[name] > 0, f"{page} ({width}): no visible {name} ({found})"
+            box = browser.evaluate(session, _SCROLL_TO % _TARGETS[name])
+            shot = _png(browser.send("Page.captureScreenshot", {"format": "png"}, session)["data"],
+                        screenshot_dir / f"{stem}-{name}.png")
+            left, top, right, bottom = (int(round(v)) for v in box)
+            crop = shot[max(top, 0):min(bottom, h), max(left, 0):min(right, w)]
+            assert crop.size > 0, f"{page} ({width}): the {name} is outside the window after scrolling ({box})"
+            shots[name] = crop
+    finally:
+        browser.send("Target.closeTarget", {"targetId": target})
+        browser.events = [e for e in browser.events if e.get("sessionId") != session]
+
+    assert pixels.shape == (h, w)
+    assert pixels.std() > 15, f"screenshot of {page} ({width}) looks blank (pixel std {pixels.std():.1f})"
+    assert (pixels < 200).mean() > 0.02, f"screenshot of {page} ({width}) has almost no dark pixels"
+    for name, crop in shots.items():
+        assert crop.std() > 10, f"the {name} of {page} ({width}) looks blank on the screen"
+    assert found["rendered"] == found["maths"], f"{page} ({width}): formulas left as TeX ({found})"
+    if found["maths"]:
+        assert found["mathjax"] == "3.2.2" and found["mathjaxFonts"] > 0, found
+    assert not found["cutCode"], f"{page} ({width}): code lines run out of view: {found['cutCode']}"
+    assert found["pageWidth"] <= found["viewportWidth"], f"{page} ({width}) scrolls sideways ({found})"
+    assert all(u.startswith(("file:", "data:", "blob:", "about:")) for u in requests), \
+        f"{page} loads from the web: {[u for u in requests if u.startswith('http')]}"
