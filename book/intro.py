@@ -19,7 +19,7 @@
 # networks and results committed in `results/full/`.
 
 # %% tags=["remove-cell"]
-from sepdtd import book, experiments, mechanism, plots, report
+from sepdtd import book, experiments, plots, report
 
 book.setup_notebook()
 units = experiments.load_results(experiments.default_results_dir("full"))

@@ -35,8 +35,8 @@ from sepdtd import experiments, utils
 from sepdtd.pipeline import measure, store, train, view
 from sepdtd.pipeline.config import MeasureConfig, dataset_name, lam_tag
 
-__all__ = ["ABLATIONS", "ABLATION_LAM", "SWEEP_LAMS", "SWEEP_MAX_EPOCHS", "SWEEP_PENALTY", "SEEDS", "jobs", "measurements", "run",
-           "reproduce", "unit", "load_results", "ablation_rows", "sweep_rows", "bias_effects"]
+__all__ = ["ABLATIONS", "ABLATION_LAM", "SWEEP_LAMS", "SWEEP_MAX_EPOCHS", "SWEEP_PENALTY", "SEEDS", "jobs",
+           "measurements", "run", "reproduce", "unit", "load_results", "ablation_rows", "sweep_rows", "bias_effects"]
 
 #: The ablations: name -> the fine-tuning settings they change (:class:`~sepdtd.pipeline.config.TrainConfig`).
 ABLATIONS: dict[str, dict[str, Any]] = {
