@@ -32,7 +32,8 @@ __all__ = ["PAPER_TABLE2", "PAPER_TABLE3", "BOOK_CONVENTION", "PRIMARY_CONVENTIO
            "finetune_fit", "at_equal_penalty", "or_dash", "is_control", "lam_text", "tuning_verdicts",
            "tuning_controls", "tuning_labels", "tuning_starts", "tuning_endpoints", "rows", "seed_walls",
            "closest_convention", "convention_scores", "convention_ratio_scores", "format_tables", "claims",
-           "format_claims", "claims_table", "DIFFUSED_COSINE", "main"]
+           "format_claims", "claims_table", "DIFFUSED_COSINE", "lam_label", "paired_table", "sign_table",
+           "convention_table", "main"]
 
 _LAMS = (0.0, 0.1, 0.5, 1.0, 5.0)
 
@@ -698,7 +699,8 @@ def claims(rows_: Sequence[dict], *, convention: str | None = None) -> list[dict
     -------
     list of dict
         Keys ``claim``, ``profile``, ``dataset``, ``lam``, ``convention``, ``held`` (True, False, or None
-        when undetermined), ``why`` (how the interval lies), ``ours`` (the mean difference, or the
+        when undetermined), ``verdict`` ("held", "not held", "inconclusive" when the interval includes the
+        bound, "open" without an interval), ``why`` (how the interval lies), ``ours`` (the mean difference, or the
         baseline's accuracy), ``interval`` (``{mean, lo, hi, n}``; None for ``baseline_accuracy``),
         ``reference`` (the claim's bound) and ``text`` (one line with the numbers).
     """
@@ -716,7 +718,8 @@ def claims(rows_: Sequence[dict], *, convention: str | None = None) -> list[dict
                 note = "" if held else (f" (within the paper's rounding: its {paper:.2f} may stand for as little as "
                                         f"{paper - _ROUNDING:.3f})" if r["accuracy"] >= bound - _ROUNDING else "")
                 out.append({"claim": "baseline_accuracy", "profile": r["profile"], "dataset": r["dataset"],
-                            "lam": 0.0, "convention": None, "held": held, "why": "mean over seeds",
+                            "lam": 0.0, "convention": None, "held": held, "verdict": "held" if held else "not held",
+                            "why": "mean over seeds",
                             "ours": r["accuracy"], "interval": None, "reference": bound,
                             "text": f"{label}: baseline accuracy {r['accuracy']:.4f}, {r['n_seeds']} seed(s) "
                                     f"(claim: at least the paper's {paper:.2f} - {ACCURACY_TOLERANCE} = "
@@ -732,7 +735,8 @@ def claims(rows_: Sequence[dict], *, convention: str | None = None) -> list[dict
             held, why = _judge(iv, 0.0)
             name = "diffusion" if conv == main else f"diffusion[{conv}]"
             out.append({"claim": name, "profile": r["profile"], "dataset": r["dataset"], "lam": r["lam"],
-                        "convention": conv, "held": held, "why": f"{why} 0" if held is not None else why,
+                        "convention": conv, "held": held, "verdict": _word(held, (0, 0), why),
+                        "why": f"{why} 0" if held is not None else why,
                         "ours": iv["mean"], "interval": iv, "reference": 0.0,
                         "text": f"{label} λ={r['lam']:g}: d[{conv}] − baseline {_iv_text(iv, 3)} "
                                 f"(claim: above 0)"})
@@ -740,7 +744,7 @@ def claims(rows_: Sequence[dict], *, convention: str | None = None) -> list[dict
         if iv["mean"] is not None:
             held, why = _judge(iv, -ACCURACY_TOLERANCE, strict=False)
             out.append({"claim": "accuracy", "profile": r["profile"], "dataset": r["dataset"], "lam": r["lam"],
-                        "convention": None, "held": held,
+                        "convention": None, "held": held, "verdict": _word(held, (0, 0), why),
                         "why": f"{why} -{ACCURACY_TOLERANCE:g}" if held is not None else why,
                         "ours": iv["mean"], "interval": iv, "reference": -ACCURACY_TOLERANCE,
                         "text": f"{label} λ={r['lam']:g}: accuracy − baseline {_iv_text(iv, 4)} "
@@ -827,8 +831,8 @@ def claims_table(rows_: Sequence[dict], *, lam: float = 1.0) -> list[dict]:
                         "paper": f"d {d_paper[0.0]:.2f} → {d_paper[lam]:.2f}" if lam in d_paper else "—",
                         "ours": f"d[{PRIMARY_CONVENTION}] " + _mean_sd(r["variants"].get(PRIMARY_CONVENTION),
                                                                       r["variants_sd"].get(PRIMARY_CONVENTION),
-                                                                      p["d"]["n"], 3),
-                        "paired": _iv_text(p["d"], 3), "verdict": _word(held, oth, why),
+                                                                      p["d"]["n"], 4),
+                        "paired": _iv_text(p["d"], 4), "verdict": _word(held, oth, why),
                         "reason": reason(held, why, "d:", "0", oth)})
             held, why = _judge(_negated(p["abs_cosine"]), 0.0)
             out.append({"claim": "fine-tuning separates the heatmaps (|cos|)", "dataset": label, "paper": "—",
@@ -885,6 +889,94 @@ def _claims_summary(claims_: Sequence[dict]) -> list[str]:
 
 
 # ------------------------------------------------------------------------------------------ tables
+def lam_label(lam: float) -> str:
+    """A λ as a table shows it: "Baseline" for 0, one decimal where that is exact."""
+    if lam == 0:
+        return "Baseline"
+    if is_control(lam):
+        return "→ 0 (control)"
+    return f"{lam:.1f}" if round(lam, 1) == lam else f"{lam:g}"
+
+
+def paired_table(rows_: Sequence[dict]) -> tuple[list[str], list[list[str]]]:
+    """Each fine-tune against its own seed's baseline: one line per (data set, λ).
+
+    Returns
+    -------
+    header, body
+        Columns: data set, λ, seeds, then the mean paired difference with its 95 % interval of accuracy,
+        |cos| of the top-2 heatmaps and d under :data:`PRIMARY_CONVENTION`, and the verdicts of the
+        two claims of Section 5.2 (d rises; accuracy at most :data:`ACCURACY_TOLERANCE` lower).
+    """
+    verdicts = {(c["dataset"], c["lam"], c["claim"]): c["verdict"] for c in claims(rows_)
+                if c["claim"] in ("diffusion", "accuracy")}
+    header = ["data set", "λ", "seeds", "Δ accuracy", "Δ |cos|", f"Δ d [{PRIMARY_CONVENTION}]",
+              "d rises", f"accuracy ≥ −{ACCURACY_TOLERANCE:g}"]
+    body = []
+    for r in rows_:
+        if "paired" not in r:
+            continue
+        p = r["paired"]
+        body.append([DATASET_LABELS.get(r["dataset"], r["dataset"]), lam_label(r["lam"]),
+                     ", ".join(map(str, r["seeds"])), _iv_text(p["accuracy"], 4), _iv_text(p["abs_cosine"], 3),
+                     _iv_text(p["d"], 4), verdicts.get((r["dataset"], r["lam"], "diffusion"), "—"),
+                     verdicts.get((r["dataset"], r["lam"], "accuracy"), "—")])
+    return header, body
+
+
+def sign_table(rows_: Sequence[dict]) -> tuple[list[str], list[list[str]]]:
+    """The signs of the top-1 and top-2 logits, beside the signed and sign-blind cosines.
+
+    A DTD heatmap carries the sign of its logit, so where a logit is <= 0 its heatmap is a negated
+    pattern, and the signed cosine reads that as a different explanation; |cos| does not.
+
+    Returns
+    -------
+    header, body
+        One line per (data set, λ) with the stored fields: the share of images whose top-1 and top-2
+        logits are <= 0 (mean over seeds), the signed cosine and |cos|; "—" where a result lacks them (the
+        results of the first layout).
+    """
+    def pct(v: float | None) -> str:
+        return "—" if v is None else f"{100 * v:.1f} %"
+
+    header = ["data set", "λ", "seeds", "top-1 logit ≤ 0", "top-2 logit ≤ 0", "signed cos", "|cos|"]
+    body = [[DATASET_LABELS.get(r["dataset"], r["dataset"]), lam_label(r["lam"]), ", ".join(map(str, r["seeds"])),
+             pct(r["logit_nonpositive"][0]), pct(r["logit_nonpositive"][1]), or_dash(r["cosine"], "+.3f"),
+             or_dash(r["abs_cosine"], ".3f")] for r in rows_]
+    return header, body
+
+
+def convention_table(rows_: Sequence[dict]) -> tuple[list[str], list[list[str]]]:
+    """Sensitivity to the scale of the heatmaps: per convention, in how many (data set, λ) the claim
+    "d rises" held, and how many were inconclusive or open.
+
+    Returns
+    -------
+    header, body
+        One line per convention of :data:`sepdtd.metrics.CONVENTIONS`, the primary one marked; one column
+        per data set, as "held / judged" with the inconclusive and open counts.
+    """
+    cs = claims(rows_)
+    datasets = sorted({r["dataset"] for r in rows_}, key=lambda d: (_ORDER.get(d, 99), d))
+    header = ["convention"] + [DATASET_LABELS.get(d, d) for d in datasets]
+    body = []
+    for conv in CONVENTIONS:
+        line = [f"`{conv}`" + (" (primary)" if conv == PRIMARY_CONVENTION else "")]
+        for d in datasets:
+            mine = [c for c in cs if c["convention"] == conv and c["dataset"] == d
+                    and c["claim"].startswith("diffusion")]
+            if not mine:
+                line.append("—")
+                continue
+            count = {w: sum(c["verdict"] == w for c in mine) for w in ("held", "inconclusive", "open")}
+            text = f"{count['held']} of {len(mine)} held"
+            extra = [f"{count[w]} {w}" for w in ("inconclusive", "open") if count[w]]
+            line.append(text + (f" ({', '.join(extra)})" if extra else ""))
+        body.append(line)
+    return header, body
+
+
 def _cell(mean: float | None, sd: float | None, paper: float | None, digits: int) -> str:
     if mean is None:
         s = "—"
@@ -900,7 +992,7 @@ def _table(rs: list[dict], key: str, title: str, digits: int, convention: str | 
     head = ["λ"] + [DATASET_LABELS.get(d, d) for d in datasets]
     body = []
     for lam in lams:
-        line = ["Baseline" if lam == 0 else (f"{lam:.1f}" if round(lam, 1) == lam else f"{lam:g}")]
+        line = [lam_label(lam)]
         for d in datasets:
             r = by.get((d, lam))
             if r is None:

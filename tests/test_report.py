@@ -363,3 +363,46 @@ def test_an_interval_across_the_bound_is_inconclusive_not_a_failure():
                   t=(0.0, 1.0)) for k in range(3)]
     table = {(r["claim"], r["dataset"]): r for r in report.claims_table(report.rows(res))}
     assert table[("accuracy does not decrease notably", "MNIST")]["verdict"] == "not held"
+
+
+def test_the_paired_table_gives_each_fine_tune_its_interval_and_verdicts():
+    base_acc, shift = (0.985, 0.975, 0.99), (-0.03, 0.02, 0.0)
+    res = [result("mnist", k, d={0.0: 0.5, **{lam: 0.6 + 0.01 * k for lam in LAMS[1:]}},
+                  acc={0.0: base_acc[k], **{lam: base_acc[k] + shift[k] for lam in LAMS[1:]}},
+                  t=(0.0, 1.0)) for k in range(3)]
+    header, body = report.paired_table(report.rows(res))
+    assert header[5] == f"Δ d [{report.PRIMARY_CONVENTION}]"
+    assert [line[1] for line in body] == ["0.1", "0.5", "1.0", "5.0"]          # no line for the baseline
+    line = body[2]
+    assert line[2] == "0, 1, 2"
+    # d under sc-sum is 0.02 * d: differences 0.0020, 0.0022, 0.0024, sd 0.0002, t(2) = 4.303
+    half = 4.303 * 0.0002 / 3 ** 0.5
+    assert line[5] == f"+0.0022 [{0.0022 - half:+.4f}, {0.0022 + half:+.4f}], n = 3"
+    assert line[6] == "held" and line[7] == "inconclusive"
+    one = report.paired_table(report.rows(res[:1]))[1]
+    assert one[0][5].endswith("n = 1") and one[0][6] == "open"
+
+
+def test_the_sign_table_reads_the_stored_logit_signs():
+    res = [result("mnist", 0, d=flat(0.5), acc=flat(0.98), t=(0.0, 1.0))]
+    for s in res[0]["settings"]:
+        s["logit_nonpositive"] = [0.0, 0.25] if s["lam"] == 0 else [0.9, 1.0]
+        s["abs_cosine"] = 0.99 if s["lam"] == 0 else 0.4
+    header, body = report.sign_table(report.rows(res))
+    assert header[3:5] == ["top-1 logit ≤ 0", "top-2 logit ≤ 0"]
+    assert body[0][3:] == ["0.0 %", "25.0 %", "+0.900", "0.990"]
+    assert body[3][3:5] == ["90.0 %", "100.0 %"] and body[3][6] == "0.400"
+    legacy = [result("mnist", 0, d=flat(0.5), acc=flat(0.98), t=(0.0, 1.0))]
+    assert report.sign_table(report.rows(legacy))[1][0][3:5] == ["—", "—"]
+
+
+def test_the_convention_table_counts_the_verdicts_per_convention():
+    res = [result("mnist", k, d={0.0: 0.5, **{lam: 0.6 + 0.01 * k for lam in LAMS[1:]}}, acc=flat(0.98),
+                  t=(0.0, 1.0)) for k in range(3)]
+    header, body = report.convention_table(report.rows(res))
+    assert header == ["convention", "MNIST"]
+    assert [line[0] for line in body][:1] == ["`raw`"]
+    primary = next(line for line in body if "(primary)" in line[0])
+    assert primary[0] == f"`{report.PRIMARY_CONVENTION}` (primary)" and primary[1] == "4 of 4 held"
+    one = report.convention_table(report.rows(res[:1]))[1]
+    assert one[0][1] == "0 of 4 held (4 open)"
