@@ -36,7 +36,7 @@ from sepdtd.pipeline import measure, store, train, view
 from sepdtd.pipeline.config import MeasureConfig, dataset_name, lam_tag
 
 __all__ = ["BeyondProfile", "PROFILES", "jobs", "measurements", "run", "ensure", "reproduce", "unit",
-           "load_results", "summary", "factors"]
+           "load_results", "summary", "gt_table", "factors"]
 
 
 @dataclass(frozen=True)
@@ -274,24 +274,33 @@ def summary(results: Sequence[dict], *, convention: str = "max") -> list[dict]:
     ``(mean, sd)`` pairs, ``diffusion`` (Eq. 7 under ``convention``), ``cosine``, ``mass1``, ``mass2``,
     ``point1``, ``point2`` (top-1 / top-2 class), ``mass_obj1``, ``mass_obj2``, ``point_obj1``,
     ``point_obj2`` (the same on the two objects' pixels only, ``objects_only=True``), ``accuracy``,
-    ``recognized``, ``train_wall_s``; ``mass1_se``, ``mass2_se``: the standard error of the mean mass
-    accuracy over the scored images where it is defined (of the seeds' mean), a float or None; plus ``params``,
-    ``n_seeds``, ``n_scored`` (per seed) and ``epochs``.
+    ``recognized``, ``train_wall_s``, ``abs_cosine``; ``mass1_se``, ``mass2_se``: the standard error of the
+    mean mass accuracy over the scored images where it is defined (of the seeds' mean), a float or None;
+    ``mass_nan``, ``pointing_nan`` and ``covered``: the undefined cases, [top-1, top-2] summed over the seeds
+    (None for results that predate them); plus ``params``, ``n_seeds``, ``seeds``, ``n_scored`` (per seed) and
+    ``epochs``.
     """
     groups: dict[tuple, list[tuple[dict, dict]]] = defaultdict(list)
+    seeds: dict[tuple, set] = defaultdict(set)
     for res in results:
         for e in res["entries"]:
             for method, m in e["methods"].items():
                 groups[(res["dataset"], e["model"], method)].append((e, m))
+                seeds[(res["dataset"], e["model"], method)].add(res.get("seed"))
     rows = []
     for (dataset, model, method), items in groups.items():
         e0 = items[0][0]
         row = {"dataset": dataset, "model": model, "family": e0["family"], "lam": e0.get("lam"),
                "n_conv": e0.get("n_conv"), "width": e0.get("width"), "method": method, "params": e0.get("params"),
-               "n_seeds": len(items), "n_scored": [m.get("n_scored") for _, m in items],
+               "n_seeds": len(items), "seeds": sorted(seeds[(dataset, model, method)]),
+               "n_scored": [m.get("n_scored") for _, m in items],
                "epochs": [e.get("epochs") for e, _ in items]}
         row["diffusion"] = _stats([m["diffusion"].get(convention) for _, m in items])[:2]
         row["cosine"] = _stats([m["cosine"] for _, m in items])[:2]
+        row["abs_cosine"] = _stats([m.get("abs_cosine") for _, m in items])[:2]
+        for key in ("mass_nan", "pointing_nan", "covered"):
+            counts = [m.get(key) for _, m in items]
+            row[key] = None if any(c is None for c in counts) else [sum(c[k] for c in counts) for k in (0, 1)]
         for k in (0, 1):
             row[f"mass{k + 1}"] = _stats([m["mass"][k] for _, m in items])[:2]
             row[f"point{k + 1}"] = _stats([m["pointing"][k] for _, m in items])[:2]
@@ -312,6 +321,50 @@ def summary(results: Sequence[dict], *, convention: str = "max") -> list[dict]:
     rows.sort(key=lambda r: (order.get(r["dataset"], 9), fam[r["family"]], r["lam"] or 0.0, r["n_conv"] or 0,
                              methods.index(r["method"]) if r["method"] in methods else 99))
     return rows
+
+
+def gt_table(rows: Sequence[dict], dataset: str, *, method: str = "dtd",
+             family: str = "lambda") -> tuple[list[str], list[list[str]]]:
+    """Chapter 9's table: the ground-truth metrics of one data set's networks, with their undefined counts.
+
+    The metrics are computed on sign-corrected heatmaps (relevance times the sign of its logit), and the
+    pointing game on their positive part. A composite has no value where its heatmap holds no positive
+    relevance outside the pixels both objects share, or where its object lies inside them (``covered``).
+
+    Parameters
+    ----------
+    rows : sequence of dict
+        :func:`summary`.
+    dataset, method, family : str
+        Which rows.
+
+    Returns
+    -------
+    header, body
+        One line per network: λ, seeds, scored composites (summed over seeds), mass accuracy and pointing of
+        the top-1 and top-2 class (mean ± sd over seeds), the undefined counts of the pointing game
+        (top-1 / top-2), |cos| and Eq. 7's d of the top-2 heatmaps on real test images.
+    """
+    def cell(pair: tuple, pct: bool = False) -> str:
+        mean, sd = pair
+        if mean is None:
+            return "—"
+        f = (lambda v: f"{100 * v:.0f}%") if pct else (lambda v: f"{v:.2f}")
+        return f(mean) + (f" ± {f(sd)}" if sd is not None else "")
+
+    header = ["λ", "seeds", "scored", "mass top-1", "mass top-2", "pointing top-1", "pointing top-2",
+              "undefined top-1 / top-2", "|cos|", "d"]
+    body = []
+    for r in rows:
+        if (r["dataset"], r["method"], r["family"]) != (dataset, method, family):
+            continue
+        nan = r.get("pointing_nan")
+        body.append(["Baseline" if not r["lam"] else f"{r['lam']:g}", ", ".join(map(str, r.get("seeds", []))),
+                     str(sum(n or 0 for n in r["n_scored"])), cell(r["mass1"]), cell(r["mass2"]),
+                     cell(r["point1"], True), cell(r["point2"], True),
+                     "—" if nan is None else f"{nan[0]} / {nan[1]}", cell(r.get("abs_cosine", (None, None))),
+                     cell(r["diffusion"])])
+    return header, body
 
 
 def factors(rows: Sequence[dict], *, lam: float = 1.0) -> list[dict]:

@@ -180,3 +180,21 @@ def test_summary_standard_errors_count_only_defined_masses(smoke_unit):
     for r in beyond.summary(results):
         se = want[(r["dataset"], r["model"], r["method"])]
         assert (r["mass1_se"], r["mass2_se"]) == pytest.approx(se, nan_ok=True)
+
+
+def test_the_ground_truth_table_sums_the_undefined_cases_over_seeds(smoke_unit):
+    _, res = smoke_unit
+    rows = beyond.summary([res, {**res, "seed": 1}])
+    base = next(r for r in rows if r["model"] == "baseline" and r["method"] == "dtd")
+    m = res["entries"][0]["methods"]["dtd"]
+    assert base["seeds"] == [0, 1]
+    assert base["pointing_nan"] == [2 * m["pointing_nan"][0], 2 * m["pointing_nan"][1]]
+    header, body = beyond.gt_table(rows, res["dataset"])
+    assert header[7] == "undefined top-1 / top-2"
+    assert [line[0] for line in body][0] == "Baseline" and all(line[1] == "0, 1" for line in body)
+    assert body[0][2] == str(2 * m["n_scored"])
+    assert body[0][7] == f"{2 * m['pointing_nan'][0]} / {2 * m['pointing_nan'][1]}"
+    # results that predate the undefined counts show a dash, not a zero
+    old = {**res, "entries": [{**e, "methods": {k: {kk: vv for kk, vv in v.items() if kk != "pointing_nan"}
+                                                for k, v in e["methods"].items()}} for e in res["entries"]]}
+    assert beyond.gt_table(beyond.summary([old]), res["dataset"])[1][0][7] == "—"
