@@ -36,7 +36,8 @@ from sepdtd.pipeline import measure, store, train, view
 from sepdtd.pipeline.config import MeasureConfig, dataset_name, lam_tag
 
 __all__ = ["ABLATIONS", "ABLATION_LAM", "SWEEP_LAMS", "SWEEP_MAX_EPOCHS", "SWEEP_PENALTY", "SEEDS", "jobs",
-           "measurements", "run", "reproduce", "unit", "load_results", "ablation_rows", "sweep_rows", "bias_effects"]
+           "measurements", "run", "reproduce", "unit", "load_results", "ablation_rows", "ablation_table", "sweep_rows",
+           "bias_effects", "NETWORK_LABELS"]
 
 #: The ablations: name -> the fine-tuning settings they change (:class:`~sepdtd.pipeline.config.TrainConfig`).
 ABLATIONS: dict[str, dict[str, Any]] = {
@@ -224,6 +225,49 @@ def ablation_rows(results: Sequence[dict]) -> list[dict]:
                          "top2_parts": m["logit_parts"]["top2"], "top1_parts": m["logit_parts"]["top1"],
                          "inblock": p["inblock"], "epochs": e["epochs"]})
     return rows
+
+
+#: How chapter 10 names the networks of :func:`ablation_rows`.
+NETWORK_LABELS: dict[str, str] = {"baseline": "baseline", f"lam{ABLATION_LAM!r}": f"λ = {ABLATION_LAM:g}",
+                                  "abl-free-output-bias": f"λ = {ABLATION_LAM:g}, output bias free",
+                                  "abl-output-penalty": f"λ = {ABLATION_LAM:g}, Eq. 6 on the output layer only"}
+
+
+def ablation_table(rows: Sequence[dict]) -> tuple[list[str], list[list[str]]]:
+    """Chapter 10's table of the ablations: one line per (data set, seed, network) of :func:`ablation_rows`.
+
+    Returns
+    -------
+    header, body
+        Data set, seed, network, test accuracy, the shares of top-1 / top-2 logits <= 0 on the test images
+        (raw, then with each image's mean logit subtracted), |cos| of the top-1 and top-2 heatmaps, and the
+        top-2 class's sign-corrected pointing game with its undefined count.
+    """
+    from sepdtd.report import DATASET_LABELS, or_dash
+
+    def shares(pair: Sequence[float | None] | None) -> str:
+        return "—" if pair is None else " / ".join(or_dash(v, ".0%") for v in pair)
+
+    header = ["data set", "seed", "network", "accuracy", "logits ≤ 0 (top-1 / top-2)", "centred logits ≤ 0",
+              "|cos|", "pointing top-2 (sign-corrected)", "undefined"]
+    order = list(NETWORK_LABELS)
+    body = []
+    for r in sorted(rows, key=lambda r: (r["dataset"], r["seed"], order.index(r["tag"]) if r["tag"] in order
+                                         else len(order))):
+        point = r["pointing2"]
+        if isinstance(point, dict):
+            point = point.get("corrected")
+        body.append([DATASET_LABELS.get(r["dataset"], r["dataset"]), str(r["seed"]),
+                     NETWORK_LABELS.get(r["tag"], r["tag"]), or_dash(r["accuracy"], ".3f"),
+                     shares(r["logit_nonpositive"]), shares(r["centered_logit_nonpositive"]),
+                     or_dash(r["abs_cosine"], ".3f"), or_dash(point, ".0%"),
+                     str(_corrected(r["pointing2_nan"]))])
+    return header, body
+
+
+def _corrected(value: Any) -> Any:
+    """The sign-corrected entry of a field stored per sign convention, or the value itself."""
+    return value.get("corrected", "—") if isinstance(value, dict) else ("—" if value is None else value)
 
 
 def sweep_rows(results: Sequence[dict], *, convention: str | None = None) -> list[dict]:

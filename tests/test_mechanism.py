@@ -83,3 +83,21 @@ def test_a_unit_of_the_study_runs_and_is_read_back(synthetic, tiny_mechanism, di
     # the measure command finds every measurement of the study
     plans = remeasure.plans("tiny", "mnist", 0, tags)
     assert set(plans) == {"paper", "mechanism"} and set(plans["paper"]) == set(tags)
+
+
+def _ablation_row(tag, seed=0, dataset="mnist", corrected=0.25, nan=3):
+    return {"dataset": dataset, "seed": seed, "tag": tag, "accuracy": 0.98, "abs_cosine": 0.5,
+            "logit_nonpositive": [0.1, 0.9], "centered_logit_nonpositive": [0.0, None],
+            "pointing2": {"signed": 0.0, "corrected": corrected, "centered": 0.5},
+            "pointing2_nan": {"signed": 7, "corrected": nan, "centered": 0}}
+
+
+def test_the_ablation_table_orders_the_networks_and_shows_the_sign_corrected_pointing_game():
+    rows = [_ablation_row("abl-output-penalty"), _ablation_row("lam1.0", corrected=None, nan=12),
+            _ablation_row("baseline", seed=1), _ablation_row("baseline")]
+    header, body = mechanism.ablation_table(rows)
+    assert len(header) == len(body[0]) == 9
+    assert [(b[1], b[2]) for b in body] == [("0", "baseline"), ("0", "λ = 1"),
+                                            ("0", "λ = 1, Eq. 6 on the output layer only"), ("1", "baseline")]
+    assert body[0][4:] == ["10% / 90%", "0% / —", "0.500", "25%", "3"]
+    assert body[1][7:] == ["—", "12"]
