@@ -1,0 +1,223 @@
+"""What each chapter finds, in one or two sentences generated from the results it shows.
+
+Every chapter of the book opens with a box: what the paper says, and what we find
+(:func:`sepdtd.book.opening`). Where the finding holds numbers, it is generated here from the aggregated
+rows of :func:`sepdtd.report.rows` (or the chapter's own results), so that the box always agrees with
+the tables below it. Each function returns plain Markdown; none reads files.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+
+from sepdtd import report
+
+__all__ = ["tables", "signs", "tuning", "diffusion", "baselines", "penalty", "heatmaps", "weights",
+           "ground_truth", "causes", "join"]
+
+#: The λ at which the book reads a fine-tune (the paper's Figures 4-6).
+LAM = 1.0
+
+
+def join(items: Sequence[str]) -> str:
+    """``a``, ``a and b``, ``a, b and c``."""
+    items = list(items)
+    if len(items) <= 1:
+        return "".join(items)
+    return ", ".join(items[:-1]) + " and " + items[-1]
+
+
+def _label(dataset: str) -> str:
+    return report.DATASET_LABELS.get(dataset, dataset)
+
+
+def _span(values: Iterable[float | None], fmt: str) -> str | None:
+    vals = [v for v in values if v is not None and math.isfinite(v)]
+    if not vals:
+        return None
+    lo, hi = format(min(vals), fmt), format(max(vals), fmt)
+    return lo if lo == hi else f"{lo}–{hi}"
+
+
+def _seeds(rows: Sequence[Mapping]) -> str:
+    seeds = sorted({s for r in rows for s in r["seeds"]})
+    return f"seed {seeds[0]}" if len(seeds) == 1 else "seeds " + join([str(s) for s in seeds])
+
+
+def _verdicts(claims: Sequence[Mapping], name: str) -> str:
+    """"held for MNIST, inconclusive for CIFAR-10": the data sets of each verdict of claim ``name``."""
+    by: dict[str, list[str]] = {}
+    for c in claims:
+        if c["claim"] == name:
+            by.setdefault(c["verdict"], []).append(_label(c["dataset"]))
+    order = ("held", "not held", "inconclusive", "open")
+    return "; ".join(f"{w} for {join(by[w])}" for w in order if w in by)
+
+
+def tables(rows: Sequence[Mapping], lam: float = LAM) -> str:
+    """Chapter 6: the verdicts of Section 5.2's two claims at ``lam``, from the paired intervals."""
+    cs = [c for c in report.claims(rows) if c["lam"] == lam and c["claim"] in ("diffusion", "accuracy")]
+    if not cs:
+        return "No fine-tuned results to judge."
+    kept = [r for r in rows if r["lam"] == lam]
+    text = (f"At λ = {lam:g}, *d rises* is {_verdicts(cs, 'diffusion')}. *Accuracy within "
+            f"{report.ACCURACY_TOLERANCE:g}* is {_verdicts(cs, 'accuracy')}.")
+    if any(c["verdict"] == "open" for c in cs):
+        text += " Open means one seed, with no interval."
+    return text + f" ({_seeds(kept)}, paired with their own baselines.)"
+
+
+def signs(rows: Sequence[Mapping]) -> str:
+    """Chapter 6-7: how often the top logits are <= 0, before and after fine-tuning."""
+    with_signs = [r for r in rows if r["logit_nonpositive"][1] is not None]
+    if not with_signs:
+        return "These results predate the sign fields: their networks were not kept."
+    base = _span([r["logit_nonpositive"][1] for r in with_signs if r["lam"] == 0], ".0%")
+    tuned = _span([r["logit_nonpositive"][1] for r in with_signs if r["lam"] > 0], ".0%")
+    top1 = _span([r["logit_nonpositive"][0] for r in with_signs if r["lam"] > 0], ".0%")
+    names = join(sorted({_label(r["dataset"]) for r in with_signs}))
+    parts = []
+    if tuned is not None:
+        parts.append(f"After fine-tuning, the top-2 logit is ≤ 0 on {tuned} of the test images, and the top-1 "
+                     f"logit on {top1}.")
+    if base is not None:
+        parts.append(f"For the baselines the top-2 share is {base}.")
+    parts.append(f"Where a logit is ≤ 0, DTD explains it with a negated pattern ({names}).")
+    return " ".join(parts)
+
+
+def tuning(tuned: Sequence[Mapping], lam: float = LAM) -> str:
+    """Appendix: what the block structure costs against a control fine-tuned without the penalty."""
+    from sepdtd import tuning as tuning_
+
+    if not tuned:
+        return "No fine-tuning search results in this checkout."
+    rows = tuning_.summary(tuned)
+    costs = []
+    for r in rows:
+        if r["name"] != "paper" or r["lam"] != lam:
+            continue
+        ctrl = next((c for c in rows if (c["dataset"], c["seed"], c["name"]) == (r["dataset"], r["seed"], "paper")
+                     and report.is_control(c["lam"])), None)
+        if ctrl is not None:
+            costs.append((r["dataset"], r["seed"], ctrl["accuracy"] - r["accuracy"]))
+    if not costs:
+        return "No fine-tune of the paper's settings has a control yet."
+    by: dict[str, list[tuple[int, float]]] = {}
+    for ds, sd, cost in costs:
+        by.setdefault(ds, []).append((sd, cost))
+    parts = [f"{_label(ds)}: {join([f'{c:.3f}' for _, c in sorted(v)])} at seeds "
+             f"{join([str(s) for s, _ in sorted(v)])}" for ds, v in by.items()]
+    return (f"With the paper's settings, λ = {lam:g} ends below a control fine-tuned without the penalty. "
+            f"The cost in test accuracy is {'; '.join(parts)}.")
+
+
+def diffusion(rows: Sequence[Mapping]) -> str:
+    """Chapter 3: how alike the baselines' top-1 and top-2 heatmaps are, without their signs."""
+    base = [r for r in rows if r["lam"] == 0 and r["abs_cosine"] is not None]
+    if not base:
+        return "The results shown lack |cos|: their networks were not kept."
+    alike = [r for r in base if r["abs_cosine"] > report.DIFFUSED_COSINE]
+    cells = join([f"{r['abs_cosine']:.3f} for {_label(r['dataset'])}" for r in base])
+    verdict = ("one pattern up to sign, as the paper says" if len(alike) == len(base) else
+               f"one pattern up to sign for {join([_label(r['dataset']) for r in alike])} only" if alike else
+               "not one pattern")
+    return (f"The baselines' top-1 and top-2 heatmaps are {verdict}. Their mean |cos| is {cells} "
+            f"({_seeds(base)}).")
+
+
+def baselines(rows: Sequence[Mapping]) -> str:
+    """Chapter 4: the baselines' accuracy against the paper's Table 3."""
+    cs = [c for c in report.claims(rows) if c["claim"] == "baseline_accuracy"]
+    if not cs:
+        return "No baseline results."
+    cells = join([f"{c['ours']:.4f} for {_label(c['dataset'])}" for c in cs])
+    return (f"Our baselines reach a test accuracy of {cells}. The paper's value minus 0.01 is "
+            f"{_verdicts(cs, 'baseline_accuracy')}.")
+
+
+def _inblock(r: Mapping) -> float | None:
+    vals = [v for v in r.get("inblock") or [] if v is not None]
+    return sum(vals) / len(vals) if vals else None
+
+
+def penalty(rows: Sequence[Mapping]) -> str:
+    """Chapter 5: the in-block share of the positive dense weights, before and after fine-tuning."""
+    base = _span([_inblock(r) for r in rows if r["lam"] == 0], ".2f")
+    tuned = _span([_inblock(r) for r in rows if r["lam"] > 0], ".2f")
+    if base is None or tuned is None:
+        return "No in-block shares in the results shown."
+    return (f"Fine-tuning moves the share of positive dense weight inside the class blocks from {base} to "
+            f"{tuned}, over every λ and data set shown.")
+
+
+def heatmaps(rows: Sequence[Mapping], lam: float = LAM) -> str:
+    """Chapter 7: what fine-tuning at ``lam`` does to the top-2 heatmap."""
+    tuned = [r for r in rows if r["lam"] == lam and r["logit_nonpositive"][1] is not None]
+    base = {r["dataset"]: r for r in rows if r["lam"] == 0}
+    if not tuned:
+        return "The results shown lack the sign fields: their networks were not kept."
+    share = _span([r["logit_nonpositive"][1] for r in tuned], ".0%")
+    cos = join([f"{base[r['dataset']]['abs_cosine']:.2f} to {r['abs_cosine']:.2f} for {_label(r['dataset'])}"
+                for r in tuned if r["dataset"] in base and base[r["dataset"]]["abs_cosine"] is not None
+                and r["abs_cosine"] is not None])
+    text = (f"At λ = {lam:g}, the top-2 logit is ≤ 0 on {share} of the test images, so DTD draws the second "
+            "heatmap as a negated pattern.")
+    if cos:
+        text += f" Without the sign, |cos| goes from {cos}."
+    return text
+
+
+def weights(rows: Sequence[Mapping], dataset: str, lam: float = LAM) -> str:
+    """Chapter 8: the in-block share of one data set's dense weights, baseline and ``lam``."""
+    by = {r["lam"]: r for r in rows if r["dataset"] == dataset}
+    if 0.0 not in by or lam not in by:
+        return f"No {_label(dataset)} results at λ = 0 and {lam:g}."
+    b, t = _inblock(by[0.0]), _inblock(by[lam])
+    if b is None or t is None:
+        return "No in-block shares in the results shown."
+    return (f"For {_label(dataset)}, the share of positive dense weight inside the class blocks is {b:.2f} for "
+            f"the baseline and {t:.2f} at λ = {lam:g} ({_seeds([by[lam]])}).")
+
+
+def ground_truth(rows: Sequence[Mapping], lam: float = LAM) -> str:
+    """Chapter 9: does the second class's sign-corrected DTD heatmap point at its own object?
+
+    Parameters
+    ----------
+    rows : sequence of dict
+        :func:`sepdtd.beyond.summary`: one per (data set, network, method).
+    """
+    dtd = [r for r in rows if r["method"] == "dtd" and r["family"] == "lambda"]
+    base = _span([r["point2"][0] for r in dtd if r["lam"] == 0], ".0%")
+    tuned = _span([r["point2"][0] for r in dtd if r["lam"] == lam], ".0%")
+    if base is None or tuned is None:
+        return "No ground-truth results for DTD."
+    names = join(sorted({_label(r["dataset"]) for r in dtd}))
+    seeds = _span([r["n_seeds"] for r in dtd], "d")
+    return (f"On images that hold two objects, DTD's sign-corrected second heatmap points at the second object "
+            f"in {base} of cases for the baselines and {tuned} at λ = {lam:g}. This covers {names}, with "
+            f"{seeds} seed(s) each.")
+
+
+def causes(rows: Sequence[Mapping]) -> str:
+    """Chapter 10: what makes the fine-tuned logits negative, from the ablations.
+
+    Parameters
+    ----------
+    rows : sequence of dict
+        :func:`sepdtd.mechanism.ablation_rows`.
+    """
+    def share(tag: str) -> str | None:
+        return _span([r["logit_nonpositive"][1] for r in rows if r["tag"] == tag], ".0%")
+
+    paper = share(f"lam{LAM!r}")
+    if paper is None:
+        return "No ablation results."
+    text = f"At λ = {LAM:g} the top-2 logit is ≤ 0 on {paper} of the test images."
+    for tag, what in (("abl-free-output-bias", "with the output bias left free"),
+                      ("abl-output-penalty", "with the penalty on the output layer only")):
+        s = share(tag)
+        if s is not None:
+            text += f" {what[0].upper() + what[1:]}, on {s}."
+    return text

@@ -1,0 +1,111 @@
+"""The chapters' generated findings (sepdtd.findings) say what the rows say, whatever the numbers."""
+from __future__ import annotations
+
+from test_report import LAMS, flat, result
+
+from sepdtd import book, findings, report
+
+
+def three_seeds(acc_shift=(0.0, 0.0, 0.0), d_step=0.1):
+    base_acc = (0.985, 0.975, 0.99)
+    return [result("mnist", k, d={0.0: 0.5, **{lam: 0.5 + d_step + 0.01 * k for lam in LAMS[1:]}},
+                   acc={0.0: base_acc[k], **{lam: base_acc[k] + acc_shift[k] for lam in LAMS[1:]}},
+                   t=(0.0, 1.0)) for k in range(3)]
+
+
+def with_signs(res, base=(0.0, 0.2), tuned=(0.9, 1.0), cos=(0.99, 0.4)):
+    for r in res:
+        for s in r["settings"]:
+            s["logit_nonpositive"] = list(base if s["lam"] == 0 else tuned)
+            s["abs_cosine"] = cos[0] if s["lam"] == 0 else cos[1]
+    return res
+
+
+def test_join():
+    assert findings.join([]) == "" and findings.join(["a"]) == "a"
+    assert findings.join(["a", "b"]) == "a and b" and findings.join(["a", "b", "c"]) == "a, b and c"
+
+
+def test_the_tables_finding_follows_the_verdicts():
+    text = findings.tables(report.rows(three_seeds()))
+    assert "*d rises* is held for MNIST" in text and "*Accuracy within 0.01* is held for MNIST" in text
+    assert "seeds 0, 1 and 2" in text and "Open means" not in text
+    text = findings.tables(report.rows(three_seeds(acc_shift=(-0.03, 0.02, 0.0))))
+    assert "*Accuracy within 0.01* is inconclusive for MNIST" in text
+    text = findings.tables(report.rows(three_seeds()[:1]))
+    assert "is open for MNIST" in text and "Open means one seed" in text and "(seed 0," in text
+    assert findings.tables([]) == "No fine-tuned results to judge."
+
+
+def test_the_sign_finding_reads_the_stored_shares_or_says_they_are_missing():
+    text = findings.signs(report.rows(with_signs(three_seeds())))
+    assert "top-2 logit is ≤ 0 on 100% of the test images, and the top-1 logit on 90%" in text
+    assert "For the baselines the top-2 share is 20%." in text
+    assert "predate the sign fields" in findings.signs(report.rows(three_seeds()))
+
+
+def test_the_diffusion_finding_names_the_data_sets_that_are_one_pattern():
+    rows = report.rows(with_signs(three_seeds()))
+    assert findings.diffusion(rows).startswith("The baselines' top-1 and top-2 heatmaps are one pattern up to sign, "
+                                               "as the paper says. Their mean |cos| is 0.990 for MNIST")
+    rows = report.rows(with_signs(three_seeds(), cos=(0.5, 0.4)))
+    assert "are not one pattern" in findings.diffusion(rows)
+    assert "lack |cos|" in findings.diffusion(report.rows(three_seeds()))
+
+
+def test_the_baseline_finding_gives_the_accuracy_and_the_verdict():
+    res = [result("cifar10", 0, d=flat(0.1), acc=flat(0.75), t=(0.0, 1.0)),
+           result("mnist", 0, d=flat(0.1), acc=flat(0.99), t=(0.0, 1.0))]
+    text = findings.baselines(report.rows(res))
+    assert "0.7500 for CIFAR-10 and 0.9900 for MNIST" in text
+    assert "held for MNIST; not held for CIFAR-10" in text
+
+
+def test_the_penalty_and_weights_findings_read_the_in_block_shares():
+    rows = report.rows(three_seeds())        # inblock [0.1 + λ/10, 0.2] per network
+    assert findings.penalty(rows) == ("Fine-tuning moves the share of positive dense weight inside the class blocks "
+                                      "from 0.15 to 0.16–0.40, over every λ and data set shown.")
+    assert findings.weights(rows, "mnist") == ("For MNIST, the share of positive dense weight inside the class "
+                                               "blocks is 0.15 for the baseline and 0.20 at λ = 1 (seeds 0, 1 "
+                                               "and 2).")
+    assert findings.weights(rows, "cifar10").startswith("No CIFAR-10 results")
+
+
+def test_the_heatmap_finding_says_the_second_heatmap_is_negated():
+    text = findings.heatmaps(report.rows(with_signs(three_seeds())))
+    assert text.startswith("At λ = 1, the top-2 logit is ≤ 0 on 100% of the test images")
+    assert "|cos| goes from 0.99 to 0.40 for MNIST" in text
+    assert "lack the sign fields" in findings.heatmaps(report.rows(three_seeds()))
+
+
+def test_the_ground_truth_finding_reads_dtd_on_the_lambda_family():
+    rows = [{"dataset": "mnist", "method": "dtd", "family": "lambda", "lam": 0.0, "point2": (0.1, None), "n_seeds": 1},
+            {"dataset": "mnist", "method": "dtd", "family": "lambda", "lam": 1.0, "point2": (0.6, None), "n_seeds": 1},
+            {"dataset": "mnist", "method": "sglrp", "family": "lambda", "lam": 1.0, "point2": (0.9, None),
+             "n_seeds": 1}]
+    text = findings.ground_truth(rows)
+    assert "in 10% of cases for the baselines and 60% at λ = 1" in text and "MNIST, with 1 seed(s)" in text
+    assert findings.ground_truth(rows[2:]) == "No ground-truth results for DTD."
+
+
+def test_the_causes_finding_compares_the_ablations():
+    rows = [{"tag": "lam1.0", "logit_nonpositive": [0.9, 1.0]},
+            {"tag": "abl-free-output-bias", "logit_nonpositive": [0.0, 0.3]},
+            {"tag": "abl-output-penalty", "logit_nonpositive": [0.1, 0.5]}]
+    assert findings.causes(rows) == ("At λ = 1 the top-2 logit is ≤ 0 on 100% of the test images. With the output "
+                                     "bias left free, on 30%. With the penalty on the output layer only, on 50%.")
+    assert findings.causes(rows[1:]) == "No ablation results."
+
+
+def test_the_opening_box_is_a_myst_admonition_with_two_lines():
+    box = book.opening("it says so.", "we see it.", note="A note.")
+    assert box.startswith("```{admonition} In brief\n:class: tip\n") and box.endswith("\n```")
+    assert "**The paper:** it says so.\n\n**We find:** we see it.\n\nA note." in box
+
+
+def test_the_full_profiles_opening_rows_come_from_every_committed_unit():
+    rows = book.rows_for("full", 0, "cpu")
+    from sepdtd import experiments
+
+    units = experiments.load_results(experiments.default_results_dir("full"))
+    assert rows and {r["dataset"] for r in rows} == {u["dataset"] for u in units}
