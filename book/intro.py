@@ -109,6 +109,7 @@ fig = plots.claims_figure(rows)
 # | {doc}`../notebooks/09_ground_truth` | beyond: images with a known region per class |
 # | {doc}`../notebooks/10_causes` | beyond: what causes diffusion, and why the logits turn negative |
 # | {doc}`../notebooks/11_your_network` | the package on a network of your own |
+# | {doc}`../notebooks/12_finetuning_search` | appendix: other fine-tuning settings, against controls |
 #
 # Each page states its profile, seeds, commit and device. `make book` shows the full profile from the
 # committed networks; `make book PROFILE=quick` retrains a reduced version on a laptop. The page
