@@ -15,6 +15,15 @@
 # %% [markdown]
 # # Deep Taylor Decomposition from first principles (Section 2.2, Eq. 1-4)
 #
+# ```{admonition} In brief
+# :class: tip
+# **The paper:** DTD's $z^+$ and $z^B$ rules (Eq. 3-4) follow from a first-order Taylor expansion at a
+# root point (Eq. 1-2).
+#
+# **We find:** the package computes exactly these rules. The checks below compare it with the formulas
+# in float64 and with zennit, and test that it conserves relevance.
+# ```
+#
 # Deep Taylor Decomposition (DTD, {cite}`montavon2017explaining`) explains the output $f_c(\mathbf{x})$
 # of a ReLU network by handing its value down, layer by layer, to the pixels. This page derives the two
 # rules the paper uses, $z^+$ (Eq. 3) and $z^B$ (Eq. 4), from the Taylor expansion of Eq. 1, and checks

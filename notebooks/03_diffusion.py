@@ -35,13 +35,15 @@ book.setup_notebook(data_dir)
 import numpy as np
 import torch
 
-from sepdtd import data, dtd, experiments, metrics, plots, utils
+from sepdtd import data, dtd, experiments, findings, metrics, plots, utils
 
 dev = utils.resolve_device(device)
 result = book.unit_for(profile, "cifar10", seed, device)
 prov = book.provenance(result, profile=profile, seed=seed, device=device)
 book.show_provenance(prov)
-book.show_markdown(book.profile_note(profile, [result]))
+book.show_markdown(book.opening("DTD heatmaps of one image look alike whatever class they explain (Figure 1).",
+                                findings.diffusion(book.rows_for(profile, seed, device)),
+                                note=book.profile_note(profile, [result])))
 net = experiments.load_model(result["profile"], "cifar10", 0.0, seed=seed, device=dev)
 cifar = data.load("cifar10")
 classes = cifar.classes

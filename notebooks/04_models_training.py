@@ -35,13 +35,16 @@ from sepdtd import book
 book.setup_notebook(data_dir)
 
 # %%
-from sepdtd import data, experiments, models, plots, report
+from sepdtd import data, experiments, findings, models, plots, report
 
 results = {name: book.unit_for(profile, name, seed, device)
            for name in ("cifar10", "fashion_mnist", "mnist")}
 prov = book.provenance(list(results.values()), profile=profile, seed=seed, device=device)
 book.show_provenance(prov)
-book.show_markdown(book.profile_note(profile, results.values()))
+book.show_markdown(book.opening("the baselines of Table 1 reach a test accuracy of 0.99 (MNIST), 0.91 "
+                                "(Fashion-MNIST) and 0.80 (CIFAR-10) (Table 3).",
+                                findings.baselines(book.rows_for(profile, seed, device)),
+                                note=book.profile_note(profile, results.values())))
 
 # %% [markdown]
 # ## Table 1, generated from the models

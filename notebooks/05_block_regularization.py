@@ -36,13 +36,16 @@ book.setup_notebook(data_dir)
 # %%
 import torch
 
-from sepdtd import experiments, models, plots, regularization, report
+from sepdtd import experiments, findings, models, plots, regularization, report
 
 results = {name: book.unit_for(profile, name, seed, device)
            for name in ("cifar10", "fashion_mnist", "mnist")}
 prov = book.provenance(list(results.values()), profile=profile, seed=seed, device=device)
 book.show_provenance(prov)
-book.show_markdown(book.profile_note(profile, results.values()))
+book.show_markdown(book.opening("an L1 penalty on the positive weights between class blocks of the dense "
+                                "layers (Eq. 5-6) keeps the classes' paths apart.",
+                                findings.penalty(book.rows_for(profile, seed, device)),
+                                note=book.profile_note(profile, results.values())))
 
 # %% [markdown]
 # ## The penalty

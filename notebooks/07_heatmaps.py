@@ -36,7 +36,7 @@ book.setup_notebook(data_dir)
 # %%
 import torch
 
-from sepdtd import data, dtd, experiments, metrics, plots, report, utils
+from sepdtd import data, dtd, experiments, findings, metrics, plots, report, utils
 
 dev = utils.resolve_device(device)
 LAM = 1.0
@@ -44,7 +44,10 @@ results = {name: book.unit_for(profile, name, seed, device)
            for name in ("cifar10", "fashion_mnist")}
 prov = book.provenance(list(results.values()), profile=profile, seed=seed, device=device)
 book.show_provenance(prov)
-book.show_markdown(book.profile_note(profile, results.values()))
+book.show_markdown(book.opening("after fine-tuning, each of the two top classes is explained by its own "
+                                "evidence (Figures 4 and 5).",
+                                findings.heatmaps(book.rows_for(profile, seed, device), LAM),
+                                note=book.profile_note(profile, results.values())))
 
 # %% [markdown]
 # ## Choosing the images

@@ -15,6 +15,14 @@
 # %% [markdown]
 # # Your own network
 #
+# ```{admonition} In brief
+# :class: tip
+# **The paper:** the block-wise penalty applies to the dense layers of any classifier (Section 4).
+#
+# **We find:** the paper's steps run on a network that is not in Table 1, through the public API. The
+# numbers on this page illustrate the calls; they are not a result about this network.
+# ```
+#
 # Nothing in `sepdtd` is tied to the paper's three networks. The DTD engine explains any plain
 # `torch.nn.Sequential` of the layers the rules of Section 2.2 are defined for, the penalty of Eq. 6
 # applies to every dense layer of any model, and the training loop and the metrics take tensors. This
