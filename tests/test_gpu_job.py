@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
@@ -16,7 +17,8 @@ REPO = Path(__file__).resolve().parent.parent
 @pytest.mark.slow
 def test_the_gpu_job_keeps_every_cifar10_network(tmp_path):
     results, out = tmp_path / "results", tmp_path / "out"
-    env = {**os.environ, "PROFILE": "smoke", "DEVICE": "cpu", "SEEDS": "0 1", "RESULTS": str(results),
+    env = {**os.environ, "PYTHON": sys.executable, "PROFILE": "smoke", "DEVICE": "cpu", "SEEDS": "0 1",
+           "RESULTS": str(results),
            "OUT": str(out), "SEPDTD_CACHE": str(tmp_path / "cache")}
     run = subprocess.run(["bash", "scripts/gpu/job.sh"], cwd=REPO, env=env, capture_output=True, text=True,
                          timeout=900)
