@@ -194,10 +194,11 @@ def ground_truth(rows: Sequence[Mapping], lam: float = LAM) -> str:
     if base is None or tuned is None:
         return "No ground-truth results for DTD."
     names = join(sorted({_label(r["dataset"]) for r in dtd}))
-    seeds = _span([r["n_seeds"] for r in dtd], "d")
+    counts = sorted({r["n_seeds"] for r in dtd})
+    seeds = "one seed" if counts == [1] else f"{_span(counts, 'd')} seeds"
     return (f"On images that hold two objects, DTD's sign-corrected second heatmap points at the second object "
             f"in {base} of cases for the baselines and {tuned} at λ = {lam:g}. This covers {names}, with "
-            f"{seeds} seed(s) each.")
+            f"{seeds} each.")
 
 
 def causes(rows: Sequence[Mapping]) -> str:

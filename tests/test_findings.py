@@ -84,7 +84,7 @@ def test_the_ground_truth_finding_reads_dtd_on_the_lambda_family():
             {"dataset": "mnist", "method": "sglrp", "family": "lambda", "lam": 1.0, "point2": (0.9, None),
              "n_seeds": 1}]
     text = findings.ground_truth(rows)
-    assert "in 10% of cases for the baselines and 60% at λ = 1" in text and "MNIST, with 1 seed(s)" in text
+    assert "in 10% of cases for the baselines and 60% at λ = 1" in text and "MNIST, with one seed each." in text
     assert findings.ground_truth(rows[2:]) == "No ground-truth results for DTD."
 
 
