@@ -652,7 +652,7 @@ def _judge(iv: dict, bound: float, *, strict: bool = True) -> tuple[bool | None,
     """The verdict of a claim ``difference > bound`` (``>=`` unless ``strict``) from its interval: held,
     not held, or undetermined (None) without an interval."""
     if iv["mean"] is None:
-        return None, "no paired seeds"
+        return None, "not measured for these results"
     if iv["n"] < 2:
         return None, "one seed, no interval"
     tol = 0.0 if strict else 1e-12

@@ -109,3 +109,9 @@ def test_the_full_profiles_opening_rows_come_from_every_committed_unit():
 
     units = experiments.load_results(experiments.default_results_dir("full"))
     assert rows and {r["dataset"] for r in rows} == {u["dataset"] for u in units}
+
+
+def test_a_claim_whose_field_was_never_measured_is_open_and_says_so():
+    table = report.claims_table(report.rows(three_seeds()))       # results without the sign fields
+    (row,) = [r for r in table if r["claim"] == "the top-2 heatmap looks like the top-1's"]
+    assert (row["verdict"], row["reason"]) == ("open", "not measured for these results")
