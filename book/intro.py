@@ -64,16 +64,16 @@ def claims_of(verdicts, reasons=None):
 
 held = claims_of(("held",))
 other = claims_of(("not held", "partly"))
-one_seed = claims_of(("open",), ("one seed, no interval",))
+undecided = claims_of(("inconclusive", "open"))
 lines = ["**What held.**" + ("" if held else " Nothing, at the seeds measured so far.")]
 lines += [f"- {claim}: {', '.join(r['dataset'] for r in rs)}." for claim, rs in held.items()]
 lines += ["", "**What did not, or only partly.**" + ("" if other else " Nothing.")]
 lines += [f"- {claim}: " + "; ".join(f"{r['dataset']} {r['verdict']} ({r['reason'].split(';')[0]})" for r in rs) + "."
           for claim, rs in other.items()]
-if one_seed:
-    lines += ["", "**Open.** One seed gives no interval: "
-              + "; ".join(f"{claim.lower()} ({', '.join(r['dataset'] for r in rs)})" for claim, rs in one_seed.items())
-              + "."]
+if undecided:
+    lines += ["", "**Not decided.** The results cannot tell."]
+    lines += [f"- {claim}: " + "; ".join(f"{r['dataset']} {r['verdict']} ({r['reason'].split(';')[0]})" for r in rs)
+              + "." for claim, rs in undecided.items()]
 lines += ["", "**Networks kept.** " + ("; ".join(kept) if kept else "none yet") + "."]
 if legacy:
     lines += ["", f"**Networks not kept.** {'; '.join(legacy)}: the numbers of an earlier run whose networks "
