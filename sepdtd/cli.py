@@ -226,6 +226,9 @@ def _run(args: argparse.Namespace) -> int:
 
         out = remeasure.run(args.profile, datasets=args.datasets, seeds=args.seeds, device=args.device,
                             results_dir=args.results_dir, force=args.force)
+        if not out["kept"]:
+            print(f"no kept networks under {out['root']}: nothing to measure")
+            return 0
         print(f"measured {len(out['networks'])} (network, measurement) pairs in {out['wall_s']:.1f} s on "
               f"{out['device']}; {out['current']} were current")
         return 0

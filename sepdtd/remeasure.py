@@ -61,19 +61,15 @@ def run(profile: str, *, datasets: Sequence[str] | None = None, seeds: Sequence[
     Returns
     -------
     dict
-        ``networks`` (measured now), ``current`` (kept as they were), ``wall_s`` and ``device``.
+        ``networks`` (measured now), ``current`` (kept as they were), ``kept`` (the number of train
+        records, one per data set and seed), ``wall_s`` and ``device``.
 
-    Raises
-    ------
-    FileNotFoundError
-        If the profile's folder has no train records.
+    A profile without train records has no kept networks: nothing is measured (``kept`` is 0).
     """
     root = store.profile_root(profile, results_dir)
     want_ds = None if datasets is None else {dataset_name(d) for d in datasets}
     want_seeds = None if seeds is None else {int(s) for s in seeds}
     records = sorted((root / "train").glob("*/seed*.json"))
-    if not records:
-        raise FileNotFoundError(f"no train records under {root}/train: there are no kept networks to measure")
     dev = utils.resolve_device(device)
     work = []
     for path in records:
@@ -97,5 +93,5 @@ def run(profile: str, *, datasets: Sequence[str] | None = None, seeds: Sequence[
             bar.update(len(plan) - (len(measured) - before))
     finally:
         bar.close()
-    return {"networks": measured, "current": total - len(measured), "wall_s": time.time() - t0,
+    return {"networks": measured, "current": total - len(measured), "kept": len(records), "wall_s": time.time() - t0,
             "device": utils.device_name(dev), "root": str(Path(root))}

@@ -135,3 +135,12 @@ def test_cuda_without_cuda_is_refused_before_any_work(no_work, capsys):
     assert cli.main(["reproduce", "--profile", "smoke", "--device", "cuda"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: --device: device cuda was asked for but CUDA is not available here; use --device cpu")
+
+
+def test_measuring_a_profile_without_kept_networks_does_nothing_and_says_so(capsys, tmp_path):
+    """`make book` runs the measure command first; a fresh clone whose full profile keeps no network yet
+    has nothing to measure, and the book goes on with what is committed."""
+    (tmp_path / "results").mkdir()
+    assert cli.main(["measure", "--profile", "smoke", "--results-dir", str(tmp_path / "results")]) == 0
+    assert capsys.readouterr().out.strip() == f"no kept networks under {tmp_path / 'results'}: nothing to measure"
+    assert not list((tmp_path / "results").iterdir())
