@@ -60,8 +60,9 @@ def tables(rows: Sequence[Mapping], lam: float = LAM) -> str:
     if not cs:
         return "No fine-tuned results to judge."
     kept = [r for r in rows if r["lam"] == lam]
-    text = (f"At λ = {lam:g}, *d rises* is {_verdicts(cs, 'diffusion')}. *Accuracy within "
-            f"{report.ACCURACY_TOLERANCE:g}* is {_verdicts(cs, 'accuracy')}.")
+    rises = _verdicts(cs, "diffusion") or f"not measured for these results (no d[{report.PRIMARY_CONVENTION}])"
+    text = (f"At λ = {lam:g}, *d rises* is {rises}. *Accuracy within "
+            f"{report.ACCURACY_TOLERANCE:g}* is {_verdicts(cs, 'accuracy') or 'not measured'}.")
     if any(c["verdict"] == "open" for c in cs):
         text += " Open means one seed, with no interval."
     return text + f" ({_seeds(kept)}, paired with their own baselines.)"
@@ -97,8 +98,9 @@ def tuning(tuned: Sequence[Mapping], lam: float = LAM) -> str:
     for r in rows:
         if r["name"] != "paper" or r["lam"] != lam:
             continue
-        ctrl = next((c for c in rows if (c["dataset"], c["seed"], c["name"]) == (r["dataset"], r["seed"], "paper")
-                     and report.is_control(c["lam"])), None)
+        key = tuple(r.get(k) for k in report._CONTROL_KEY)
+        ctrls = [c for c in rows if report.is_control(c["lam"]) and tuple(c.get(k) for k in report._CONTROL_KEY) == key]
+        ctrl = min(ctrls, key=lambda c: bool(c.get("stale")), default=None)   # a current control first
         if ctrl is not None:
             costs.append((r["dataset"], r["seed"], ctrl["accuracy"] - r["accuracy"]))
     if not costs:
@@ -106,10 +108,13 @@ def tuning(tuned: Sequence[Mapping], lam: float = LAM) -> str:
     by: dict[str, list[tuple[int, float]]] = {}
     for ds, sd, cost in costs:
         by.setdefault(ds, []).append((sd, cost))
-    parts = [f"{_label(ds)}: {join([f'{c:.3f}' for _, c in sorted(v)])} at seeds "
+    parts = [f"{_label(ds)}: {join([f'{c:.3f}' for _, c in sorted(v)])} at seed{'s' if len(v) > 1 else ''} "
              f"{join([str(s) for s, _ in sorted(v)])}" for ds, v in by.items()]
-    return (f"With the paper's settings, λ = {lam:g} ends below a control fine-tuned without the penalty. "
-            f"The cost in test accuracy is {'; '.join(parts)}.")
+    below = all(c > 0 for *_, c in costs)
+    above = all(c < 0 for *_, c in costs)
+    verb = "ends below" if below else "ends above" if above else "ends on either side of"
+    return (f"With the paper's settings, λ = {lam:g} {verb} a control fine-tuned without the penalty. "
+            f"The control's test accuracy minus λ = {lam:g}'s is {'; '.join(parts)}.")
 
 
 def diffusion(rows: Sequence[Mapping]) -> str:
@@ -197,8 +202,8 @@ def ground_truth(rows: Sequence[Mapping], lam: float = LAM) -> str:
     counts = sorted({r["n_seeds"] for r in dtd})
     seeds = "one seed" if counts == [1] else f"{_span(counts, 'd')} seeds"
     return (f"On images that hold two objects, DTD's sign-corrected second heatmap points at the second object "
-            f"in {base} of cases for the baselines and {tuned} at λ = {lam:g}. This covers {names}, with "
-            f"{seeds} each.")
+            f"in {base} of the composites where it is defined for the baselines, and in {tuned} at λ = {lam:g}. "
+            f"This covers {names}, with {seeds} each.")
 
 
 def causes(rows: Sequence[Mapping]) -> str:

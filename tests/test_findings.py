@@ -84,7 +84,8 @@ def test_the_ground_truth_finding_reads_dtd_on_the_lambda_family():
             {"dataset": "mnist", "method": "sglrp", "family": "lambda", "lam": 1.0, "point2": (0.9, None),
              "n_seeds": 1}]
     text = findings.ground_truth(rows)
-    assert "in 10% of cases for the baselines and 60% at λ = 1" in text and "MNIST, with one seed each." in text
+    assert "in 10% of the composites where it is defined for the baselines, and in 60% at λ = 1" in text
+    assert "MNIST, with one seed each." in text
     assert findings.ground_truth(rows[2:]) == "No ground-truth results for DTD."
 
 
@@ -115,3 +116,30 @@ def test_a_claim_whose_field_was_never_measured_is_open_and_says_so():
     table = report.claims_table(report.rows(three_seeds()))       # results without the sign fields
     (row,) = [r for r in table if r["claim"] == "the top-2 heatmap looks like the top-1's"]
     assert (row["verdict"], row["reason"]) == ("open", "not measured for these results")
+
+
+def test_the_tables_finding_says_when_d_was_not_measured():
+    res = three_seeds()
+    for r in res:                                # results of the first layout: no sign-corrected d
+        for s in r["settings"]:
+            s["diffusion"].pop("sc-sum")
+    text = findings.tables(report.rows(res))
+    assert "*d rises* is not measured for these results (no d[sc-sum])" in text
+    assert "*Accuracy within 0.01* is held for MNIST" in text and " is ." not in text
+
+
+def test_the_tuning_finding_pairs_each_fine_tune_with_its_own_control(monkeypatch):
+    from sepdtd import tuning
+
+    def row(lam, acc, lr=1e-4, stale=False):
+        return {"dataset": "cifar10", "seed": 0, "name": "paper", "lr": lr, "optimizer": "adam", "batch_size": 64,
+                "patience": 3, "max_epochs": None, "baseline_accuracy": 0.8, "lam": lam, "accuracy": acc,
+                "stale": stale}
+
+    rows = [row(1.0, 0.80), row(report.CONTROL_LAM, 0.99, lr=1e-5), row(report.CONTROL_LAM, 0.70, stale=True),
+            row(report.CONTROL_LAM, 0.85)]
+    monkeypatch.setattr(tuning, "summary", lambda results: rows)
+    text = findings.tuning([{}])
+    assert "λ = 1 ends below a control" in text and "CIFAR-10: 0.050 at seed 0." in text
+    rows[-1]["accuracy"] = 0.78
+    assert "λ = 1 ends above a control" in findings.tuning([{}])
