@@ -65,10 +65,18 @@ def run(profile: str, *, datasets: Sequence[str] | None = None, seeds: Sequence[
         records, one per data set and seed), ``wall_s`` and ``device``.
 
     A profile without train records has no kept networks: nothing is measured (``kept`` is 0).
+
+    Raises
+    ------
+    FileNotFoundError
+        If the profile's folder does not exist.
     """
     root = store.profile_root(profile, results_dir)
     want_ds = None if datasets is None else {dataset_name(d) for d in datasets}
     want_seeds = None if seeds is None else {int(s) for s in seeds}
+    if not Path(root).is_dir():
+        raise FileNotFoundError(f"no results folder {root}: check --results-dir, or train with `python -m sepdtd "
+                                f"reproduce --profile {profile}`")
     records = sorted((root / "train").glob("*/seed*.json"))
     dev = utils.resolve_device(device)
     work = []

@@ -144,3 +144,8 @@ def test_measuring_a_profile_without_kept_networks_does_nothing_and_says_so(caps
     assert cli.main(["measure", "--profile", "smoke", "--results-dir", str(tmp_path / "results")]) == 0
     assert capsys.readouterr().out.strip() == f"no kept networks under {tmp_path / 'results'}: nothing to measure"
     assert not list((tmp_path / "results").iterdir())
+
+
+def test_measuring_a_folder_that_does_not_exist_is_an_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no results folder .*missing: check --results-dir"):
+        remeasure.run("smoke", results_dir=tmp_path / "missing", device="cpu", progress=False)
