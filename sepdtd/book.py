@@ -261,24 +261,27 @@ _DATASET_ORDER = ["cifar10", "fashion_mnist", "mnist"]
 
 
 def rows_for(profile: str, seed: int, device: str) -> list[dict]:
-    """The aggregated rows (:func:`sepdtd.report.rows`) a page's opening box reads.
+    """The aggregated rows (:func:`sepdtd.report.rows`) a page's opening box reads: those of the units the
+    page shows, so that the box and the page agree.
 
-    At the full profile, every committed result of ``results/full/`` (all seeds, and the numbers of the
-    first layout where no network is kept); at another profile, the page's own units of the three data
-    sets (:func:`unit_for`, trained where missing).
+    At the full profile, a data set whose networks are kept gives every kept seed; one that keeps none
+    gives the page's fallback unit (:func:`unit_for`). At another profile, the page's own units of the
+    three data sets (trained where missing).
     """
     import warnings
 
     from sepdtd import experiments, report
 
-    if profile == "full":
-        folder = experiments.default_results_dir("full")
-        if not folder.is_dir():
-            return []
+    kept: list[dict] = []
+    folder = experiments.default_results_dir("full")
+    if profile == "full" and folder.is_dir():
         with warnings.catch_warnings():  # an unfinished unit is named by the page's own provenance
             warnings.simplefilter("ignore")
-            return report.rows(experiments.load_results(folder))
-    return report.rows([unit_for(profile, name, seed, device) for name in _DATASET_ORDER])
+            kept = [u for u in experiments.load_results(folder) if u["networks_kept"]]
+    units: list[dict] = []
+    for name in _DATASET_ORDER:
+        units += [u for u in kept if u["dataset"] == name] or [unit_for(profile, name, seed, device)]
+    return report.rows(units)
 
 
 def beyond_results(profile: str, seed: int, device: str, datasets: Sequence[str]) -> list[dict]:

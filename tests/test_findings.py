@@ -104,12 +104,21 @@ def test_the_opening_box_is_a_myst_admonition_with_two_lines():
     assert "**The paper:** it says so.\n\n**We find:** we see it.\n\nA note." in box
 
 
-def test_the_full_profiles_opening_rows_come_from_every_committed_unit():
-    rows = book.rows_for("full", 0, "cpu")
+def test_the_opening_rows_are_those_of_the_units_the_page_shows(monkeypatch):
     from sepdtd import experiments
 
-    units = experiments.load_results(experiments.default_results_dir("full"))
-    assert rows and {r["dataset"] for r in rows} == {u["dataset"] for u in units}
+    kept = [{**u, "networks_kept": True} for u in three_seeds()]                  # MNIST, seeds 0-2, kept
+    legacy = [{**result("cifar10", 0, d={lam: 0.5 for lam in LAMS}, acc={lam: 0.7 for lam in LAMS}, t=(0.0, 1.0)),
+               "networks_kept": False}]
+    fallback = {"cifar10": 0.61, "fashion_mnist": 0.62}
+    monkeypatch.setattr(experiments, "load_results", lambda folder: kept + legacy)
+    monkeypatch.setattr(book, "unit_for", lambda profile, name, seed, device: {
+        **result(name, seed, d={lam: 0.5 for lam in LAMS}, acc={lam: fallback[name] for lam in LAMS}, t=(0.0, 1.0)),
+        "profile": "quick", "fallback": "not kept"})
+    rows = book.rows_for("full", 0, "cpu")
+    base = {r["dataset"]: r for r in rows if r["lam"] == 0}
+    assert base["mnist"]["n_seeds"] == 3
+    assert base["cifar10"]["accuracy"] == 0.61 and base["fashion_mnist"]["accuracy"] == 0.62   # not legacy's 0.7
 
 
 def test_a_claim_whose_field_was_never_measured_is_open_and_says_so():
