@@ -15,8 +15,8 @@
 # # Separable explanations of neural network decisions: a reproducibility report
 #
 # This book re-runs *Separable explanations of neural network decisions* by Laura Rieger
-# {cite}`rieger2017separable` with `sepdtd`, a tested PyTorch package. Every number comes from the
-# networks and results committed in `results/full/`.
+# {cite}`rieger2017separable` with `sepdtd`, a tested PyTorch package. The tables below read the
+# results committed in `results/full/`.
 
 # %% tags=["remove-cell"]
 from sepdtd import book, experiments, plots, report
@@ -49,7 +49,7 @@ kept, legacy = _units(True), _units(False)
 #
 # **What we did.** We trained the paper's networks (Table 1) and fine-tuned each with the four λ of
 # Section 5.1, at three seeds. Each fine-tune is compared with its own seed's baseline, with a 95 %
-# interval. A DTD heatmap carries the sign of its logit, and after fine-tuning most logits are ≤ 0.
+# interval. A DTD heatmap carries the sign of its logit, and after fine-tuning a logit can be ≤ 0.
 # Where a network is kept, it is measured with sign-aware metrics as well.
 
 # %% tags=["remove-input"]
@@ -122,6 +122,7 @@ fig = plots.claims_figure(rows)
 # | {doc}`../notebooks/11_your_network` | the package on a network of your own |
 # | {doc}`../notebooks/12_finetuning_search` | appendix: other fine-tuning settings, against controls |
 #
-# Each page states its profile, seeds, commit and device. `make book` shows the full profile from the
-# committed networks; `make book PROFILE=quick` retrains a reduced version on a laptop. The page
+# Each page states its profile, seeds, commit and device. `make book` shows the full profile: the
+# committed results, and the networks it keeps. Where a data set keeps none, a page draws it from the
+# quick profile and says so. `make book PROFILE=quick` retrains a reduced version on a laptop. The page
 # {doc}`reproducing` explains both.

@@ -127,11 +127,10 @@ book.show_markdown(f"Seed {seed}. *both*: share of all pixels that belong to bot
 # ## Two ground-truth metrics, on sign-corrected heatmaps
 #
 # DTD starts the relevance of class $c$ at its logit $f_c(x)$, and every $z$ of Eq. 3-4 is $\ge 0$. A
-# heatmap therefore has the sign of its logit. After fine-tuning most logits are $\le 0$ (see
+# heatmap therefore has the sign of its logit. After fine-tuning a logit can be $\le 0$ (see
 # {doc}`06_tables`), and the heatmap of such a class is the negated pattern. We score the
 # **sign-corrected** heatmap $\tilde R = R \cdot \operatorname{sign}(f_c(x))$, so that positive
-# relevance speaks *for* the class whatever the sign of its logit. This convention was fixed before
-# the results were seen.
+# relevance speaks *for* the class whatever the sign of its logit.
 #
 # Let $O_c$ be the pixels of the object of class $c$, $O_{c'}$ those of the other object and
 # $B = O_c \cap O_{c'}$.

@@ -15,8 +15,8 @@
 # %% [markdown]
 # # Appendix: the fine-tuning search
 #
-# Table 3 says that fine-tuning with Eq. 5 costs no accuracy. On CIFAR-10 our fine-tunes with the
-# paper's settings lose more than 0.01 against their baseline. This appendix asks whether that is the
+# Table 3 says that fine-tuning with Eq. 5 costs no accuracy. In this search, on CIFAR-10, the
+# fine-tunes with the paper's settings lose more than 0.01 against their own baselines. This appendix asks whether that is the
 # price of the block structure or of how we fine-tune. It re-runs the fine-tunes of a unit with other
 # settings (`sepdtd.tuning`) from the same baseline, split and data order, and compares each with a
 # *control*: the same fine-tune without the penalty. The page only reads the committed results of the
@@ -95,7 +95,7 @@ for label, rs in sources.items():
 # %%
 tuned = tuning.load_results(full_dir)
 if not tuned:
-    book.show_markdown("*No fine-tuning search results in this checkout (`results/full/tuning/`).*")
+    book.show_markdown("*No fine-tuning search results in this checkout (`results/full/legacy/tuning/`).*")
 else:
     book.show_provenance(book.provenance(tuned, device=None))
     trows = tuning.summary(tuned)
@@ -121,19 +121,17 @@ else:
 
 
 # %% [markdown]
-# How to read a candidate: accuracy at most 0.01 below the baseline counts only together with an
-# in-block share near 1 — a fine-tune that has not yet cut the off-block weights has not yet paid for
-# the block structure (nor separated its heatmaps). And the baselines themselves depend on where the
-# stopping rule ends a noisy validation curve, so Table 3's "within 0.01 of the baseline", our reading
-# of "does not decrease notably", compares with a moving target: the lines above give the baseline each
-# candidate started from.
+# How to read a candidate: accuracy at most 0.01 below the baseline counts only with an in-block share
+# near 1. A fine-tune that has not cut the off-block weights has not paid for the block structure. The
+# baselines themselves depend on where the stopping rule ends a noisy validation curve. So Table 3's
+# "within 0.01 of the baseline" compares with a moving target; the lines above give each candidate's
+# baseline.
 #
-# The validation curves of the same fine-tunes, per epoch (a control beside every fine-tune of its
-# unit), against the baseline's validation accuracy (dashed) and the 0.01 below it that Table 3's claim
-# allows (dotted). Runs that share their first epochs draw over each other: `paper`, its capped pilot
-# and its control lie under `patience10` and its control until they stop, so a legend entry may have no
-# visible line of its own (`paper` is the fine-tune as we read the paper's protocol, Adam at 1e-4 with
-# patience 3; `patience10` is the same with patience 10):
+# The validation curves of the same fine-tunes follow, per epoch, with a control beside every fine-tune
+# of its unit. The dashed line is the baseline's validation accuracy, the dotted one 0.01 below it. Runs
+# that share their first epochs draw over each other, so a legend entry may have no visible line of its
+# own. `paper` is the fine-tune as we read the paper's protocol: Adam at 1e-4 with patience 3.
+# `patience10` is the same with patience 10.
 
 
 # %%
@@ -233,14 +231,15 @@ if tuned:
 # %% [markdown]
 # ## The signs of the logits in these runs
 #
-# `scripts/cosine_signs.py` measured the networks of this search again, before they were discarded. It
-# splits the cosine of the top-2 heatmaps by the signs of the two logits; $|\cos|$ is blind to the sign.
+# A script since removed (`scripts/cosine_signs.py`, last in commit `fa6b897`) measured the networks of
+# this search again. It splits the cosine of the top-2 heatmaps by the signs of the two logits; $|\cos|$
+# is blind to the sign. The networks themselves were not kept.
 
 # %%
 signs = [json.loads(p.read_text()) for p in sorted((full_dir / "legacy" / "tuning").glob("*/cosine-signs.json"))]
 if not signs:
     book.show_markdown("*No re-measurement of the fine-tuning networks in this checkout "
-                       "(`results/full/tuning/<data set>/cosine-signs.json`).*")
+                       "(`results/full/legacy/tuning/<data set>/cosine-signs.json`).*")
 
 
 def pct(v):
@@ -313,5 +312,5 @@ for sg in signs:
 
 
 # %% [markdown]
-# The kept networks of the main tables carry the same fields (`logit_nonpositive`, `abs_cosine`);
-# {doc}`06_tables` shows them for every λ and data set.
+# The measurement of every kept network stores the same fields (`logit_nonpositive`, `abs_cosine`).
+# {doc}`06_tables` shows them wherever a unit keeps its networks.
