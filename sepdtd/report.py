@@ -171,7 +171,8 @@ def _dedupe(results: Iterable[dict]) -> list[tuple[dict, bool]]:
     out = []
     for key, items in groups.items():
         items.sort(key=lambda it: (bool(it[0].get("networks_kept")), not it[1], _t_end(it[0]) or 0.0), reverse=True)
-        if len(items) > 1:
+        replaced = items[0][0].get("networks_kept") and not any(r.get("networks_kept") for r, _ in items[1:])
+        if len(items) > 1 and not replaced:   # a kept unit replacing its legacy results is the design
             warnings.warn(f"{len(items)} results for profile/dataset/seed {key}: using the one "
                           f"{'with kept networks' if items[0][0].get('networks_kept') else 'finished last'}",
                           RuntimeWarning, stacklevel=3)
@@ -278,7 +279,7 @@ def rows(results: Iterable[dict], *, convention: str | None = None) -> list[dict
             "device": "; ".join(sorted({str(r.get("provenance", {}).get("device")) for r, _, _ in items})),
             "wall_s": _mean([s.get("wall_s") for s in settings]),
             "commit": "; ".join(sorted({str(r.get("provenance", {}).get("commit")) for r, _, _ in items})),
-            "stale": any(st for _, _, st in items),
+            "stale": any(st and any(isinstance(r, dict) for r in s.get("stale") or []) for _, s, st in items),
             "stale_reasons": sorted({f"{s.get('tag', lam)}: {r['text']}"
                                      + (f" (known: {r['why']})" if r.get("why") else "")
                                      for s in settings for r in s.get("stale") or [] if isinstance(r, dict)}),

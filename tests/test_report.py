@@ -95,8 +95,7 @@ def test_stale_results_are_marked_with_their_reasons_and_superseded(results):
     m = next(r for r in rs if r["dataset"] == "mnist" and r["lam"] == 0)
     assert m["accuracy"] == pytest.approx(0.97) and not m["stale"] and m["stale_reasons"] == []
     legacy = {**result("mnist", 0, d=flat(1.0), acc=flat(0.9), t=(0.0, 9.0)), "networks_kept": False}
-    with pytest.warns(RuntimeWarning, match="with kept networks"):
-        rs = report.rows([legacy, results[0]])           # kept networks win over a later legacy result
+    rs = report.rows([legacy, results[0]])               # kept networks win over a later legacy result
     assert rs[0]["accuracy"] == pytest.approx(0.98) and rs[0]["networks_kept"]
     assert report.rows([legacy])[0]["networks_kept"] is False
 
@@ -406,3 +405,20 @@ def test_the_convention_table_counts_the_verdicts_per_convention():
     assert primary[0] == f"`{report.PRIMARY_CONVENTION}` (primary)" and primary[1] == "4 of 4 held"
     one = report.convention_table(report.rows(res[:1]))[1]
     assert one[0][1] == "0 of 4 held (4 open)"
+
+
+def test_a_row_is_stale_only_where_its_own_networks_are():
+    res = result("mnist", 0, d=rising(0.3), acc=flat(0.98), t=(0.0, 1.0), current=False)
+    res["settings"][0]["stale"] = []                                  # only the fine-tunes are stale
+    rows = {r["lam"]: r for r in report.rows([res])}
+    assert not rows[0.0]["stale"] and rows[0.0]["stale_reasons"] == []
+    assert all(rows[lam]["stale"] and rows[lam]["stale_reasons"] for lam in LAMS[1:])
+
+
+def test_a_kept_unit_replaces_its_legacy_result_without_a_warning(recwarn):
+    kept = result("mnist", 0, d=rising(0.3), acc=flat(0.98), t=(0.0, 1.0))
+    legacy = {**result("mnist", 0, d=rising(0.5), acc=flat(0.90), t=(0.0, 1.0)), "networks_kept": False}
+    rows = report.rows([legacy, kept])
+    assert rows[0]["accuracy"] == 0.98 and not [w for w in recwarn if "results for profile" in str(w.message)]
+    with pytest.warns(RuntimeWarning, match="2 results for profile"):
+        report.rows([kept, dict(kept)])
