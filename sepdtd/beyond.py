@@ -23,7 +23,6 @@ import dataclasses
 import math
 import os
 import statistics
-import warnings
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -207,16 +206,8 @@ def _build(config: dict) -> torch.nn.Module:
 def load_results(profile: str, *, results_dir: str | os.PathLike | None = None) -> list[dict]:
     """Every stored unit of chapters 9-10 of a profile (those with all networks kept and measured)."""
     root = store.profile_root(profile, results_dir)
-    out = []
-    for path in sorted((root / "measure" / "beyond").glob("*/seed*.json")):
-        rec = store.read_record(path)
-        u = unit(profile, rec["dataset"], rec["seed"], results_dir=root)
-        if u is None:
-            warnings.warn(f"chapter 9-10 results of {rec['dataset']} seed {rec['seed']} in {root} are not complete; "
-                          "run `python -m sepdtd beyond` or `measure` to finish them", RuntimeWarning, stacklevel=2)
-            continue
-        out.append(u)
-    return out
+    return view.stored_units(root, "beyond", lambda ds, seed: unit(profile, ds, seed, results_dir=root),
+                             "the study of chapters 9-10", "run `python -m sepdtd beyond` or `measure` to finish it")
 
 
 # --------------------------------------------------------------------------------------------- runs

@@ -98,9 +98,7 @@ def tuning(tuned: Sequence[Mapping], lam: float = LAM) -> str:
     for r in rows:
         if r["name"] != "paper" or r["lam"] != lam:
             continue
-        key = tuple(r.get(k) for k in report._CONTROL_KEY)
-        ctrls = [c for c in rows if report.is_control(c["lam"]) and tuple(c.get(k) for k in report._CONTROL_KEY) == key]
-        ctrl = min(ctrls, key=lambda c: bool(c.get("stale")), default=None)   # a current control first
+        ctrl = report.control_of(r, rows)
         if ctrl is not None:
             costs.append((r["dataset"], r["seed"], ctrl["accuracy"] - r["accuracy"]))
     if not costs:

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -142,16 +141,8 @@ def unit(profile: str, dataset: str, seed: int = 0, *, results_dir: str | os.Pat
 def load_results(profile: str, *, results_dir: str | os.PathLike | None = None) -> list[dict]:
     """Every stored unit of the study of a profile (those with every network kept and measured)."""
     root = store.profile_root(profile, results_dir)
-    out = []
-    for path in sorted((root / "measure" / "mechanism").glob("*/seed*.json")):
-        rec = store.read_record(path)
-        u = unit(profile, rec["dataset"], rec["seed"], results_dir=root)
-        if u is None:
-            warnings.warn(f"the sign-aware study of {rec['dataset']} seed {rec['seed']} in {root} is not complete; "
-                          "run `python -m sepdtd mechanism` to finish it", RuntimeWarning, stacklevel=2)
-            continue
-        out.append(u)
-    return out
+    return view.stored_units(root, "mechanism", lambda ds, seed: unit(profile, ds, seed, results_dir=root),
+                             "the sign-aware study", "run `python -m sepdtd mechanism` to finish it")
 
 
 def run(profile: str, dataset: str, seed: int = 0, *, device: str | torch.device = "auto",
@@ -258,20 +249,12 @@ def ablation_table(rows: Sequence[dict]) -> tuple[list[str], list[list[str]]]:
     body = []
     for r in sorted(rows, key=lambda r: (r["dataset"], r["seed"], order.index(r["tag"]) if r["tag"] in order
                                          else len(order))):
-        point = r["pointing2"]
-        if isinstance(point, dict):
-            point = point.get("corrected")
         body.append([DATASET_LABELS.get(r["dataset"], r["dataset"]), str(r["seed"]),
                      NETWORK_LABELS.get(r["tag"], r["tag"]), or_dash(r["accuracy"], ".3f"),
                      shares(r["logit_nonpositive"]), shares(r["centered_logit_nonpositive"]),
-                     or_dash(r["abs_cosine"], ".3f"), or_dash(point, ".0%"),
-                     str(_corrected(r["pointing2_nan"]))])
+                     or_dash(r["abs_cosine"], ".3f"), or_dash(r["pointing2"]["corrected"], ".0%"),
+                     str(r["pointing2_nan"]["corrected"])])
     return header, body
-
-
-def _corrected(value: Any) -> Any:
-    """The sign-corrected entry of a field stored per sign convention, or the value itself."""
-    return value.get("corrected", "—") if isinstance(value, dict) else ("—" if value is None else value)
 
 
 def sweep_rows(results: Sequence[dict], *, convention: str | None = None) -> list[dict]:

@@ -30,7 +30,7 @@ from sepdtd.metrics import CONVENTIONS
 __all__ = ["PAPER_TABLE2", "PAPER_TABLE3", "BOOK_CONVENTION", "PRIMARY_CONVENTION", "interval",
            "DATASET_LABELS", "ACCURACY_TOLERANCE", "CONTROL_LAM",
            "finetune_fit", "at_equal_penalty", "or_dash", "is_control", "lam_text", "tuning_verdicts",
-           "tuning_controls", "tuning_labels", "tuning_starts", "tuning_endpoints", "rows", "seed_walls",
+           "tuning_controls", "control_of", "tuning_labels", "tuning_starts", "tuning_endpoints", "rows", "seed_walls",
            "closest_convention", "convention_scores", "convention_ratio_scores", "format_tables", "claims",
            "format_claims", "claims_table", "DIFFUSED_COSINE", "lam_label", "paired_table", "sign_table",
            "convention_table", "main"]
@@ -507,6 +507,15 @@ _CONTROL_KEY = ("dataset", "seed", "name", "lr", "optimizer", "batch_size", "pat
                 "baseline_accuracy")
 
 
+def control_of(row: dict, tuning_rows: Sequence[dict]) -> dict | None:
+    """The control of a fine-tune of the search (:func:`sepdtd.tuning.summary` rows): the row with
+    :data:`CONTROL_LAM` and the same data set, seed, candidate, settings and baseline; a current one
+    before a stale one; None if there is none."""
+    key = tuple(row.get(k) for k in _CONTROL_KEY)
+    same = [c for c in tuning_rows if is_control(c["lam"]) and tuple(c.get(k) for k in _CONTROL_KEY) == key]
+    return min(same, key=lambda c: bool(c.get("stale")), default=None)
+
+
 def tuning_controls(tuning_rows: Sequence[dict], tolerance: float = ACCURACY_TOLERANCE) -> list[str]:
     """What the penalty costs: each regularized fine-tune of a candidate beside the candidate's control.
 
@@ -536,12 +545,9 @@ def tuning_controls(tuning_rows: Sequence[dict], tolerance: float = ACCURACY_TOL
     def diff(a: float | None, b: float | None, spec: str) -> str:
         return or_dash(None if a is None or b is None else a - b, spec)
 
-    controls: dict[tuple, dict] = {}
-    for c in sorted((r for r in tuning_rows if is_control(r["lam"])), key=lambda r: bool(r.get("stale"))):
-        controls.setdefault(tuple(c.get(k) for k in _CONTROL_KEY), c)
     lines = []
     for r in tuning_rows:
-        c = None if is_control(r["lam"]) else controls.get(tuple(r.get(k) for k in _CONTROL_KEY))
+        c = None if is_control(r["lam"]) else control_of(r, tuning_rows)
         if c is None:
             continue
         stale = " (stale)" if r.get("stale") or c.get("stale") else ""

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping, Sequence
+import warnings
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from sepdtd.pipeline import measure, store, train
 from sepdtd.pipeline.config import MeasureConfig
 
-__all__ = ["KNOWN_CHANGES", "known_changes", "networks"]
+__all__ = ["KNOWN_CHANGES", "known_changes", "networks", "stored_units"]
 
 #: The file, in a profile's folder, of the code changes its stored results were not redone for.
 KNOWN_CHANGES = "known-changes.json"
@@ -102,4 +103,21 @@ def networks(root: str | os.PathLike, dataset: str, seed: int, jobs: Sequence[tr
                     reasons += [{**r, "measurement": kind} for r in measure.status(m, entry["sha256"], plan[tag])]
             view["stale"] = _explain(reasons, known)
             out[tag] = view
+    return out
+
+
+def stored_units(root: str | os.PathLike, kind: str, unit: Callable[[str, int], dict | None], what: str,
+                 incomplete: str) -> list[dict]:
+    """Every unit of a protocol with a ``measure/<kind>`` record under ``root``, as ``unit(dataset, seed)``
+    returns it. A unit it returns None for is left out with a :class:`RuntimeWarning` that names ``what``
+    (the protocol) and ends with ``incomplete`` (what to run to finish it)."""
+    out = []
+    for path in sorted((Path(root) / "measure" / kind).glob("*/seed*.json")):
+        rec = store.read_record(path)
+        u = unit(rec["dataset"], rec["seed"])
+        if u is None:
+            warnings.warn(f"{what} of {rec['dataset']} seed {rec['seed']} in {root} is not complete; "
+                          f"{incomplete}", RuntimeWarning, stacklevel=3)
+            continue
+        out.append(u)
     return out
