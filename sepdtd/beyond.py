@@ -367,16 +367,18 @@ def factors(rows: Sequence[dict], *, lam: float = 1.0) -> list[dict]:
     - ``dense``: the dense layers (fine-tuned with Eq. 6 at ``lam``; separate per class);
     - ``depth``: the number of convolutional layers;
 
-    and the change is measured on the cosine similarity of the top-1/top-2 heatmaps (lower = less
-    diffusion), Eq. 7 (the rows' convention; higher = less diffusion), and the ground truth: the top-2
-    class's relevance mass accuracy and pointing game (higher = its explanation is on its object).
+    and the change is measured on the similarity of the top-1/top-2 heatmaps (``abs_cosine``, which a
+    logit's sign does not change, and the signed ``cosine`` beside it; lower = less alike), Eq. 7 (the
+    rows' convention; higher = less diffusion), and the ground truth: the top-2 class's relevance mass
+    accuracy and pointing game (higher = its explanation is on its object).
 
     Returns
     -------
     list of dict
-        ``dataset``, ``factor``, ``change`` (a label), and ``d_cosine``, ``d_diffusion``, ``d_mass2``,
-        ``d_point2``, ``d_mass_obj2`` (variant minus reference, means over seeds; None where missing),
-        plus the variant's absolute ``mass2``, ``point2`` and ``mass_obj2``.
+        ``dataset``, ``factor``, ``change`` (a label), the variant's ``model`` and ``method``, and
+        ``d_abs_cosine``, ``d_cosine``, ``d_diffusion``, ``d_mass2``, ``d_point2``, ``d_mass_obj2``
+        (variant minus reference, means over seeds; None where missing), plus the variant's absolute
+        ``mass2``, ``point2`` and ``mass_obj2``.
     """
     by = {(r["dataset"], r["model"], r["method"]): r for r in rows}
     out = []
@@ -403,7 +405,8 @@ def factors(rows: Sequence[dict], *, lam: float = 1.0) -> list[dict]:
             if r["dataset"] == dataset and r["method"] == "dtd" and r["family"] == "depth":
                 variants.append(("depth", f"{r['n_conv']} conv layers (Table 1: {ref['n_conv']})", r))
         for factor, change, r in variants:
-            out.append({"dataset": dataset, "factor": factor, "change": change,
+            out.append({"dataset": dataset, "factor": factor, "change": change, "model": r["model"],
+                        "method": r["method"], "d_abs_cosine": delta(r, ref, "abs_cosine"),
                         "d_cosine": delta(r, ref, "cosine"), "d_diffusion": delta(r, ref, "diffusion"),
                         "d_mass2": delta(r, ref, "mass2"), "d_point2": delta(r, ref, "point2"),
                         "d_mass_obj2": delta(r, ref, "mass_obj2"),

@@ -23,7 +23,7 @@ from matplotlib.ticker import MaxNLocator
 __all__ = [
     "figures_dir", "save_figure", "toy_network", "heatmap_grid",
     "training_curves", "block_mask", "heatmap_comparison", "dense_weights", "as_image", "claims_figure",
-    "lambda_sweep",
+    "lambda_sweep", "similarity_vs_ground_truth",
 ]
 
 BLUE = "#1f77b4"
@@ -551,4 +551,39 @@ def lambda_sweep(rows: Sequence[Mapping[str, Any]]) -> Figure:
         ax.tick_params(labelsize=8)
     axes[0][0].legend(fontsize=8)
     fig.tight_layout()
+    return fig
+
+
+def similarity_vs_ground_truth(rows: Sequence[Mapping[str, Any]], datasets: Sequence[str]) -> Figure:
+    """Chapter 10's scatter: per network and method, |cos| of the top-1 and top-2 heatmaps against the
+    top-2 class's mass accuracy on the objects (rows of :func:`sepdtd.beyond.summary`).
+
+    Rows without ``abs_cosine`` (results of older code) are left out; a panel with none says so.
+    """
+    from sepdtd import attribution
+    from sepdtd.report import DATASET_LABELS
+
+    methods = list(attribution.METHODS)
+    colours = dict(zip(methods, plt.cm.tab10.colors))
+    markers = {"lambda": "o", "separate": "s", "depth": "^"}
+    fig, axes = plt.subplots(1, len(datasets), figsize=(4.2 * len(datasets), 3.8), layout="constrained",
+                             squeeze=False)
+    for ax, name in zip(axes[0], datasets):
+        drawn = 0
+        for r in rows:
+            x, y = (r.get("abs_cosine") or (None,))[0], r["mass_obj2"][0]
+            if r["dataset"] == name and x is not None and y is not None:
+                ax.scatter(x, y, color=colours.get(r["method"], "k"), marker=markers.get(r["family"], "o"),
+                           s=28, alpha=0.85)
+                drawn += 1
+        if not drawn:
+            ax.text(0.5, 0.5, "|cos| not measured", ha="center", va="center", transform=ax.transAxes)
+        ax.axhline(0.5, color="grey", lw=0.6, ls=":")
+        ax.set_title(DATASET_LABELS.get(name, name), fontsize=10)
+        ax.set_xlabel("|cos| of the top-1 and top-2 heatmaps")
+    axes[0, 0].set_ylabel("top-2 mass accuracy on the objects")
+    handles = [plt.Line2D([], [], color=c, marker="o", ls="", label=attribution.LABELS[m].split(" (")[0])
+               for m, c in colours.items()]
+    handles += [plt.Line2D([], [], color="k", marker=mk, ls="", label=f) for f, mk in markers.items()]
+    fig.legend(handles=handles, loc="outside right", fontsize=8)
     return fig
