@@ -180,25 +180,31 @@ def _dedupe(results: Iterable[dict]) -> list[tuple[dict, bool]]:
     return out
 
 
+def _run_key(res: dict) -> tuple:
+    """The run a unit belongs to: its profile and seed, and whether its networks are kept (a kept unit was
+    trained apart from the first layout's run)."""
+    return res.get("profile"), res.get("seed"), bool(res.get("networks_kept"))
+
+
 def _seed_walls(kept: list[tuple[dict, bool]]) -> dict[tuple, float]:
-    """(profile, seed) -> max(t_end) - min(t_start) over that seed's units (all data sets)."""
+    """:func:`_run_key` -> max(t_end) - min(t_start) over that run's units (all data sets)."""
     spans: dict[tuple, list[float]] = {}
     for res, _ in kept:
         t0, t1 = _t_start(res), _t_end(res)
         if t0 is None or t1 is None:
             continue
-        key = (res.get("profile"), res.get("seed"))
+        key = _run_key(res)
         lo, hi = spans.get(key, [math.inf, -math.inf])
         spans[key] = [min(lo, t0), max(hi, t1)]
     return {k: hi - lo for k, (lo, hi) in spans.items()}
 
 
 def _seed_resumed(kept: list[tuple[dict, bool]]) -> dict[tuple, bool]:
-    """(profile, seed) -> whether a unit of that seed resumed an interrupted run, from finished settings
+    """:func:`_run_key` -> whether a unit of that run resumed an interrupted one, from finished settings
     or from a training checkpoint (its wall span may then cover more than one run and the gap between)."""
     out: dict[tuple, bool] = {}
     for res, _ in kept:
-        key = (res.get("profile"), res.get("seed"))
+        key = _run_key(res)
         resumed = bool(res.get("provenance", {}).get("resumed_settings")) or any(
             (s.get("resumed_from") or 0) > 0 for s in res.get("settings", []))
         out[key] = out.get(key, False) or resumed
@@ -284,8 +290,8 @@ def rows(results: Iterable[dict], *, convention: str | None = None) -> list[dict
                                      + (f" (known: {r['why']})" if r.get("why") else "")
                                      for s in settings for r in s.get("stale") or [] if isinstance(r, dict)}),
             "networks_kept": all(bool(r.get("networks_kept")) for r, _, _ in items),
-            "run_wall_s": [walls.get((profile, sd)) for sd in seeds],
-            "resumed": [resumed.get((profile, sd), False) for sd in seeds],
+            "run_wall_s": [walls.get(_run_key(res)) for res, _, _ in items],
+            "resumed": [resumed.get(_run_key(res), False) for res, _, _ in items],
             "paper_diffusion": PAPER_TABLE2.get(dataset, {}).get(lam),
             "paper_accuracy": PAPER_TABLE3.get(dataset, {}).get(lam),
             **({"paired": _paired(items, bases[(profile, dataset)])} if lam > 0 else {}),
@@ -295,11 +301,17 @@ def rows(results: Iterable[dict], *, convention: str | None = None) -> list[dict
 
 
 def seed_walls(rows_: Sequence[dict]) -> dict[int, tuple[float | None, bool]]:
-    """Seed -> (``run_wall_s``, ``resumed``) of :func:`rows` (the whole paper at that seed), by seed."""
+    """Seed -> (``run_wall_s``, ``resumed``) of :func:`rows` (the whole paper at that seed), by seed.
+
+    The wall time is None where the seed's data sets come from different runs (some kept, some from the
+    first layout): no one span covers them.
+    """
+    seen: dict[int, set] = {}
     out: dict[int, tuple[float | None, bool]] = {}
     for r in rows_:
         for s, w, re_ in zip(r["seeds"], r["run_wall_s"], r.get("resumed") or [False] * len(r["seeds"])):
-            out[s] = (w, re_)
+            seen.setdefault(s, set()).add(w)
+            out[s] = (w if len(seen[s]) == 1 else None, out.get(s, (None, False))[1] or re_)
     return dict(sorted(out.items()))
 
 
@@ -1053,8 +1065,8 @@ def format_tables(rows_: Sequence[dict], *, convention: str | None = None, all_c
                     lines += [""] + _table(rs, "diffusion", f"Table 2 under convention {other!r}", 4, other)
         lines += [""] + _table(rs, "accuracy", "Table 3: test accuracy, mean ± sd over seeds [paper]", 3)
         lines += ["", "Wall time per seed (all data sets: last finish - first start): " + ", ".join(
-            (f"seed {s}: {w:.1f} s" if w is not None else f"seed {s}: ?")
-            + (" (resumed: may span more than one run)" if re_ else "")
+            (f"seed {s}: {w:.1f} s" if w is not None else f"seed {s}: — (its data sets come from different runs)")
+            + (" (resumed: may span more than one run)" if re_ and w is not None else "")
             for s, (w, re_) in seed_walls(rs).items())]
         lines += ["Claims (Section 5.2):", *_claims_summary(claims(rs))]
         if any(r["stale"] for r in rs):

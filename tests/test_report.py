@@ -85,6 +85,18 @@ def test_rows_aggregate_over_seeds(results):
         report.rows(results, convention="median")
 
 
+def test_a_seed_whose_data_sets_ran_apart_has_no_one_wall_time(results):
+    legacy = {**result("cifar10", 0, d=rising(0.1), acc=flat(0.80), t=(1e6, 1e6 + 40.0)), "networks_kept": False}
+    rs = report.rows([results[0], results[1], legacy])
+    m = next(r for r in rs if r["dataset"] == "mnist" and r["lam"] == 0.5)
+    c = next(r for r in rs if r["dataset"] == "cifar10" and r["lam"] == 0.5)
+    assert m["run_wall_s"] == pytest.approx([50.0, 30.0])         # mnist seed 0 alone in its run
+    assert c["run_wall_s"] == pytest.approx([40.0])               # not the 1e6 s span across the two runs
+    walls = report.seed_walls(rs)
+    assert walls[0][0] is None and walls[1][0] == pytest.approx(30.0)
+    assert "seed 0: — (its data sets come from different runs)" in report.format_tables(rs)
+
+
 def test_stale_results_are_marked_with_their_reasons_and_superseded(results):
     old = result("mnist", 0, d=flat(9.0), acc=flat(0.1), t=(0.0, 1.0), current=False)
     rows = report.rows([old])
