@@ -66,7 +66,9 @@ conf = beyond.PROFILES[profile]
 extra = [d for d in DATASETS if any(r["dataset"] == d and r["family"] != "lambda" for r in rows)]
 print(f"seeds: {seeds}; extra networks trained for: {', '.join(LABELS[d] for d in extra) or 'none'}")
 # the sign-aware study: ablations of the fine-tune and the λ sweep (sepdtd.mechanism)
-mech = [book.unit_for(profile, name, seed, device, kind="mechanism") for name in extra]
+kept_mech = [d for d in DATASETS if profile == "full" and mechanism.unit("full", d, seed) is not None]
+mech = [book.unit_for(profile, name, seed, device, kind="mechanism") for name in DATASETS
+        if name in extra or name in kept_mech]
 ablations = mechanism.ablation_rows(mech)
 book.show_markdown(book.opening(
     "Section 6 suspects DTD's positive-weight rule; Section 4 locates diffusion in the dense layers.",
@@ -225,6 +227,9 @@ else:
 header, body = mechanism.ablation_table(ablations)
 book.show_markdown(book.markdown_table(header, body) if body
                    else "*No ablation was run at this profile and seed.*")
+missing = [f"{LABELS[res['dataset']]}: {', '.join(res['missing'])}" for res in mech if res.get("missing")]
+if missing:
+    book.show_markdown("Networks of the study not kept yet: " + "; ".join(missing) + ".")
 
 # %% [markdown]
 # ## Where λ bites: a sweep
@@ -236,7 +241,7 @@ book.show_markdown(book.markdown_table(header, body) if body
 
 # %%
 sweep = mechanism.sweep_rows(mech)
-if sweep:
+if any(r["lam"] > 0 for r in sweep):
     fig = plots.lambda_sweep([r for r in sweep if r["seed"] == seed])
     plots.save_figure(fig, "figure10_lambda_sweep", prov)
     plt.show()

@@ -111,23 +111,28 @@ def _family(tag: str) -> str:
 
 
 def unit(profile: str, dataset: str, seed: int = 0, *, results_dir: str | os.PathLike | None = None) -> dict | None:
-    """The stored results of the sign-aware study of a unit (None when a network of it is not kept or measured).
+    """The stored results of the sign-aware study of a unit.
+
+    The paper's networks (baseline and fine-tunes) must be kept and measured; the ablations and the
+    sweep are included where they are, and ``missing`` names the others.
 
     Returns
     -------
     dict or None
-        ``kind`` ("mechanism"), ``profile``, ``dataset``, ``seed``, ``stale`` and ``networks``: one entry per
-        network with ``tag``, ``family`` ("paper", "ablation" or "sweep"), ``lam``, ``penalty``,
-        ``penalty_layers``, ``clamp_output_bias``, ``epochs``, ``paper`` (the ``"paper"`` fields),
-        ``mechanism`` (the ``"mechanism"`` fields, None for the sweep) and ``stale``.
+        None when a paper network is not kept or not measured. Otherwise ``kind`` ("mechanism"),
+        ``profile``, ``dataset``, ``seed``, ``stale``, ``missing`` (tags not kept or not measured yet) and
+        ``networks``: one entry per network with ``tag``, ``family`` ("paper", "ablation" or "sweep"),
+        ``lam``, ``penalty``, ``penalty_layers``, ``clamp_output_bias``, ``epochs``, ``paper`` (the
+        ``"paper"`` fields), ``mechanism`` (the ``"mechanism"`` fields, None for the sweep) and ``stale``.
     """
     root = store.profile_root(profile, results_dir)
     ds = dataset_name(dataset)
     nets = view.networks(root, ds, seed, jobs(profile, ds, seed), measurements(profile, ds, seed))
-    if any(n["train"] is None or None in n["measured"].values() for n in nets.values()):
+    done = {t: n for t, n in nets.items() if n["train"] is not None and None not in n["measured"].values()}
+    if any(_family(t) == "paper" and t not in done for t in nets):
         return None
     entries = []
-    for tag, n in nets.items():
+    for tag, n in done.items():
         cfg, t = n["train"]["config"], n["train"]["training"]
         entries.append({"tag": tag, "family": _family(tag), "lam": n["lam"], "penalty": cfg["penalty"],
                         "penalty_layers": cfg["penalty_layers"],
@@ -135,11 +140,11 @@ def unit(profile: str, dataset: str, seed: int = 0, *, results_dir: str | os.Pat
                         "stopped_early": t["stopped_early"], "paper": n["measured"]["paper"],
                         "mechanism": n["measured"].get("mechanism"), "stale": n["stale"]})
     return {"kind": "mechanism", "profile": profile, "dataset": ds, "seed": seed, "networks": entries,
-            "stale": [r for e in entries for r in e["stale"]]}
+            "missing": [t for t in nets if t not in done], "stale": [r for e in entries for r in e["stale"]]}
 
 
 def load_results(profile: str, *, results_dir: str | os.PathLike | None = None) -> list[dict]:
-    """Every stored unit of the study of a profile (those with every network kept and measured)."""
+    """Every stored unit of the study of a profile (those whose paper networks are kept and measured)."""
     root = store.profile_root(profile, results_dir)
     return view.stored_units(root, "mechanism", lambda ds, seed: unit(profile, ds, seed, results_dir=root),
                              "the sign-aware study", "run `python -m sepdtd mechanism` to finish it")

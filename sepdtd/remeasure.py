@@ -2,10 +2,12 @@
 
 The measurements each network gets are the ones its protocol gives it: the ``"paper"`` measurement
 for every network, the ``"beyond"`` one for the networks of :mod:`sepdtd.beyond`, and the
-``"mechanism"`` one for those of :mod:`sepdtd.mechanism`. An entry that is current (same network digest, measurement
-configuration and field fingerprints) is kept unless ``force`` is given, so a run that was interrupted
-resumes where it stopped, and a run after a change of the measurement code redoes exactly the stale
-entries. Nothing is trained.
+``"mechanism"`` one for those of :mod:`sepdtd.mechanism`. The paper's networks of a seed that chapters
+9-10 study get all three, so that those chapters read them as soon as they are kept.
+
+An entry that is current (same network digest, measurement configuration and field fingerprints) is
+kept unless ``force`` is given, so a run that was interrupted resumes where it stopped, and a run after a
+change of the measurement code redoes exactly the stale entries. Nothing is trained.
 """
 from __future__ import annotations
 
@@ -28,14 +30,12 @@ def plans(profile: str, dataset: str, seed: int, tags: Sequence[str]) -> dict[st
     """Measurement kind -> (tag -> measurement) for the kept networks ``tags`` of a (data set, seed) folder."""
     paper = experiments.measurements(profile, dataset, seed)
     out: dict[str, dict[str, MeasureConfig]] = {"paper": {t: paper for t in tags}}
-    extras = beyond.measurements(profile, dataset, seed)["beyond"]
-    if seed in beyond.PROFILES[profile].seeds and any(t in extras and not t.startswith(("baseline", "lam"))
-                                                       for t in tags):
-        out["beyond"] = {t: c for t, c in extras.items() if t in tags}
-    if any(t.startswith(("abl-", "sweep-")) for t in tags):
-        mech = mechanism.measurements(profile, dataset, seed)["mechanism"]
-        out["mechanism"] = {t: c for t, c in mech.items() if t in tags}
-    return out
+    if seed in beyond.PROFILES[profile].seeds:
+        out["beyond"] = {t: c for t, c in beyond.measurements(profile, dataset, seed)["beyond"].items() if t in tags}
+    if seed in mechanism.SEEDS.get(profile, ()) or any(t.startswith(("abl-", "sweep-")) for t in tags):
+        out["mechanism"] = {t: c for t, c in mechanism.measurements(profile, dataset, seed)["mechanism"].items()
+                            if t in tags}
+    return {kind: plan for kind, plan in out.items() if plan}
 
 
 def run(profile: str, *, datasets: Sequence[str] | None = None, seeds: Sequence[int] | None = None,

@@ -82,7 +82,36 @@ def test_a_unit_of_the_study_runs_and_is_read_back(synthetic, tiny_mechanism, di
     assert mechanism.load_results("tiny", results_dir=dirs["results_dir"]) == [res]
     # the measure command finds every measurement of the study
     plans = remeasure.plans("tiny", "mnist", 0, tags)
-    assert set(plans) == {"paper", "mechanism"} and set(plans["paper"]) == set(tags)
+    assert set(plans) == {"paper", "beyond", "mechanism"} and set(plans["paper"]) == set(tags)
+    assert set(plans["beyond"]) == {"baseline", "lam0.5", "lam5.0"}          # the paper's networks of chapter 9
+    assert set(plans["mechanism"]) == {"baseline", "lam0.5", "lam5.0", "abl-free-output-bias", "abl-output-penalty"}
+
+
+def test_the_measure_plan_gives_the_paper_networks_of_chapters_9_10_every_measurement():
+    paper = ["baseline", "lam0.1", "lam0.5", "lam1.0", "lam5.0"]
+    plans = remeasure.plans("full", "mnist", 0, paper)
+    assert {k: sorted(v) for k, v in plans.items()} == {k: sorted(paper) for k in ("paper", "beyond", "mechanism")}
+    assert set(remeasure.plans("full", "mnist", 1, paper)) == {"paper"}     # chapters 9-10 study seed 0 only
+
+
+def test_a_unit_without_its_ablations_and_sweep_is_read_with_what_is_missing(synthetic, tiny_mechanism, dirs):
+    res = mechanism.run("tiny", "mnist", 0, device="cpu", progress=False, **dirs)
+    assert res["missing"] == []
+    from sepdtd.pipeline import store
+
+    path = store.record_path(dirs["results_dir"], "train", "mnist", 0)
+    gone = [t for t in store.read_record(path)["networks"] if t.startswith(("abl-output", "sweep-"))]
+
+    def drop(tags):
+        store.update_record(path, {}, lambda nets: [nets.pop(t) for t in tags])
+
+    drop(gone)
+    part = mechanism.unit("tiny", "mnist", 0, results_dir=dirs["results_dir"])
+    assert sorted(part["missing"]) == sorted(gone)
+    assert [e["tag"] for e in part["networks"]] == [e["tag"] for e in res["networks"] if e["tag"] not in gone]
+    assert mechanism.sweep_rows([part]) == [r for r in mechanism.sweep_rows([res]) if r["lam"] == 0.0]
+    drop(["lam0.5"])
+    assert mechanism.unit("tiny", "mnist", 0, results_dir=dirs["results_dir"]) is None   # a paper network is gone
 
 
 def _ablation_row(tag, seed=0, dataset="mnist", corrected=0.25, nan=3):
