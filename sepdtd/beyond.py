@@ -185,8 +185,8 @@ def unit(profile: str, dataset: str, seed: int = 0, *, results_dir: str | os.Pat
     p = PROFILES[profile]
     return {
         "kind": "beyond", "profile": profile, "dataset": ds, "seed": seed,
-        "config": {"jobs": {t: n["train"]["config"] for t, n in nets.items()},
-                   "measure": {t: c.as_dict() for t, c in plans["beyond"].items()}},
+        "config": {"jobs": {t: n["train"]["config"] for t, n in complete.items()},
+                   "measure": {t: c.as_dict() for t, c in plans["beyond"].items() if t in complete}},
         "provenance": {"commit": "; ".join(sorted({q["commit"] for q in provs})),
                        "device": "; ".join(sorted({q["device"] for q in provs})),
                        "t_start": min(q["t_start"] for q in provs), "t_end": max(q["t_end"] for q in provs)},

@@ -119,6 +119,23 @@ def test_unit_results(smoke_unit):
     assert res["provenance"]["commit"] and res["provenance"]["device"].startswith("cpu") and res["stale"] == []
 
 
+def test_a_unit_whose_extra_networks_are_not_kept_is_read_with_the_paper_networks(smoke_unit, tmp_path):
+    import shutil
+
+    from sepdtd.pipeline import store
+
+    root, res = smoke_unit
+    copy = tmp_path / "results"
+    shutil.copytree(root / "results", copy)
+    path = store.record_path(copy, "train", "mnist", 0)
+    extras = [e["model"] for e in res["entries"] if e["family"] != "lambda"]
+    store.update_record(path, {}, lambda nets: [nets.pop(t) for t in extras])
+    part = beyond.unit("smoke", "mnist", 0, results_dir=copy)
+    assert part["missing"] == extras
+    assert [e["model"] for e in part["entries"]] == [e["model"] for e in res["entries"] if e["family"] == "lambda"]
+    assert set(part["config"]["jobs"]) == set(part["config"]["measure"]) == {e["model"] for e in part["entries"]}
+
+
 def test_unit_is_read_not_recomputed(smoke_unit, monkeypatch):
     from sepdtd.pipeline import measure
 
