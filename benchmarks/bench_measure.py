@@ -5,7 +5,9 @@ It copies ``results/<profile>`` to a temporary folder (the committed records sta
 protocol gives it again, as ``python -m sepdtd measure --profile <profile> --force`` would. It prints the
 time per (network, measurement) and in all, and two ratios:
 
-- against the target (20 minutes for the whole full profile on 2 CPU cores);
+- against the target (20 minutes for the whole full profile on 2 CPU cores), for the networks kept now
+  and projected onto every network the profile plans (each measurement kind's mean time per network
+  here, times the number of networks that get it);
 - against a reference timed in the same run: one plain forward pass of every kept network over the
   test images it is measured on (what any measurement must at least do), so that a slower machine does
   not read as a slower measure stage.
@@ -26,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from sepdtd import data, remeasure
+from sepdtd import beyond, data, experiments, mechanism, remeasure
 from sepdtd.pipeline import measure, store
 from sepdtd.utils import device_name, resolve_device
 
@@ -51,6 +53,31 @@ def _forward_reference(root: Path, device: torch.device, datasets: list[str] | N
     return total
 
 
+def planned_pairs(profile: str) -> dict[str, int]:
+    """Measurement kind -> how many networks of the whole profile get it (every data set and seed it plans)."""
+    counts: dict[str, int] = {}
+    p = experiments.PROFILES[profile]
+    for ds in p.datasets:
+        for seed in p.seeds:
+            mods = [experiments] + [m for m, seeds in ((beyond, beyond.PROFILES[profile].seeds),
+                                                       (mechanism, mechanism.SEEDS[profile])) if seed in seeds]
+            tags = [t for mod in mods for j in mod.jobs(profile, ds, seed) for t in j.tags]
+            for kind, plan in remeasure.plans(profile, ds, seed, list(dict.fromkeys(tags))).items():
+                counts[kind] = counts.get(kind, 0) + len(plan)
+    return counts
+
+
+def projection(per: list[tuple], planned: dict[str, int]) -> float | None:
+    """Seconds for every planned (network, measurement) pair, at the mean time per kind measured here."""
+    total = 0.0
+    for kind, n in planned.items():
+        walls = [w for k, *_, w in per if k == kind]
+        if not walls:
+            return None
+        total += n * sum(walls) / len(walls)
+    return total
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--profile", default="full")
@@ -68,7 +95,7 @@ def main() -> int:
         reference = _forward_reference(root, dev, args.datasets)
         out = remeasure.run(args.profile, datasets=args.datasets, device=dev, results_dir=root, force=True)
         per = []
-        for kind in ("paper", "beyond"):
+        for kind in ("paper", "beyond", "mechanism"):
             for path in sorted((root / "measure" / kind).glob("*/seed*.json")):
                 rec = store.read_record(path)
                 per += [(kind, rec["dataset"], rec["seed"], tag, e["wall_s"]) for tag, e in rec["networks"].items()]
@@ -78,11 +105,18 @@ def main() -> int:
     n = len(out["networks"])
     print(f"measure stage: {n} (network, measurement) pairs in {out['wall_s']:.1f} s "
           f"({out['wall_s'] / 60:.1f} min; target {TARGET_S / 60:.0f} min: ratio {out['wall_s'] / TARGET_S:.2f})")
+    planned = planned_pairs(args.profile)
+    projected = projection(per, planned)
+    print(f"planned for the whole {args.profile} profile: " + ", ".join(f"{k} {v}" for k, v in planned.items())
+          + (f"; projected {projected / 60:.1f} min at this run's mean per kind (ratio to the target "
+             f"{projected / TARGET_S:.2f}; data sets not measured here count as those that were)"
+             if projected is not None else "; no projection: a kind was not measured here"))
     print(f"reference (one forward pass of every kept network over its test set): {reference:.1f} s; "
           f"measure / reference = {out['wall_s'] / max(reference, 1e-9):.1f}")
     if args.json:
         Path(args.json).write_text(json.dumps({"device": device_name(dev), "wall_s": out["wall_s"], "pairs": n,
                                                "target_s": TARGET_S, "reference_s": reference,
+                                               "planned": planned, "projected_s": projected,
                                                "per_network": per}, indent=2))
     return 0 if out["wall_s"] <= TARGET_S else 1
 
