@@ -203,8 +203,9 @@ print(f"{finetune.epochs} epochs (best {finetune.best_epoch}); S(W) per epoch: "
 # ## 5. Measuring: accuracy, the block structure and Eq. 7
 #
 # `metrics.diffusion_variants` computes Eq. 7 between the top-1 and top-2 heatmaps of every image
-# under each scale convention of {doc}`06_tables` (and their cosine similarity, where *lower*
-# means less alike); `regularization.inblock_share` gives the share of each dense layer's positive
+# under each scale convention of {doc}`06_tables`, among them the primary one, `sc-sum`, which compares
+# sign-corrected heatmaps. Beside it stand $|\cos|$ of the two heatmaps (lower: less alike, whatever the
+# signs of the logits) and the signed cosine; `regularization.inblock_share` gives the share of each dense layer's positive
 # weight mass inside the class blocks (Figure 6; the share a layer without structure would have is
 # about 1/10).
 
@@ -218,22 +219,24 @@ for label, model in nets.items():
         s = float(regularization.block_l1(model, n_blocks=10))
     measured[label] = {"accuracy": acc, **d}
     rows.append([label, f"{acc:.4f}", f"{s:.3g}", ", ".join(f"{v:.3f}" for v in shares),
-                 f"{d['raw']:.4f}", f"{d['max']:.3f}", f"{d['sum']:.4f}", f"{d['softmax']:.4f}", f"{d['cosine']:.3f}"])
+                 f"{d['raw']:.4f}", f"{d['max']:.3f}", f"{d['sum']:.4f}", f"{d['softmax']:.4f}",
+                 f"{d['sc-sum']:.4f}", f"{d['abs_cosine']:.3f}", f"{d['cosine']:.3f}"])
 book.show_markdown(book.markdown_table(
     ["network", "test accuracy", "S(W)", "in-block share (dense layers)", "d raw", "d max", "d sum",
-     "d softmax", "cosine"], rows))
+     "d softmax", "d sc-sum (primary)", "|cos|", "cos (signed)"], rows))
 
 base, reg = measured["baseline"], measured[f"λ = {LAM:g}"]
 moved = [f"{c} {'rose' if reg[c] > base[c] else 'fell'} from {base[c]:.4g} to {reg[c]:.4g}"
-         for c in ("raw", "max", "sum", "softmax")]
+         for c in ("sc-sum", "raw", "max", "sum", "softmax")]
 book.show_markdown(f"On these {d['n']} test images, after the fine-tuning, d " + "; ".join(moved)
-                   + f"; the cosine similarity went from {base['cosine']:.4f} to {reg['cosine']:.4f}; "
-                   f"test accuracy changed by {reg['accuracy'] - base['accuracy']:+.4f}.")
+                   + f". |cos| went from {base['abs_cosine']:.4f} to {reg['abs_cosine']:.4f}, the signed cosine "
+                   f"from {base['cosine']:.4f} to {reg['cosine']:.4f}. Test accuracy changed by "
+                   f"{reg['accuracy'] - base['accuracy']:+.4f}.")
 
 # %% [markdown]
-# The cosine is signed, and a DTD heatmap has the sign of the logit it starts from: where the second
-# logit is $\le 0$ and the first $> 0$, the two heatmaps have opposite signs and a negative cosine even
-# for the same pattern. So look at the signs too ({doc}`06_tables`, "What the cosine measures"):
+# The signed cosine misleads here. A DTD heatmap has the sign of the logit it starts from: where the
+# second logit is $\le 0$ and the first $> 0$, the two heatmaps have opposite signs and a negative cosine
+# even for the same pattern. So read $|\cos|$, and look at the signs too ({doc}`06_tables`, "What the cosine measures"):
 
 # %%
 for label, model in nets.items():
