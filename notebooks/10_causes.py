@@ -62,7 +62,6 @@ prov = book.provenance(results, profile=profile, seed=seed, device=device)
 book.show_provenance(prov)
 shown = {r["dataset"]: r["profile"] for r in results if r["seed"] == seed}  # the profile each data set comes from
 seeds = sorted({r["seed"] for r in results})
-conf = beyond.PROFILES[profile]
 extra = [d for d in DATASETS if any(r["dataset"] == d and r["family"] != "lambda" for r in rows)]
 print(f"seeds: {seeds}; extra networks trained for: {', '.join(LABELS[d] for d in extra) or 'none'}")
 # the sign-aware study: ablations of the fine-tune and the λ sweep (sepdtd.mechanism)
@@ -257,21 +256,13 @@ else:
 # intensities are never negative, so the $z^+$ rule of the upper layers (Eq. 3) is a valid DTD rule at
 # the first layer too (Montavon et al. 2017 derive it for any non-negative input); it gives relevance only
 # to pixels that are not black. Does the diffusion arise in the first layer or above it? The baseline and
-# the λ = 1.0 networks, explained with $z^+$ above the first layer and either rule at it, on the first
-# `5 n_eval` test images (Eq. 7's $d$, convention `max`, |cos| and the signed cosine; more images than
-# Factor 1's, so the baseline's values differ a little from Factor 1's) and on the recognised composites
-# of {doc}`09_ground_truth` (top-2 class, sign-corrected heatmaps).
+# the λ = 1.0 networks, explained with $z^+$ above the first layer and either rule at it (the methods
+# `dtd` and `zplus` of Factor 1's measurement): Eq. 7's $d$, convention `max`, |cos| and the signed
+# cosine on real test images, and the top-2 class's ground truth on the recognised composites of
+# {doc}`09_ground_truth` (sign-corrected heatmaps).
 
 # %%
-first = {}
-for name in DATASETS:
-    test_images = data.load(name).x_test
-    x_test = torch.as_tensor(test_images[:min(5 * conf.n_eval, len(test_images))])
-    tset = twoobject.make(name, conf.n_pairs, seed=seed, threshold=conf.threshold)
-    for lam in (0.0, 1.0):
-        net = experiments.load_model(shown[name], name, lam, seed=seed, device=dev)
-        first[name, lam] = causes.first_layer_rule(net, x_test, tset, convention=CONVENTION,
-                                                   max_scored=conf.max_scored, batch_size=conf.batch_size, device=dev)
+first = causes.first_layer_rows(by, DATASETS)
 first_text, rule_change, first_layer_small = causes.first_layer_summary(first, DATASETS)
 book.show_markdown(book.markdown_table(*causes.first_layer_table(first, CONVENTION)) + "\n\n"
                    + book.markdown_table(*causes.change_table(first, DATASETS)) + "\n\n" + first_text)
@@ -327,7 +318,8 @@ if full_rows:
 #
 # The statements below are computed from the tables above by `sepdtd.causes`. They come first from this
 # build's profile and seeds, then from the committed full-profile results where those exist. One seed
-# gives no spread over training runs. The first layer's rule (Factor 5) is measured in this build only.
+# gives no spread over training runs. The committed results of the first layout lack the first layer's
+# rule (Factor 5).
 
 # %%
 blanks = book.blank_shares(results)

@@ -24,7 +24,7 @@ from sepdtd.explain.engine import Bound
 from sepdtd.explain.rules import CONTRASTIVE, EPSILON, explain
 
 __all__ = [
-    "RULES", "EPSILON", "METHODS", "LABELS", "CONTRASTIVE", "lrp", "lrp_epsilon", "lrp_alphabeta",
+    "RULES", "EPSILON", "METHODS", "LABELS", "CONTRASTIVE", "lrp", "zplus", "lrp_epsilon", "lrp_alphabeta",
     "gradient_x_input", "clrp", "sglrp", "relevance", "heatmap",
 ]
 
@@ -93,6 +93,18 @@ def lrp(model: nn.Module, x: Tensor, classes: Tensor, *, low: Bound | None, high
     return explain(model, x, classes, composite, low=low, high=high)
 
 
+def zplus(model: nn.Module, x: Tensor, classes: Tensor, *, low: Bound | None = None, high: Bound | None = None,
+          stabilizer: float = 1e-9) -> Tensor:
+    r""":math:`z^+` (Eq. 3) at every weighted layer, the first included: DTD with a different first-layer rule.
+
+    Pixel intensities are never negative, so :math:`z^+` is a valid DTD rule at the first layer too
+    (Montavon et al. 2017). Unlike :math:`z^B` (Eq. 4) it gives black pixels no relevance. ``low`` and
+    ``high`` are accepted so that every method of :data:`METHODS` has the same signature, and ignored.
+    Returns ``(B, K, *x.shape[1:])``.
+    """
+    return lrp(model, x, classes, low=low, high=high, rule="zplus", first="rule", stabilizer=stabilizer)
+
+
 def lrp_epsilon(model: nn.Module, x: Tensor, classes: Tensor, *, low: Bound | None, high: Bound | None,
                 epsilon: float = EPSILON, first: str = "zb", stabilizer: float = 1e-9) -> Tensor:
     r"""LRP-ε (:class:`sepdtd.explain.rules.Epsilon`) above the first layer, :math:`z^B` (Eq. 4) at the first.
@@ -153,6 +165,7 @@ def sglrp(model: nn.Module, x: Tensor, classes: Tensor, *, low: Bound | None, hi
 #: (:data:`sepdtd.explain.rules.METHODS` as functions).
 METHODS: dict[str, Callable[..., Tensor]] = {
     "dtd": dtd.relevance,
+    "zplus": zplus,
     "epsilon": lrp_epsilon,
     "alphabeta": lrp_alphabeta,
     "gradient_x_input": gradient_x_input,
@@ -163,6 +176,7 @@ METHODS: dict[str, Callable[..., Tensor]] = {
 #: Display names of :data:`METHODS`.
 LABELS: dict[str, str] = {
     "dtd": "DTD z+/zB (the paper)",
+    "zplus": "DTD z+/z+ (z+ at the first layer)",
     "epsilon": f"LRP-ε (ε = {EPSILON:g})",
     "alphabeta": "LRP-α2β1",
     "gradient_x_input": "gradient × input",

@@ -2,7 +2,7 @@
 
 The chapter changes one factor at a time against the paper's setting, the baseline network explained
 with DTD: the rule, the dense layers and the depth (:func:`sepdtd.beyond.factors`), and the first layer's
-rule (:func:`first_layer_rule`). How alike the top-1 and top-2 explanations are is read from ``|cos|``
+rule (:func:`first_layer_rows`). How alike the top-1 and top-2 explanations are is read from ``|cos|``
 (``abs_cosine``): a DTD heatmap carries the sign of its logit, so the signed cosine falls when a logit
 turns negative even where the two patterns stay the same. The signed cosine is shown beside it as
 sensitivity, and no verdict rests on it. Where ``|cos|`` was not stored (results of older code), the
@@ -12,15 +12,12 @@ Every function returns numbers, table cells or Markdown; none reads files.
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
-import torch
-from torch import nn
-
-from sepdtd import attribution, data, dtd, metrics, report, twoobject
+from sepdtd import attribution, report
 
 __all__ = ["FACTORS", "FIRST_RULES", "FIRST_FIELDS", "cell", "error_removed", "method_table", "dense_table",
-           "depth_table", "factor_table", "range_table", "factor_lines", "hypotheses", "first_layer_rule",
+           "depth_table", "factor_table", "range_table", "factor_lines", "hypotheses", "first_layer_rows",
            "first_layer_summary", "first_layer_table", "change_table"]
 
 #: The factors of :func:`sepdtd.beyond.factors`, in the order the chapter shows them.
@@ -405,74 +402,43 @@ def hypotheses(rows: Sequence[Mapping], blanks: Mapping[tuple, tuple], datasets:
     return "\n\n".join(t for t in text if t)
 
 
-def _zplus_first(model: nn.Module, x: torch.Tensor, classes: torch.Tensor, *, low: float, high: float
-                 ) -> torch.Tensor:
-    """DTD with $z^+$ (Eq. 3) at every weighted layer, the first included (inputs ≥ 0)."""
-    return attribution.heatmap(attribution.lrp, model, x, classes, low=low, high=high, rule="zplus", first="rule")
+#: The first layers' rules of Factor 5 (label -> method of :data:`sepdtd.attribution.METHODS`); every layer
+#: above the first uses $z^+$ in both.
+FIRST_RULES: dict[str, str] = {"$z^B$ (Eq. 4, the paper's)": "dtd", "$z^+$ (Eq. 3)": "zplus"}
 
-
-#: The first layer's rules of Factor 5, above which every layer uses $z^+$.
-FIRST_RULES: dict[str, Callable[..., torch.Tensor]] = {"$z^B$ (Eq. 4, the paper's)": dtd.heatmap,
-                                                        "$z^+$ (Eq. 3)": _zplus_first}
-
-#: The fields of :func:`first_layer_rule`, in order.
+#: The fields of :func:`first_layer_rows`, in order.
 FIRST_FIELDS = ("d", "abs_cosine", "cosine", "mass2", "mass_obj2", "point2")
 
-
-@torch.no_grad()
-def _top2_ground_truth(net: nn.Module, fn: Callable[..., torch.Tensor], tset: twoobject.TwoObjectSet,
-                       dev: torch.device, batch_size: int) -> list[float | None]:
-    """Top-2 mass accuracy (all pixels, objects only) and pointing game on sign-corrected heatmaps."""
-    scores = []
-    for start in range(0, len(tset), batch_size):
-        part = tset.subset(torch.arange(start, min(start + batch_size, len(tset))))
-        x = data.to_float(part.images).to(dev)
-        top = net(x).topk(2, dim=1)
-        h = fn(net, x, top.indices, low=0.0, high=1.0)
-        h = metrics.sign_corrected(h, top.values)[:, 1].double().cpu()
-        own, other = (m[:, 1] for m in part.regions(top.indices.cpu()))
-        scores.append(torch.stack([metrics.relevance_mass_accuracy(h, own, other),
-                                   metrics.relevance_mass_accuracy(h, own, other, objects_only=True),
-                                   metrics.pointing_game(h, own, other)], 1))
-    s = torch.cat(scores) if scores else torch.full((0, 3), float("nan"), dtype=torch.float64)
-    return [float(v[~v.isnan()].mean()) if (~v.isnan()).any() else None for v in s.T]
+#: The networks of Factor 5: the baseline and the fine-tune at λ = 1.0.
+FIRST_NETWORKS = {"baseline": 0.0, "lam1.0": 1.0}
 
 
-def first_layer_rule(net: nn.Module, x_test: torch.Tensor, tset: twoobject.TwoObjectSet, *, convention: str,
-                     max_scored: int, batch_size: int, device: str | torch.device = "cpu"
-                     ) -> dict[str, dict[str, float | None]]:
-    """Factor 5: one network explained with each first-layer rule of :data:`FIRST_RULES`.
+def first_layer_rows(by: Mapping[tuple, Mapping], datasets: Sequence[str]
+                     ) -> dict[tuple[str, float], dict[str, dict[str, float | None]]]:
+    """Factor 5: the baseline and λ = 1.0 explained with each first-layer rule of :data:`FIRST_RULES`.
 
     Parameters
     ----------
-    net : nn.Module
-        The network (eval mode, on ``device``).
-    x_test : torch.Tensor
-        ``uint8`` test images for Eq. 7 and the cosines.
-    tset : TwoObjectSet
-        Two-object composites; the first ``max_scored`` that ``net`` recognises are scored.
-    convention : str
-        Eq. 7's normalisation (:func:`sepdtd.metrics.diffusion_variants`).
-    max_scored, batch_size : int
-        How many composites are scored, and how many images go through at once.
-    device : str or torch.device, optional
-        Where to compute.
+    by : mapping
+        :func:`sepdtd.beyond.summary` rows keyed by ``(dataset, model, method)``.
+    datasets : sequence of str
+        The data sets, in order.
 
     Returns
     -------
     dict
-        Rule label -> ``d``, ``abs_cosine``, ``cosine`` (real test images) and the top-2 class's
-        ``mass2``, ``mass_obj2``, ``point2`` on the composites (sign-corrected; None where undefined).
+        ``(dataset, λ)`` -> rule label -> ``d`` (Eq. 7 under the rows' convention), ``abs_cosine``, ``cosine``
+        (real test images) and the top-2 class's ``mass2``, ``mass_obj2`` and ``point2`` on the composites
+        (sign-corrected, as the measurement stores them), means over seeds. Only the data sets with both
+        networks measured under both rules.
     """
-    dev = torch.device(device)
-    kept, _ = twoobject.select(tset, net)
-    kept = kept.subset(torch.arange(min(len(kept), max_scored)))
     out = {}
-    for rule, fn in FIRST_RULES.items():
-        d = metrics.diffusion_variants(net, x_test, low=0.0, high=1.0, device=dev, heatmap_fn=fn,
-                                       batch_size=batch_size, conventions=(convention,))
-        gt = _top2_ground_truth(net, fn, kept, dev, batch_size)
-        out[rule] = dict(zip(FIRST_FIELDS, (d[convention], d["abs_cosine"], d["cosine"], *gt)))
+    for name in datasets:
+        if not all((name, model, m) in by for model in FIRST_NETWORKS for m in FIRST_RULES.values()):
+            continue
+        for model, lam in FIRST_NETWORKS.items():
+            out[name, lam] = {rule: {k: by[(name, model, m)]["diffusion" if k == "d" else k][0] for k in FIRST_FIELDS}
+                              for rule, m in FIRST_RULES.items()}
     return out
 
 
@@ -483,17 +449,20 @@ def first_layer_summary(measured: Mapping[tuple[str, float], Mapping[str, Mappin
     Parameters
     ----------
     measured : mapping
-        ``(dataset, lam)`` -> :func:`first_layer_rule`, for λ = 0 and λ = 1.
+        :func:`first_layer_rows`.
     datasets : sequence of str
-        The data sets, in order.
+        The data sets, in order; those missing from ``measured`` are left out.
 
     Returns
     -------
     (str, dict, bool)
         The sentences; the change of the baseline's |cos| from $z^B$ to $z^+$ per data set; whether that
-        change is smaller than the fine-tuning's on every data set.
+        change is below :data:`TOL` or smaller than the fine-tuning's on every data set.
     """
     zb, zp = FIRST_RULES
+    datasets = [n for n in datasets if (n, 0.0) in measured and (n, 1.0) in measured]
+    if not datasets:
+        return "The first layer's rule was not measured on these networks.", {}, False
 
     def get(name: str, lam: float, rule: str, key: str) -> float | None:
         return measured[name, lam][rule][key]
@@ -503,13 +472,14 @@ def first_layer_summary(measured: Mapping[tuple[str, float], Mapping[str, Mappin
                   for n in datasets for r in (zb, zp)}
     if any(v is None for v in (*rule_change.values(), *lam_change.values())):
         return "|cos| is undefined on every image of some network here.", {}, False
-    small = all(abs(rule_change[n]) < abs(lam_change[n, zb]) for n in datasets)
+    moves = [n for n in datasets if abs(rule_change[n]) >= max(TOL, abs(lam_change[n, zb]))]
+    small = not moves
     text = (f"Replacing $z^B$ by $z^+$ at the first layer changes the baseline's top-2 |cos| by at most "
             f"{max(abs(v) for v in rule_change.values()):.4f} on any data set. ")
-    text += ("The first layer's rule moves |cos| less than the fine-tuning does on every data set: the similarity "
-             "of the two explanations is made above the first layer. " if small else
-             "On " + ", ".join(_label(n) for n in datasets if abs(rule_change[n]) >= abs(lam_change[n, zb]))
-             + " the first layer's rule moves |cos| at least as much as the fine-tuning does. ")
+    text += (f"On every data set the first layer's rule moves |cos| by less than {TOL} or less than the fine-tuning "
+             "does: the similarity of the two explanations is made above the first layer. " if small else
+             "On " + ", ".join(_label(n) for n in moves) + f" the first layer's rule moves |cos| by {TOL} or more, "
+             "and at least as much as the fine-tuning does. ")
     text += ("What the rule changes is where the relevance lies: $z^+$ gives black pixels none. The table's "
              "mass columns show by how much.")
     return text, rule_change, small
@@ -520,7 +490,7 @@ def change_table(measured: Mapping[tuple[str, float], Mapping[str, Mapping]], da
     """Factor 5's second table: the change of |cos| by the fine-tuning under each rule, and by the rule."""
     zb, zp = FIRST_RULES
     body = []
-    for n in datasets:
+    for n in (n for n in datasets if (n, 0.0) in measured and (n, 1.0) in measured):
         def ch(a: tuple, b: tuple, key: str = "abs_cosine") -> str:
             return report.or_dash(_diff(measured[b[0], b[1]][b[2]][key], measured[a[0], a[1]][a[2]][key]), "+.3f")
         body.append([_label(n), ch((n, 0.0, zb), (n, 1.0, zb)), ch((n, 0.0, zp), (n, 1.0, zp)),
@@ -532,7 +502,7 @@ def change_table(measured: Mapping[tuple[str, float], Mapping[str, Mapping]], da
 
 def first_layer_table(measured: Mapping[tuple[str, float], Mapping[str, Mapping]], convention: str
                       ) -> tuple[list[str], list[list[str]]]:
-    """Factor 5's table: every (data set, network, rule) of :func:`first_layer_rule` (header, body)."""
+    """Factor 5's table: every (data set, network, rule) of :func:`first_layer_rows` (header, body)."""
     specs = (".2f", ".3f", ".3f", ".2f", ".2f", ".0%")
     body = [[_label(name), "Baseline" if lam == 0 else f"λ = {lam:.1f}", rule]
             + [report.or_dash(v[k], s) for k, s in zip(FIRST_FIELDS, specs)]

@@ -110,6 +110,7 @@ def test_zplus_at_the_first_layer_matches_zennit_and_conserves(data):
     net = small_net("negative")
     mine = A.lrp(net, x, cls, low=None, high=None, rule="zplus", first="rule")
     assert_close(mine, zennit_relevance(net, x, cls, ZPlus(stabilizer=1e-9), first_zb=False))
+    assert torch.equal(A.relevance("zplus", net, x, cls, low=None, high=None), mine)   # the method of chapter 10
     zb = A.lrp(net, x, cls, low=0.0, high=1.0, rule="zplus")
     assert float((mine - zb).abs().max()) > 1e-3 * float(zb.abs().max())      # a different map...
     torch.testing.assert_close(mine.flatten(2).sum(-1), zb.flatten(2).sum(-1), rtol=1e-8, atol=1e-10)  # same sums

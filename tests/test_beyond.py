@@ -181,7 +181,7 @@ def test_summary_and_factors(smoke_unit):
     assert base["cosine"][0] == pytest.approx(res["entries"][0]["methods"]["dtd"]["cosine"])
     f = beyond.factors(rows)
     kinds = {(r["factor"], r["change"]) for r in f}
-    assert {k for k, _ in kinds} == {"rule", "dense", "depth"} and len(f) == 5 + 2 + 2
+    assert {k for k, _ in kinds} == {"rule", "dense", "depth"} and len(f) == (len(attribution.METHODS) - 1) + 2 + 2
     eps = next(r for r in f if r["change"] == attribution.LABELS["epsilon"])
     want = res["entries"][0]["methods"]["epsilon"]["cosine"] - res["entries"][0]["methods"]["dtd"]["cosine"]
     assert eps["d_cosine"] == pytest.approx(want)

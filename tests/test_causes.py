@@ -93,52 +93,45 @@ def test_first_layer_summary_compares_the_rule_with_the_fine_tuning():
     assert small and change["mnist"] == pytest.approx(0.002) and "made above the first layer" in text
     text, _, small = causes.first_layer_summary(_measured(0.2, -0.1), ["mnist"])
     assert not small and "at least as much as the fine-tuning" in text
+    _, _, small = causes.first_layer_summary(_measured(0.0002, -0.0001), ["mnist"])
+    assert small                                                   # both below the tolerance: no finding
     header, body = causes.change_table(_measured(0.002, -0.1), ["mnist"])
     assert body[0][1:4] == ["-0.100", "-0.100", "+0.002"]
 
 
-class _Fixed(torch.nn.Module):
-    """Returns stored logits, whatever the input (the whole set goes through in one batch)."""
+def test_factor5_reads_both_first_layer_rules_from_the_rows():
+    rows = []
+    for model, lam in (("baseline", 0.0), ("lam1.0", 1.0)):
+        rows += [_row(model, "dtd", abs_cos=0.99 - lam / 10, lam=lam),
+                 _row(model, "zplus", abs_cos=0.98 - lam / 10, mass2=0.5, lam=lam)]
+    rows.append(_row("baseline", "dtd", lam=0.0) | {"dataset": "cifar10"})        # no z+ there: left out
+    by = {(r["dataset"], r["model"], r["method"]): r for r in rows}
+    measured = causes.first_layer_rows(by, ["mnist", "cifar10"])
+    assert set(measured) == {("mnist", 0.0), ("mnist", 1.0)}
+    zb, zp = causes.FIRST_RULES
+    assert measured["mnist", 1.0][zp]["abs_cosine"] == pytest.approx(0.88)
+    assert measured["mnist", 0.0][zp]["d"] == pytest.approx(0.1) and measured["mnist", 0.0][zp]["mass2"] == 0.5
+    text, change, small = causes.first_layer_summary(measured, ["mnist", "cifar10"])
+    assert small and change == {"mnist": pytest.approx(-0.01)}
+    header, body = causes.change_table(measured, ["mnist", "cifar10"])
+    assert [line[0] for line in body] == ["MNIST"] and body[0][4] == "+0.100"
 
-    def __init__(self, logits):
-        super().__init__()
-        self.logits = logits
-        self.w = torch.nn.Parameter(torch.zeros(1))
 
-    def forward(self, x):
-        return self.logits[: x.shape[0]].to(x.dtype)
+def test_the_first_layers_z_plus_heatmap_is_sign_corrected_before_the_ground_truth(monkeypatch):
+    from sepdtd.pipeline import measure
 
-
-def test_ground_truth_of_factor5_scores_sign_corrected_heatmaps():
     tset = twoobject.make("mnist", 6, seed=0)
     n = len(tset)
-    logits = torch.full((n, 10), -5.0)
+    logits = torch.full((n, 10), -5.0, dtype=torch.float64)
     logits[torch.arange(n), tset.labels[:, 0]] = -1.0
-    logits[torch.arange(n), tset.labels[:, 1]] = -2.0          # both top logits negative
-    net = _Fixed(logits)
-
-    def on_own_object(model, x, classes, *, low, high):
-        own, _ = tset.regions(classes.cpu())
-        start = logits.gather(1, classes.cpu())
-        return own.double() * start.view(n, 2, 1, 1)             # carries the sign of the logit, as DTD does
-
-    mass, mass_obj, point = causes._top2_ground_truth(net, on_own_object, tset, torch.device("cpu"), n)
-    assert mass == pytest.approx(1.0) and mass_obj == pytest.approx(1.0) and point == pytest.approx(1.0)
-
-
-def test_first_layer_rule_returns_every_field_for_both_rules():
-    from sepdtd import data, models
-
-    net = models.build("mnist", seed=0).eval()
-    x = torch.as_tensor(data.load("mnist").x_test[:8])
-    out = causes.first_layer_rule(net, x, twoobject.make("mnist", 16, seed=0), convention="max", max_scored=4,
-                                  batch_size=8)
-    assert list(out) == list(causes.FIRST_RULES)
-    for v in out.values():
-        assert list(v) == list(causes.FIRST_FIELDS)
-        assert abs(v["cosine"]) <= v["abs_cosine"] + 1e-12 <= 1 + 1e-12
-    zb, zp = causes.FIRST_RULES
-    assert out[zb]["d"] != out[zp]["d"]                   # the two rules differ at the first layer
+    logits[torch.arange(n), tset.labels[:, 1]] = -2.0                        # both top logits negative
+    own, _ = tset.regions(tset.labels)
+    h = own.double() * torch.tensor([-1.0, -2.0], dtype=torch.float64).view(1, 2, 1, 1)   # carries their sign
+    monkeypatch.setattr(measure, "_top2_heatmaps", lambda method, model, x, dev: (h[: len(x)], logits[: len(x)]))
+    fields, _ = measure._ground_truth("zplus", None, tset, torch.device("cpu"), n)
+    assert fields["pointing"] == [1.0, 1.0] and fields["mass"] == [1.0, 1.0]
+    fields, _ = measure._ground_truth("clrp", None, tset, torch.device("cpu"), n)   # not started at the logit
+    assert fields["pointing"] == [None, None] and fields["pointing_nan"] == [n, n]
 
 
 def test_the_scatter_reads_abs_cosine_and_says_where_it_is_missing():

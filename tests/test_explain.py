@@ -156,7 +156,7 @@ def test_gradient_x_input_matches_zennits_gradient_times_the_input():
     assert_rel_close(got, torch.stack(want, 1), rtol=1e-12)
 
 
-@pytest.mark.parametrize("name", ["dtd", "epsilon", "alphabeta", "gradient_x_input", "sglrp"])
+@pytest.mark.parametrize("name", ["dtd", "zplus", "epsilon", "alphabeta", "gradient_x_input", "sglrp"])
 def test_rules_that_conserve_do_with_zero_biases(name):
     """Σ R = f_c (SGLRP: 0) for zero biases; LRP-ε to its ε; CLRP's shares conserve nothing (NaN)."""
     net = models.build("mnist", seed=0).double().eval()          # Keras init: zero biases

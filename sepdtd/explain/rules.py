@@ -466,11 +466,12 @@ def explain(model: nn.Module, x: Tensor, classes: Tensor, method: Method, *, low
     return method._explain(engine.layers(model), x, classes, low=low, high=high, channel_sum=channel_sum, **kw)[0]
 
 
-#: The methods compared in the book, by name: the paper's DTD, LRP-ε and LRP-α2β1 above DTD's first
-#: layer (so that a comparison changes what Section 6 suspects: the upper layers), gradient × input,
-#: CLRP and SGLRP on DTD.
+#: The methods compared in the book, by name: the paper's DTD; DTD with z+ at the first layer too (the
+#: first layer's rule); LRP-ε and LRP-α2β1 above DTD's first layer (so that a comparison changes what
+#: Section 6 suspects: the upper layers); gradient × input; CLRP and SGLRP on DTD.
 METHODS: dict[str, Method] = {
     "dtd": _dtd(),
+    "zplus": Composite(ZPlus()),
     "epsilon": Composite(Epsilon(), first=ZBox()),
     "alphabeta": Composite(AlphaBeta(), first=ZBox()),
     "gradient_x_input": Composite(GradientXInput()),

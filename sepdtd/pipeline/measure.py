@@ -96,7 +96,7 @@ def _top2_heatmaps(method: str, model: nn.Module, x: torch.Tensor, dev: torch.de
 
 #: Methods whose explanation starts at the logit, so that their heatmaps carry its sign (CLRP starts at
 #: ``|f_c|``, SGLRP at the softmax's gradient).
-LOGIT_STARTED = ("dtd", "epsilon", "alphabeta", "gradient_x_input")
+LOGIT_STARTED = ("dtd", "zplus", "epsilon", "alphabeta", "gradient_x_input")
 
 
 def _nanmean(t: torch.Tensor) -> float | None:
