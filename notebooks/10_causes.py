@@ -297,9 +297,9 @@ plt.show()
 # %% [markdown]
 # ### At the full profile (committed results)
 #
-# The same comparison from the committed full-profile results (`results/full/beyond/`). Data sets and
-# seeds missing here were not run at the full profile; the line below names those that were. These
-# results predate |cos|, so their similarity columns are empty, and only the ground-truth columns answer.
+# The same comparison from the committed full-profile results: the units whose networks are kept
+# (`results/full/`), measured by the current code. Data sets and seeds missing here keep no network yet;
+# the line below names those that do. A unit whose extra networks are not kept shows the rule factor only.
 
 # %%
 full_results, full_rows = book.committed_beyond(profile, seed, CONVENTION)
@@ -318,8 +318,7 @@ if full_rows:
 #
 # The statements below are computed from the tables above by `sepdtd.causes`. They come first from this
 # build's profile and seeds, then from the committed full-profile results where those exist. One seed
-# gives no spread over training runs. The committed results of the first layout lack the first layer's
-# rule (Factor 5).
+# gives no spread over training runs.
 
 # %%
 blanks = book.blank_shares(results)
@@ -330,10 +329,12 @@ book.show_markdown(f"**This build (profile `{profile}`)**\n\n"
                                        first_layer=(rule_change, first_layer_small) if rule_change else None))
 if full_rows:
     full_blanks = book.blank_shares(full_results)
+    full_first = causes.first_layer_summary(causes.first_layer_rows(full_by, DATASETS), DATASETS)
     book.show_markdown(f"**The committed full-profile results** ({FULL_RUN})\n\n"
                        + book.markdown_table(*causes.range_table(full_fac, full_by, DATASETS)) + "\n\n"
                        + causes.factor_lines(full_fac, full_by, full_blanks, DATASETS) + "\n\n"
-                       + causes.hypotheses(full_rows, full_blanks, DATASETS, models.TABLE1_CONV))
+                       + causes.hypotheses(full_rows, full_blanks, DATASETS, models.TABLE1_CONV,
+                                           first_layer=full_first[1:] if full_first[1] else None))
 
 # %% [markdown]
 # Taken together with {doc}`09_ground_truth`: Eq. 7 and |cos| measure whether two explanations differ.

@@ -204,7 +204,7 @@ def _build(config: dict) -> torch.nn.Module:
 
 
 def load_results(profile: str, *, results_dir: str | os.PathLike | None = None) -> list[dict]:
-    """Every stored unit of chapters 9-10 of a profile (those with all networks kept and measured)."""
+    """Every stored unit of chapters 9-10 of a profile (those whose paper networks are kept and measured)."""
     root = store.profile_root(profile, results_dir)
     return view.stored_units(root, "beyond", lambda ds, seed: unit(profile, ds, seed, results_dir=root),
                              "the study of chapters 9-10", "run `python -m sepdtd beyond` or `measure` to finish it")
