@@ -169,7 +169,8 @@ class Explainer:
         weights are used in the inputs' dtype.
     rule : str, Rule or Method
         ``"dtd"`` (the paper's: :math:`z^B` at the first weighted layer, :math:`z^+` above, Eq. 3-4),
-        ``"epsilon"``, ``"alphabeta"``, ``"gradient_x_input"``, ``"clrp"``, ``"sglrp"``
+        ``"zplus"`` (:math:`z^+` at every layer), ``"epsilon"``, ``"alphabeta"``, ``"gradient_x_input"``,
+        ``"clrp"``, ``"sglrp"``
         (:data:`sepdtd.explain.rules.METHODS`); a :class:`~sepdtd.explain.rules.Rule` (used above the
         first layer, with :class:`~sepdtd.explain.rules.ZBox` at the first;
         :class:`~sepdtd.explain.rules.GradientXInput` everywhere); a
