@@ -16,9 +16,10 @@ from collections.abc import Mapping, Sequence
 
 from sepdtd import attribution, report
 
-__all__ = ["FACTORS", "FIRST_RULES", "FIRST_FIELDS", "cell", "error_removed", "method_table", "dense_table",
-           "depth_table", "factor_table", "range_table", "factor_lines", "hypotheses", "first_layer_rows",
-           "first_layer_summary", "first_layer_table", "change_table"]
+__all__ = ["FACTORS", "TOL", "SIGNED_METHODS", "FIRST_RULES", "FIRST_FIELDS", "FIRST_NETWORKS", "cell",
+           "error_removed", "method_table", "dense_table", "depth_table", "factor_table", "range_table",
+           "factor_lines", "hypotheses", "first_layer_rows", "first_layer_summary", "first_layer_table",
+           "change_table"]
 
 #: The factors of :func:`sepdtd.beyond.factors`, in the order the chapter shows them.
 FACTORS = ("rule", "dense", "depth")
