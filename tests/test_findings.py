@@ -89,13 +89,24 @@ def test_the_ground_truth_finding_reads_dtd_on_the_lambda_family():
     assert findings.ground_truth(rows[2:]) == "No ground-truth results for DTD."
 
 
-def test_the_causes_finding_compares_the_ablations():
-    rows = [{"tag": "lam1.0", "logit_nonpositive": [0.9, 1.0]},
-            {"tag": "abl-free-output-bias", "logit_nonpositive": [0.0, 0.3]},
-            {"tag": "abl-output-penalty", "logit_nonpositive": [0.1, 0.5]}]
-    assert findings.causes(rows) == ("At λ = 1 the top-2 logit is ≤ 0 on 100% of the test images. With the output "
-                                     "bias left free, on 30%. With the penalty on the output layer only, on 50%.")
-    assert findings.causes(rows[1:]) == "No ablation results."
+def _abl(tag, top2, abs_cos, seed=0):
+    return {"tag": tag, "seed": seed, "logit_nonpositive": [0.0, top2], "abs_cosine": abs_cos}
+
+
+def test_the_causes_finding_names_what_holds_the_logits_down_and_whether_separation_survives():
+    rows = [_abl("baseline", 0.25, 0.99), _abl("lam1.0", 1.0, 0.83),
+            _abl("abl-free-output-bias", 0.3, 0.85), _abl("abl-output-penalty", 0.9, 0.95)]
+    text = findings.causes(rows)
+    assert text.startswith("At λ = 1 the top-2 logit is ≤ 0 on 100% of the test images (baseline: 25%). With the "
+                           "output bias free, it is ≤ 0 on 30%; with the penalty on the output layer alone, on 90%.")
+    assert "The constraint b ≤ 0 on the output bias holds the logits down." in text
+    assert "the separation survives" in text and text.endswith("Seed 0 only (n = 1).")
+    rows[2] = _abl("abl-free-output-bias", 0.3, 0.97)                   # lifted, and |cos| back near 0.99
+    assert "the separation rested on the negative logits" in findings.causes(rows)
+    rows[2] = _abl("abl-free-output-bias", 0.9, 0.85)                   # nothing lifts them
+    text = findings.causes(rows)
+    assert "is not what holds them down" in text and "whether the separation survives without them is open" in text
+    assert findings.causes(rows[2:]) == "No ablation results."
 
 
 def test_the_opening_box_is_a_myst_admonition_with_two_lines():
