@@ -101,7 +101,7 @@ def main() -> int:
                 per += [(kind, rec["dataset"], rec["seed"], tag, e["wall_s"]) for tag, e in rec["networks"].items()]
     print(f"device: {device_name(dev)}")
     for kind, ds, seed, tag, wall in per:
-        print(f"  {kind:<7} {ds:<14} seed {seed} {tag:<16} {wall:7.1f} s")
+        print(f"  {kind:<9} {ds:<14} seed {seed} {tag:<20} {wall:7.1f} s")
     n = len(out["networks"])
     print(f"measure stage: {n} (network, measurement) pairs in {out['wall_s']:.1f} s "
           f"({out['wall_s'] / 60:.1f} min; target {TARGET_S / 60:.0f} min: ratio {out['wall_s'] / TARGET_S:.2f})")
