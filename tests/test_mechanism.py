@@ -130,3 +130,24 @@ def test_the_ablation_table_orders_the_networks_and_shows_the_sign_corrected_poi
                                             ("0", "λ = 1, Eq. 6 on the output layer only"), ("1", "baseline")]
     assert body[0][4:] == ["10% / 90%", "0% / —", "0.500", "25%", "3"]
     assert body[1][7:] == ["—", "12"]
+
+
+def test_the_centred_cosine_is_that_of_heatmaps_started_at_the_centred_logits():
+    """DTD is linear in its start: started at c instead of f, a heatmap is h * c / f."""
+    from sepdtd import dtd, metrics
+
+    net = fingerprint.probe_network()
+    x, _ = fingerprint.probe_images()
+    with torch.no_grad():
+        logits = net(x)
+    top = logits.topk(2, dim=1)
+    centered = top.values - logits.mean(1, keepdim=True)
+    h = dtd.heatmap(net, x, top.indices, low=0.0, high=1.0).detach().double()
+    got = measure.top2_cosines(h, top.values, centered)
+    scale = (centered / top.values).double().view(-1, 2, 1, 1)         # the heatmaps started at the centred logits
+    want = metrics.cosines((h * scale)[:, 0], (h * scale)[:, 1]).double()
+    mixed = (top.values[:, 0] > 0) & (top.values[:, 1] <= 0)
+    assert mixed.any(), "the probe needs an image whose top-1 logit is > 0 and top-2 logit <= 0"
+    ok = ~want.isnan()
+    torch.testing.assert_close(got["centered_cosine"][ok], want[ok], rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(got["abs_cosine"], got["cosine"].abs(), equal_nan=True)

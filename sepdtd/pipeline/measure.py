@@ -34,8 +34,8 @@ from sepdtd.pipeline import store
 from sepdtd.pipeline.config import MeasureConfig
 
 __all__ = ["PAPER_CONVENTIONS", "BEYOND_CONVENTIONS", "test_images", "beyond_images", "paper_fields",
-           "beyond_fields", "mechanism_fields", "LOGIT_PARTS", "top2_fields", "flatten", "status", "measure",
-           "load_network"]
+           "beyond_fields", "mechanism_fields", "LOGIT_PARTS", "top2_fields", "top2_cosines", "flatten", "status",
+           "measure", "load_network"]
 
 #: Conventions of Eq. 7 in the ``"paper"`` measurement.
 PAPER_CONVENTIONS = metrics.CONVENTIONS
@@ -127,6 +127,33 @@ def top2_fields(method: str, model: nn.Module, x: torch.Tensor, dev: torch.devic
               "blank": int(per["cosine"].isnan().sum()),
               "logit_nonpositive": per["logit_nonpositive"].mean(0).tolist(), "n_eval": int(x.shape[0])}
     return fields, per
+
+
+def top2_cosines(h: torch.Tensor, start: torch.Tensor, centered: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Per image, the cosine of the top-1 and top-2 DTD heatmaps, as returned and as if started elsewhere.
+
+    DTD's rules are linear in the relevance they start from, so a heatmap started at another value ``s``
+    instead of the logit ``f`` is ``h * s / f``, and only the signs change the cosine.
+
+    Parameters
+    ----------
+    h : torch.Tensor
+        ``(B, 2, H, W)`` heatmaps started at the logits ``start``.
+    start : torch.Tensor
+        ``(B, 2)``: the top-1 and top-2 logits.
+    centered : torch.Tensor
+        ``(B, 2)``: the same logits minus each image's mean logit.
+
+    Returns
+    -------
+    dict
+        ``cosine`` (as returned), ``abs_cosine``, ``sc_cosine`` (started at ``|f|``: sign-corrected) and
+        ``centered_cosine`` (started at the centred logits), float64 ``(B,)``; NaN where a heatmap is blank.
+    """
+    cos = metrics.cosines(h[:, 0], h[:, 1]).double()
+    sign = torch.sign(start.prod(1)).double()
+    return {"cosine": cos, "abs_cosine": cos.abs(), "sc_cosine": cos * sign,
+            "centered_cosine": cos * sign * torch.sign(centered.prod(1)).double()}
 
 
 def _ground_truth(method: str, model: nn.Module, tset: twoobject.TwoObjectSet, dev: torch.device,
@@ -363,11 +390,8 @@ def mechanism_fields(model: nn.Module, x_eval: torch.Tensor, candidates: twoobje
             keep("centered_logit_nonpositive", (centered <= 0).double())
             with torch.enable_grad():
                 h = attribution.heatmap("dtd", model, xb, top.indices, low=0.0, high=1.0).detach().double()
-            cos = metrics.cosines(h[:, 0], h[:, 1])
-            keep("cosine", cos)
-            keep("abs_cosine", cos.abs())
-            keep("sc_cosine", cos * torch.sign(top.values.prod(1)).double())
-            keep("centered_cosine", cos * torch.sign(centered.prod(1)).double())
+            for name, v in top2_cosines(h, top.values, centered).items():
+                keep(name, v)
         kept, _ = twoobject.select(candidates, model)
         scored = kept.subset(torch.arange(min(len(kept), max_scored)))
         for sl in _batches(len(scored), batch_size):
