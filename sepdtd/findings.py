@@ -211,10 +211,12 @@ SEPARATED = 0.05
 def causes(rows: Sequence[Mapping]) -> str:
     """Chapter 10: what makes the fine-tuned logits negative, and whether the separation survives without them.
 
-    Each ablation fine-tunes the baseline at λ = 1 with one change. A change that leaves the top-2 logit
-    > 0 on most test images removes what held it down. The separation survives without the negative
-    logits when such an ablation still lowers |cos| below the baseline's by more than :data:`SEPARATED`.
-    Shares and |cos| are means over the seeds of the rows.
+    Each ablation fine-tunes the baseline at λ = 1 with one change; a third needs no network: DTD started
+    at the logits minus each image's mean logit (*centred*). DTD is linear in its start, so centring
+    rescales each heatmap and leaves |cos| as it is. A change that leaves the top-2 logit > 0 on most
+    test images removes what held it down. The separation survives without the negative logits when
+    such a change still lowers |cos| below the baseline's by more than :data:`SEPARATED`. Shares and
+    |cos| are means over the seeds of the rows.
 
     Parameters
     ----------
@@ -222,18 +224,20 @@ def causes(rows: Sequence[Mapping]) -> str:
         :func:`sepdtd.mechanism.ablation_rows`.
     """
     def mean(tag: str, key: str) -> float | None:
-        vals = [(r[key][1] if key == "logit_nonpositive" else r[key]) for r in rows if r["tag"] == tag]
+        vals = [(r[key][1] if key.endswith("logit_nonpositive") else r[key]) for r in rows if r["tag"] == tag]
         vals = [v for v in vals if v is not None]
         return sum(vals) / len(vals) if vals else None
 
-    p, b = mean(f"lam{LAM!r}", "logit_nonpositive"), mean("baseline", "logit_nonpositive")
+    paper = f"lam{LAM!r}"
+    p, b = mean(paper, "logit_nonpositive"), mean("baseline", "logit_nonpositive")
     if p is None:
         return "No ablation results."
     text = f"At λ = {LAM:g} the top-2 logit is ≤ 0 on {p:.0%} of the test images"
     text += f" (baseline: {b:.0%})." if b is not None else "."
     ablations = {"abl-free-output-bias": "the output bias free", "abl-output-penalty": "the penalty on the output "
-                 "layer alone"}
-    shares = {t: mean(t, "logit_nonpositive") for t in ablations}
+                 "layer alone", "centred": "the logits centred before DTD"}
+    shares = {t: mean(t, "logit_nonpositive") for t in ablations if t != "centred"}
+    shares["centred"] = mean(paper, "centered_logit_nonpositive")
     said = [f"{what}, on {shares[t]:.0%}" for t, what in ablations.items() if shares[t] is not None]
     if said:
         text += " With " + said[0].replace(", on", ", it is ≤ 0 on", 1) + "".join(f"; with {x}" for x in said[1:]) + "."
@@ -243,7 +247,7 @@ def causes(rows: Sequence[Mapping]) -> str:
                  " The constraint b ≤ 0 on the output bias is not what holds them down.")
     lifted = [t for t, v in shares.items() if v is not None and v < 0.5]
     base_cos = mean("baseline", "abs_cosine")
-    cos = {t: mean(t, "abs_cosine") for t in lifted}
+    cos = {t: mean(paper if t == "centred" else t, "abs_cosine") for t in lifted}
     if p >= 0.5 and said:
         if not lifted:
             text += " No ablation lifts them, so whether the separation survives without them is open."

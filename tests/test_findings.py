@@ -89,8 +89,9 @@ def test_the_ground_truth_finding_reads_dtd_on_the_lambda_family():
     assert findings.ground_truth(rows[2:]) == "No ground-truth results for DTD."
 
 
-def _abl(tag, top2, abs_cos, seed=0):
-    return {"tag": tag, "seed": seed, "logit_nonpositive": [0.0, top2], "abs_cosine": abs_cos}
+def _abl(tag, top2, abs_cos, seed=0, centred=1.0):
+    return {"tag": tag, "seed": seed, "logit_nonpositive": [0.0, top2], "abs_cosine": abs_cos,
+            "centered_logit_nonpositive": [0.0, centred]}
 
 
 def test_the_causes_finding_names_what_holds_the_logits_down_and_whether_separation_survives():
@@ -98,7 +99,8 @@ def test_the_causes_finding_names_what_holds_the_logits_down_and_whether_separat
             _abl("abl-free-output-bias", 0.3, 0.85), _abl("abl-output-penalty", 0.9, 0.95)]
     text = findings.causes(rows)
     assert text.startswith("At λ = 1 the top-2 logit is ≤ 0 on 100% of the test images (baseline: 25%). With the "
-                           "output bias free, it is ≤ 0 on 30%; with the penalty on the output layer alone, on 90%.")
+                           "output bias free, it is ≤ 0 on 30%; with the penalty on the output layer alone, on 90%; "
+                           "with the logits centred before DTD, on 100%.")
     assert "The constraint b ≤ 0 on the output bias holds the logits down." in text
     assert "the separation survives" in text and text.endswith("Seed 0 only (n = 1).")
     rows[2] = _abl("abl-free-output-bias", 0.3, 0.97)                   # lifted, and |cos| back near 0.99
@@ -106,6 +108,8 @@ def test_the_causes_finding_names_what_holds_the_logits_down_and_whether_separat
     rows[2] = _abl("abl-free-output-bias", 0.9, 0.85)                   # nothing lifts them
     text = findings.causes(rows)
     assert "is not what holds them down" in text and "whether the separation survives without them is open" in text
+    rows[1] = _abl("lam1.0", 1.0, 0.83, centred=0.0)                    # centring lifts them; |cos| is the fine-tune's
+    assert "|cos| stays below the baseline's: the separation survives" in findings.causes(rows)
     assert findings.causes(rows[2:]) == "No ablation results."
 
 
