@@ -223,6 +223,11 @@ else:
 # counts the composites where it has no value.
 
 # %%
+header, body = mechanism.parts_table(ablations)
+if body:
+    book.show_markdown("The output layer's contributions to the top-2 logit, means over the test images. "
+                       "Eq. 6 penalises only the positive off-block weights; the negative ones stay.\n\n"
+                       + book.markdown_table(header, body))
 header, body = mechanism.ablation_table(ablations)
 book.show_markdown(book.markdown_table(header, body) if body
                    else "*No ablation was run at this profile and seed.*")

@@ -234,6 +234,9 @@ def causes(rows: Sequence[Mapping]) -> str:
         return "No ablation results."
     text = f"At λ = {LAM:g} the top-2 logit is ≤ 0 on {p:.0%} of the test images"
     text += f" (baseline: {b:.0%})." if b is not None else "."
+    moved = _largest_part_change(rows, paper)
+    if moved is not None:
+        text += f" Its largest change against the baseline is in the {moved}."
     ablations = {"abl-free-output-bias": "the output bias free", "abl-output-penalty": "the penalty on the output "
                  "layer alone", "centred": "the logits centred before DTD"}
     shares = {t: mean(t, "logit_nonpositive") for t in ablations if t != "centred"}
@@ -261,6 +264,22 @@ def causes(rows: Sequence[Mapping]) -> str:
             else:
                 text += " The ablations that lift them disagree on whether the separation survives."
     return text + f" {_seeds_of(rows)}."
+
+
+_PARTS = {"in_pos": "in-block positive part", "in_neg": "in-block negative part", "off_pos": "off-block positive "
+          "part", "off_neg": "off-block negative part", "bias": "bias"}
+
+
+def _largest_part_change(rows: Sequence[Mapping], tag: str) -> str | None:
+    """"off-block positive part: +8.44 to +0.00": the part of the top-2 logit that moves most from the
+    baseline to network ``tag`` (means over the seeds with both), or None without parts."""
+    pairs = [(b["top2_parts"], r["top2_parts"]) for b in rows if b["tag"] == "baseline" and b.get("top2_parts")
+             for r in rows if r["tag"] == tag and r.get("top2_parts") and r.get("seed") == b.get("seed")]
+    if not pairs:
+        return None
+    mean = {k: (sum(a[k] for a, _ in pairs) / len(pairs), sum(c[k] for _, c in pairs) / len(pairs)) for k in _PARTS}
+    k = max(mean, key=lambda k: abs(mean[k][1] - mean[k][0]))
+    return f"{_PARTS[k]}: {mean[k][0]:+.2f} to {mean[k][1]:+.2f}"
 
 
 def _seeds_of(rows: Sequence[Mapping]) -> str:

@@ -35,8 +35,8 @@ from sepdtd.pipeline import measure, store, train, view
 from sepdtd.pipeline.config import MeasureConfig, dataset_name, lam_tag
 
 __all__ = ["ABLATIONS", "ABLATION_LAM", "SWEEP_LAMS", "SWEEP_MAX_EPOCHS", "SWEEP_PENALTY", "SEEDS", "jobs",
-           "measurements", "run", "reproduce", "unit", "load_results", "ablation_rows", "ablation_table", "sweep_rows",
-           "bias_effects", "NETWORK_LABELS"]
+           "measurements", "run", "reproduce", "unit", "load_results", "ablation_rows", "ablation_table", "parts_table",
+           "sweep_rows", "bias_effects", "NETWORK_LABELS", "PART_LABELS"]
 
 #: The ablations: name -> the fine-tuning settings they change (:class:`~sepdtd.pipeline.config.TrainConfig`).
 ABLATIONS: dict[str, dict[str, Any]] = {
@@ -260,6 +260,35 @@ def ablation_table(rows: Sequence[dict]) -> tuple[list[str], list[list[str]]]:
                      or_dash(r["abs_cosine"], ".3f"), or_dash(r["pointing2"]["corrected"], ".0%"),
                      str(r["pointing2_nan"]["corrected"])])
     return header, body
+
+
+#: Chapter 10's names of the parts of a logit (:data:`sepdtd.pipeline.measure.LOGIT_PARTS`).
+PART_LABELS: dict[str, str] = {"in_pos": "in-block +", "in_neg": "in-block −", "off_pos": "off-block +",
+                               "off_neg": "off-block −", "bias": "bias", "logit": "logit"}
+
+
+def parts_table(rows: Sequence[dict], *, which: str = "top2") -> tuple[list[str], list[list[str]]]:
+    """The output layer's contributions to the top-2 (or top-1) logit, per network of :func:`ablation_rows`.
+
+    Each part is a mean over the test images of ``w_cj a_j`` summed over the hidden neurons of one kind
+    (in or off the class's block of Eq. 6, positive or negative weight), or the bias; they add up to the
+    logit.
+
+    Returns
+    -------
+    header, body
+        Data set, seed, network, then one column per part of :data:`PART_LABELS`.
+    """
+    from sepdtd.report import DATASET_LABELS
+
+    order = list(NETWORK_LABELS)
+    body = []
+    for r in sorted(rows, key=lambda r: (r["dataset"], r["seed"], order.index(r["tag"]) if r["tag"] in order
+                                         else len(order))):
+        parts = r[f"{which}_parts"]
+        body.append([DATASET_LABELS.get(r["dataset"], r["dataset"]), str(r["seed"]),
+                     NETWORK_LABELS.get(r["tag"], r["tag"])] + [f"{parts[k]:+.2f}" for k in PART_LABELS])
+    return ["data set", "seed", "network"] + list(PART_LABELS.values()), body
 
 
 def sweep_rows(results: Sequence[dict], *, convention: str | None = None) -> list[dict]:

@@ -113,6 +113,14 @@ def test_the_causes_finding_names_what_holds_the_logits_down_and_whether_separat
     assert findings.causes(rows[2:]) == "No ablation results."
 
 
+def test_the_causes_finding_names_the_part_of_the_top2_logit_that_moves_most():
+    base = {"in_pos": 1.0, "in_neg": -1.0, "off_pos": 8.0, "off_neg": -6.0, "bias": 0.0}
+    tuned = {"in_pos": 0.5, "in_neg": -1.0, "off_pos": 0.0, "off_neg": -9.0, "bias": 0.0}
+    rows = [_abl("baseline", 0.25, 0.99) | {"top2_parts": base}, _abl("lam1.0", 1.0, 0.83) | {"top2_parts": tuned}]
+    assert "Its largest change against the baseline is in the off-block positive part: +8.00 to +0.00." in \
+        findings.causes(rows)
+
+
 def test_the_opening_box_is_a_myst_admonition_with_two_lines():
     box = book.opening("it says so.", "we see it.", note="A note.")
     assert box.startswith("```{admonition} In brief\n:class: tip\n") and box.endswith("\n```")

@@ -151,3 +151,12 @@ def test_the_centred_cosine_is_that_of_heatmaps_started_at_the_centred_logits():
     ok = ~want.isnan()
     torch.testing.assert_close(got["centered_cosine"][ok], want[ok], rtol=1e-9, atol=1e-12)
     torch.testing.assert_close(got["abs_cosine"], got["cosine"].abs(), equal_nan=True)
+
+
+def test_the_parts_table_shows_each_part_of_the_top2_logit_and_their_sum():
+    parts = {"in_pos": 0.5, "in_neg": -0.25, "off_pos": 0.0, "off_neg": -2.0, "bias": -0.125, "logit": -1.875}
+    rows = [{**_ablation_row("lam1.0"), "top2_parts": parts}, {**_ablation_row("baseline"), "top2_parts": parts}]
+    header, body = mechanism.parts_table(rows)
+    assert header[3:] == ["in-block +", "in-block −", "off-block +", "off-block −", "bias", "logit"]
+    assert [b[2] for b in body] == ["baseline", "λ = 1"]                   # the table's network order
+    assert body[0][3:] == ["+0.50", "-0.25", "+0.00", "-2.00", "-0.12", "-1.88"]
