@@ -210,12 +210,27 @@ def atomic_torch_save(path: str | os.PathLike, obj: Any) -> Path:
     return atomic_write_bytes(path, buf.getvalue())
 
 
+_OWN_COMMIT: list[str] = []
+
+
 def git_commit(repo: str | os.PathLike | None = None) -> str:
     """The commit of the code: ``$SEPDTD_COMMIT`` if set, else ``git rev-parse HEAD`` with ``-dirty`` if
-    the package's tracked files changed; ``"unknown"`` outside git."""
+    the package's tracked files changed; ``"unknown"`` outside git.
+
+    For the package's own repository (``repo`` None) git is asked once per process, at the first call:
+    a long run records the commit of the code it loaded, not one that a checkout made while it ran.
+    The stages call it when they start.
+    """
     if os.environ.get("SEPDTD_COMMIT"):  # set where the code runs from a copy without .git (the GPU runner)
         return os.environ["SEPDTD_COMMIT"]
-    repo = Path(repo) if repo else Path(__file__).resolve().parent.parent
+    if repo is None:
+        if not _OWN_COMMIT:
+            _OWN_COMMIT.append(_ask_git(Path(__file__).resolve().parent.parent))
+        return _OWN_COMMIT[0]
+    return _ask_git(Path(repo))
+
+
+def _ask_git(repo: Path) -> str:
     try:
         sha = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True,
                              text=True, check=True, timeout=10).stdout.strip()

@@ -125,3 +125,16 @@ def test_a_stopped_lock_holder_ends_the_wait_with_its_name(tmp_path, monkeypatch
         holder.wait()
     with utils.file_lock(lock, timeout=5):  # a killed holder releases the lock
         assert lock.read_text() == f"{os.getpid()} {utils._host()}\n"
+
+
+def test_the_packages_commit_is_read_once_per_process(monkeypatch):
+    """A long run records the commit of the code it loaded, not one checked out while it ran."""
+    heads = iter(["a" * 40, "b" * 40])
+    monkeypatch.delenv("SEPDTD_COMMIT", raising=False)
+    monkeypatch.setattr(utils, "_OWN_COMMIT", [])
+    monkeypatch.setattr(utils, "_ask_git", lambda repo: next(heads))
+    assert utils.git_commit() == "a" * 40
+    assert utils.git_commit() == "a" * 40                      # HEAD moved to b...: still the loaded code's
+    assert utils.git_commit("/elsewhere") == "b" * 40          # another repository is asked each time
+    monkeypatch.setenv("SEPDTD_COMMIT", "c" * 12)
+    assert utils.git_commit() == "c" * 12

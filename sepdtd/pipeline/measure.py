@@ -524,6 +524,7 @@ def measure(root: str | os.PathLike, dataset: str, seed: int, plan: dict[str, Me
     if len(kinds) != 1:
         raise ValueError(f"one measurement kind per call, got {sorted(kinds)}")
     kind = kinds.pop()
+    utils.git_commit()                                  # the commit of the code this process loaded
     dev = utils.resolve_device(device)
     trained = store.read_record(store.record_path(root, "train", dataset, seed))["networks"]
     missing = [t for t in plan if t not in trained]

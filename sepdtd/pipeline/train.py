@@ -232,6 +232,7 @@ def ensure(root: str | os.PathLike, dataset: str, seed: int, jobs: Sequence[Job]
     """
     if retrain not in RETRAIN:
         raise ValueError(f"retrain must be one of {', '.join(RETRAIN)}, got {retrain!r}")
+    utils.git_commit()                                  # the commit of the code this process loaded
     root = Path(root)
     for job in jobs:
         if (job.config.dataset, job.config.seed) != (dataset, seed):
