@@ -157,8 +157,10 @@ for name in DATASETS:
 # zero are not counted).
 
 # %%
+not_kept = {r["dataset"]: r["missing"] for r in results if r["seed"] == seed and r.get("missing")}
 for name in DATASETS:
-    note = "" if name in extra else " — no separate network at this profile (only the λ networks)"
+    note = ("" if name in extra else f" — not kept yet: {', '.join(not_kept[name])}" if name in not_kept
+            else " — no separate network at this profile (only the λ networks)")
     book.show_markdown(f"**{LABELS[name]}**{note}\n\n" + book.markdown_table(*causes.dense_table(rows, by, name)))
 
 # %% [markdown]
