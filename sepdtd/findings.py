@@ -215,71 +215,116 @@ def causes(rows: Sequence[Mapping]) -> str:
     at the logits minus each image's mean logit (*centred*). DTD is linear in its start, so centring
     rescales each heatmap and leaves |cos| as it is. A change that leaves the top-2 logit > 0 on most
     test images removes what held it down. The separation survives without the negative logits when
-    such a change still lowers |cos| below the baseline's by more than :data:`SEPARATED`. Shares and
-    |cos| are means over the seeds of the rows.
+    such a change still lowers |cos| below the baseline's by more than :data:`SEPARATED`. Each data set
+    is judged on its own, from the means over its seeds; where they differ, each verdict names its data
+    sets.
 
     Parameters
     ----------
     rows : sequence of dict
         :func:`sepdtd.mechanism.ablation_rows`.
     """
+    per = {d: _causes_of([r for r in rows if r.get("dataset") == d]) for d in dict.fromkeys(r.get("dataset")
+                                                                                              for r in rows)}
+    per = {d: v for d, v in per.items() if v is not None}
+    if not per:
+        return "No ablation results."
+
+    def span(values: Iterable[float | None]) -> str | None:
+        return _span(values, ".0%")
+
+    text = f"At λ = {LAM:g} the top-2 logit is ≤ 0 on {span(v['p'] for v in per.values())} of the test images"
+    base = span(v["b"] for v in per.values())
+    text += f" (baseline: {base})." if base is not None else "."
+    parts = {v["part"][0] for v in per.values() if v["part"] is not None}
+    if len(parts) == 1 and len(per) == 1:
+        name, before, after = next(iter(per.values()))["part"]
+        text += f" Its largest change against the baseline is in the {name}: {before:+.2f} to {after:+.2f}."
+    elif len(parts) == 1:
+        text += f" Its largest change against the baseline is in the {parts.pop()} on every data set."
+    said = []
+    for tag, what in _ABLATIONS.items():
+        s = span(v["shares"].get(tag) for v in per.values())
+        if s is not None:
+            said.append(f"{what}, on {s}")
+    if said:
+        text += " With " + said[0].replace(", on", ", it is ≤ 0 on", 1) + "".join(f"; with {x}" for x in said[1:]) + "."
+    for key in ("free", "survival"):
+        verdicts: dict[str, list[str]] = {}
+        for d, v in per.items():
+            if v[key] is not None:
+                verdicts.setdefault(v[key], []).append(_label(d))
+        if len(verdicts) == 1 and len(per) > 1 and len(next(iter(verdicts.values()))) < len(per):
+            (sentence, names), = verdicts.items()
+            text += f" {sentence[:-1]} ({join(names)})."
+        elif len(verdicts) == 1:
+            text += f" {next(iter(verdicts))}"
+        else:
+            text += "".join(f" {sentence[:-1]} ({join(names)})." for sentence, names in verdicts.items())
+    seeds = _seeds_of(rows)
+    return text + f" {join([_label(d) for d in per])}: {seeds[0].lower() + seeds[1:]}."
+
+
+#: The changes of :func:`causes` (``centred``: the fine-tune at λ = 1, DTD started at the centred logits).
+_ABLATIONS = {"abl-free-output-bias": "the output bias free",
+              "abl-output-penalty": "the penalty on the output layer alone",
+              "centred": "the logits centred before DTD"}
+
+
+def _causes_of(rows: Sequence[Mapping]) -> dict | None:
+    """The numbers and verdicts of :func:`causes` for one data set's rows (None without the fine-tune)."""
+    paper = f"lam{LAM!r}"
+
     def mean(tag: str, key: str) -> float | None:
         vals = [(r[key][1] if key.endswith("logit_nonpositive") else r[key]) for r in rows if r["tag"] == tag]
         vals = [v for v in vals if v is not None]
         return sum(vals) / len(vals) if vals else None
 
-    paper = f"lam{LAM!r}"
-    p, b = mean(paper, "logit_nonpositive"), mean("baseline", "logit_nonpositive")
+    p = mean(paper, "logit_nonpositive")
     if p is None:
-        return "No ablation results."
-    text = f"At λ = {LAM:g} the top-2 logit is ≤ 0 on {p:.0%} of the test images"
-    text += f" (baseline: {b:.0%})." if b is not None else "."
-    moved = _largest_part_change(rows, paper)
-    if moved is not None:
-        text += f" Its largest change against the baseline is in the {moved}."
-    ablations = {"abl-free-output-bias": "the output bias free", "abl-output-penalty": "the penalty on the output "
-                 "layer alone", "centred": "the logits centred before DTD"}
-    shares = {t: mean(t, "logit_nonpositive") for t in ablations if t != "centred"}
+        return None
+    shares = {t: mean(t, "logit_nonpositive") for t in _ABLATIONS if t != "centred"}
     shares["centred"] = mean(paper, "centered_logit_nonpositive")
-    said = [f"{what}, on {shares[t]:.0%}" for t, what in ablations.items() if shares[t] is not None]
-    if said:
-        text += " With " + said[0].replace(", on", ", it is ≤ 0 on", 1) + "".join(f"; with {x}" for x in said[1:]) + "."
     free = shares["abl-free-output-bias"]
-    if free is not None and p >= 0.5:
-        text += (" The constraint b ≤ 0 on the output bias holds the logits down." if free < 0.5 else
-                 " The constraint b ≤ 0 on the output bias is not what holds them down.")
+    out = {"p": p, "b": mean("baseline", "logit_nonpositive"), "part": _largest_part_change(rows, paper),
+           "shares": shares, "free": None, "survival": None}
+    if p < 0.5:
+        return out
+    if free is not None:
+        out["free"] = ("The constraint b ≤ 0 on the output bias holds the logits down." if free < 0.5 else
+                       "The constraint b ≤ 0 on the output bias is not what holds them down.")
+    if not any(v is not None for v in shares.values()):
+        return out
     lifted = [t for t, v in shares.items() if v is not None and v < 0.5]
     base_cos = mean("baseline", "abs_cosine")
     cos = {t: mean(paper if t == "centred" else t, "abs_cosine") for t in lifted}
-    if p >= 0.5 and said:
-        if not lifted:
-            text += " No ablation lifts them, so whether the separation survives without them is open."
-        elif base_cos is not None and all(c is not None for c in cos.values()):
-            kept = [t for t in lifted if cos[t] < base_cos - SEPARATED]
-            if len(kept) == len(lifted):
-                text += " Where an ablation lifts them, |cos| stays below the baseline's: the separation survives."
-            elif not kept:
-                text += (f" Where an ablation lifts them, |cos| comes back to within {SEPARATED} of the baseline's: "
-                         "the separation rested on the negative logits.")
-            else:
-                text += " The ablations that lift them disagree on whether the separation survives."
-    return text + f" {_seeds_of(rows)}."
+    if not lifted:
+        out["survival"] = "No change lifts them, so whether the separation survives without them is open."
+    elif base_cos is not None and all(c is not None for c in cos.values()):
+        kept = [t for t in lifted if cos[t] < base_cos - SEPARATED]
+        out["survival"] = (
+            "Where a change lifts them, |cos| stays below the baseline's: the separation survives."
+            if len(kept) == len(lifted) else
+            f"Where a change lifts them, |cos| comes back to within {SEPARATED} of the baseline's: the "
+            "separation rested on the negative logits." if not kept else
+            "The changes that lift them disagree on whether the separation survives.")
+    return out
 
 
 _PARTS = {"in_pos": "in-block positive part", "in_neg": "in-block negative part", "off_pos": "off-block positive "
           "part", "off_neg": "off-block negative part", "bias": "bias"}
 
 
-def _largest_part_change(rows: Sequence[Mapping], tag: str) -> str | None:
-    """"off-block positive part: +8.44 to +0.00": the part of the top-2 logit that moves most from the
-    baseline to network ``tag`` (means over the seeds with both), or None without parts."""
+def _largest_part_change(rows: Sequence[Mapping], tag: str) -> tuple[str, float, float] | None:
+    """The part of the top-2 logit that moves most from the baseline to network ``tag`` of one data set:
+    its name, and its means before and after over the seeds with both; None without parts."""
     pairs = [(b["top2_parts"], r["top2_parts"]) for b in rows if b["tag"] == "baseline" and b.get("top2_parts")
              for r in rows if r["tag"] == tag and r.get("top2_parts") and r.get("seed") == b.get("seed")]
     if not pairs:
         return None
     mean = {k: (sum(a[k] for a, _ in pairs) / len(pairs), sum(c[k] for _, c in pairs) / len(pairs)) for k in _PARTS}
     k = max(mean, key=lambda k: abs(mean[k][1] - mean[k][0]))
-    return f"{_PARTS[k]}: {mean[k][0]:+.2f} to {mean[k][1]:+.2f}"
+    return _PARTS[k], mean[k][0], mean[k][1]
 
 
 def _seeds_of(rows: Sequence[Mapping]) -> str:
