@@ -28,10 +28,11 @@ table = report.claims_table(rows)
 
 
 def _units(keep):
-    """"MNIST seeds 0, 1" for the units whose networks are (not) kept."""
+    """"MNIST seeds 0, 1" for the units whose networks are (not) kept; a kept unit replaces its legacy one."""
+    kept_units = {(u["dataset"], u["seed"]) for u in units if u["networks_kept"]}
     seeds = {}
     for u in units:
-        if bool(u["networks_kept"]) == keep:
+        if bool(u["networks_kept"]) == keep and (keep or (u["dataset"], u["seed"]) not in kept_units):
             seeds.setdefault(report.DATASET_LABELS[u["dataset"]], []).append(u["seed"])
     return [f"{d} seed{'s' if len(s) > 1 else ''} {', '.join(map(str, sorted(s)))}" for d, s in seeds.items()]
 
