@@ -336,12 +336,7 @@ def gt_table(rows: Sequence[dict], dataset: str, *, method: str = "dtd",
         the top-1 and top-2 class (mean ± sd over seeds), the undefined counts of the pointing game
         (top-1 / top-2), |cos| and Eq. 7's d of the top-2 heatmaps on real test images.
     """
-    def cell(pair: tuple, pct: bool = False) -> str:
-        mean, sd = pair
-        if mean is None:
-            return "—"
-        f = (lambda v: f"{100 * v:.0f}%") if pct else (lambda v: f"{v:.2f}")
-        return f(mean) + (f" ± {f(sd)}" if sd is not None else "")
+    from sepdtd.causes import cell
 
     header = ["λ", "seeds", "scored", "mass top-1", "mass top-2", "pointing top-1", "pointing top-2",
               "undefined top-1 / top-2", "|cos|", "d"]
@@ -352,7 +347,7 @@ def gt_table(rows: Sequence[dict], dataset: str, *, method: str = "dtd",
         nan = r.get("pointing_nan")
         body.append(["Baseline" if not r["lam"] else f"{r['lam']:g}", ", ".join(map(str, r.get("seeds", []))),
                      str(sum(n or 0 for n in r["n_scored"])), cell(r["mass1"]), cell(r["mass2"]),
-                     cell(r["point1"], True), cell(r["point2"], True),
+                     cell(r["point1"], pct=True), cell(r["point2"], pct=True),
                      "—" if nan is None else f"{nan[0]} / {nan[1]}", cell(r.get("abs_cosine", (None, None))),
                      cell(r["diffusion"])])
     return header, body

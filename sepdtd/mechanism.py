@@ -233,6 +233,13 @@ NETWORK_LABELS: dict[str, str] = {"baseline": "baseline", f"lam{ABLATION_LAM!r}"
                                   "abl-output-penalty": f"λ = {ABLATION_LAM:g}, Eq. 6 on the output layer only"}
 
 
+def _in_table_order(rows: Sequence[dict]) -> list[dict]:
+    """Rows by data set, seed, then the network order of :data:`NETWORK_LABELS`."""
+    order = list(NETWORK_LABELS)
+    return sorted(rows, key=lambda r: (r["dataset"], r["seed"], order.index(r["tag"]) if r["tag"] in order
+                                       else len(order)))
+
+
 def ablation_table(rows: Sequence[dict]) -> tuple[list[str], list[list[str]]]:
     """Chapter 10's table of the ablations: one line per (data set, seed, network) of :func:`ablation_rows`.
 
@@ -250,10 +257,8 @@ def ablation_table(rows: Sequence[dict]) -> tuple[list[str], list[list[str]]]:
 
     header = ["data set", "seed", "network", "accuracy", "logits ≤ 0 (top-1 / top-2)", "centred logits ≤ 0",
               "|cos|", "pointing top-2 (sign-corrected)", "undefined"]
-    order = list(NETWORK_LABELS)
     body = []
-    for r in sorted(rows, key=lambda r: (r["dataset"], r["seed"], order.index(r["tag"]) if r["tag"] in order
-                                         else len(order))):
+    for r in _in_table_order(rows):
         body.append([DATASET_LABELS.get(r["dataset"], r["dataset"]), str(r["seed"]),
                      NETWORK_LABELS.get(r["tag"], r["tag"]), or_dash(r["accuracy"], ".3f"),
                      shares(r["logit_nonpositive"]), shares(r["centered_logit_nonpositive"]),
@@ -281,10 +286,8 @@ def parts_table(rows: Sequence[dict], *, which: str = "top2") -> tuple[list[str]
     """
     from sepdtd.report import DATASET_LABELS
 
-    order = list(NETWORK_LABELS)
     body = []
-    for r in sorted(rows, key=lambda r: (r["dataset"], r["seed"], order.index(r["tag"]) if r["tag"] in order
-                                         else len(order))):
+    for r in _in_table_order(rows):
         parts = r[f"{which}_parts"]
         body.append([DATASET_LABELS.get(r["dataset"], r["dataset"]), str(r["seed"]),
                      NETWORK_LABELS.get(r["tag"], r["tag"])] + [f"{parts[k]:+.2f}" for k in PART_LABELS])
