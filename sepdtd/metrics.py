@@ -40,7 +40,7 @@ from torch import nn
 
 __all__ = [
     "CONVENTIONS", "SCALES", "diffusion", "frobenius", "cosine", "cosines", "normalize", "sign_corrected", "scaled",
-    "softmax_scale", "top2", "diffusion_variants", "relevance_mass_accuracy", "pointing_game",
+    "softmax_scale", "top2", "top2_values", "diffusion_variants", "relevance_mass_accuracy", "pointing_game",
 ]
 
 #: How each heatmap is scaled before Eq. 7 (:func:`normalize`).
@@ -293,6 +293,44 @@ def _dtd_heatmap() -> Callable:
         raise RuntimeError("sepdtd.dtd is not available; pass heatmap_fn=... explicitly") from e
 
 
+def top2_values(h: torch.Tensor, logits: torch.Tensor, classes: torch.Tensor, *,
+                conventions: Sequence[str] | str = CONVENTIONS, starts_at_logit: bool = True,
+                eps: float = 1e-6) -> dict[str, torch.Tensor]:
+    """Per image, how given top-1 and top-2 heatmaps differ: the values of :func:`top2` for one batch.
+
+    Parameters
+    ----------
+    h : torch.Tensor
+        ``(B, 2, H, W)`` heatmaps of ``classes``.
+    logits : torch.Tensor
+        ``(B, n_classes)`` outputs of the pass that explained them.
+    classes : torch.Tensor
+        ``(B, 2)`` int64: the top-1 and top-2 classes.
+    conventions, starts_at_logit, eps
+        As in :func:`top2`.
+
+    Returns
+    -------
+    dict of torch.Tensor
+        The keys of :func:`top2`, float64 ``(B,)`` (``"logits"``: ``(B, 2)``).
+    """
+    conventions = (conventions,) if isinstance(conventions, str) else tuple(conventions)
+    unknown = [c for c in conventions if c not in CONVENTIONS]
+    if unknown:
+        raise ValueError(f"unknown conventions {unknown}: choose from {', '.join(CONVENTIONS)}")
+    h, logits = h.detach().double(), logits.detach().double()
+    values = logits.gather(1, classes)
+    out = {}
+    for c in conventions:
+        hc = scaled(h, c, logits=logits, classes=classes, starts_at_logit=starts_at_logit, eps=eps)
+        out[f"diffusion.{c}"] = frobenius(hc[:, 0], hc[:, 1])
+    cos = cosines(h[:, 0], h[:, 1])
+    out["cosine"], out["abs_cosine"] = cos, cos.abs()
+    out["sc_cosine"] = cos * (torch.sign(values[:, 0] * values[:, 1]) if starts_at_logit else 1.0)
+    out["logits"] = values
+    return out
+
+
 @torch.no_grad()
 def top2(
     model: nn.Module,
@@ -373,18 +411,11 @@ def top2(
             top = logits.topk(2, dim=1)
             with torch.enable_grad():
                 h = heatmap_fn(model, xb, top.indices, low=low, high=high)
-            h = h.detach().double()
             if h.shape[:2] != top.indices.shape:
                 raise ValueError(f"heatmap_fn returned shape {tuple(h.shape)}; expected ({xb.shape[0]}, 2, H, W)")
-            logits = logits.double()
-            for c in conventions:
-                hc = scaled(h, c, logits=logits, classes=top.indices, starts_at_logit=starts_at_logit, eps=eps)
-                keep(f"diffusion.{c}", frobenius(hc[:, 0], hc[:, 1]))
-            cos = cosines(h[:, 0], h[:, 1])
-            keep("cosine", cos)
-            keep("abs_cosine", cos.abs())
-            keep("sc_cosine", cos * (torch.sign(top.values[:, 0] * top.values[:, 1]) if starts_at_logit else 1.0))
-            keep("logits", top.values)
+            for name, value in top2_values(h, logits, top.indices, conventions=conventions,
+                                           starts_at_logit=starts_at_logit, eps=eps).items():
+                keep(name, value)
     finally:
         torch.backends.cudnn.allow_tf32 = tf32
         model.train(was_training)

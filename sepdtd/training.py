@@ -272,10 +272,9 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, device: str 
     (float, float)
         Mean cross-entropy (the first term of Eq. 5, without the penalty) and accuracy in ``[0, 1]``.
     """
-    _check_data(x, y, "eval")
+    check_eval_data(model, x, y)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
-    _check_labels(model, {"eval": y})
     dev = resolve_device(device)
     was_training = model.training
     model.to(dev).eval()
@@ -284,6 +283,28 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, device: str 
     finally:
         model.train(was_training)
     return float(loss) / x.shape[0], int(correct) / x.shape[0]
+
+
+def check_eval_data(model: nn.Module, x: torch.Tensor, y: torch.Tensor, what: str = "eval") -> None:
+    """Check images and labels as :func:`evaluate` takes them, before any work.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        The classifier whose outputs the labels must index.
+    x, y : torch.Tensor
+        Images ``(N, C, H, W)`` (``uint8``, or float in ``[0, 1]``) and their ``(N,)`` integer labels.
+    what : str, optional
+        The name of the set in the messages (``x_<what>``, ``y_<what>``).
+
+    Raises
+    ------
+    TypeError, ValueError
+        Naming the problem: a wrong shape or dtype, an empty set, NaN or out-of-range pixels, labels that
+        the model's outputs cannot index.
+    """
+    _check_data(x, y, what)
+    _check_labels(model, {what: y})
 
 
 def _check_labels(model: nn.Module, labels: dict[str, torch.Tensor]) -> None:

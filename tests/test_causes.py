@@ -127,7 +127,8 @@ def test_the_first_layers_z_plus_heatmap_is_sign_corrected_before_the_ground_tru
     logits[torch.arange(n), tset.labels[:, 1]] = -2.0                        # both top logits negative
     own, _ = tset.regions(tset.labels)
     h = own.double() * torch.tensor([-1.0, -2.0], dtype=torch.float64).view(1, 2, 1, 1)   # carries their sign
-    monkeypatch.setattr(measure, "_top2_heatmaps", lambda method, model, x, dev: (h[: len(x)], logits[: len(x)]))
+    monkeypatch.setattr(measure, "_top2_heatmaps",
+                        lambda method, model, x, dev: (h[: len(x)], logits[: len(x)], tset.labels[: len(x)]))
     fields, _ = measure._ground_truth("zplus", None, tset, torch.device("cpu"), n)
     assert fields["pointing"] == [1.0, 1.0] and fields["mass"] == [1.0, 1.0]
     fields, _ = measure._ground_truth("clrp", None, tset, torch.device("cpu"), n)   # not started at the logit

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import subprocess
@@ -309,6 +310,39 @@ def test_stale_networks_are_kept_or_retrained_on_request(probe_data, tmp_path, m
         assert train.ensure(tmp_path, "mnist", 0, js, **kw)["baseline"]["sha256"] == out["baseline"]["sha256"]
     again = train.ensure(tmp_path, "mnist", 0, js, retrain="stale", **kw)
     assert again["baseline"]["fingerprint"]["loop"] == "0" * 12
+
+
+def test_measured_fields_equal_the_generic_metrics_with_their_own_forward_pass():
+    """The measure stage reads the top-2 classes and logits from the explanation's own forward pass; the
+    public metrics run a separate one. In float64 both must give the same numbers, sign cases included."""
+    from sepdtd import attribution
+
+    net = fingerprint.probe_network()
+    x, y = fingerprint.probe_images()
+    for method in ("dtd", "clrp"):
+        fields, per = measure.top2_fields(method, net, x, torch.device("cpu"), 3, metrics.CONVENTIONS[:3])
+        ref = metrics.top2(net, x, low=0.0, high=1.0, batch_size=5, device="cpu", conventions=metrics.CONVENTIONS[:3],
+                           heatmap_fn=functools.partial(attribution.heatmap, method),
+                           starts_at_logit=method in measure.LOGIT_STARTED)
+        for k in ("cosine", "abs_cosine", "sc_cosine", *(f"diffusion.{c}" for c in metrics.CONVENTIONS[:3])):
+            torch.testing.assert_close(per[k], ref[k], equal_nan=True)
+        assert per["logit_nonpositive"].tolist() == (ref["logits"] <= 0).double().tolist()
+    fields, per = measure.paper_fields(net, (x * 255).round().to(torch.uint8), y, x, batch_size=3)
+    loss, acc = training.evaluate(net, (x * 255).round().to(torch.uint8), y, device="cpu")
+    assert fields["accuracy"] == pytest.approx(acc, abs=1e-12) and fields["test_loss"] == pytest.approx(loss, rel=1e-6)
+
+
+@pytest.mark.parametrize("labels, message", [
+    (torch.tensor([0, 1, 2, 0, 1, 2, 0, 3]), r"y_test holds labels in \[0, 3\] but the model has 3 outputs"),
+    (torch.tensor([0, 1, 2]), r"y_test must be a \(N,\) tensor with N = 8 labels"),
+    (torch.zeros(8), "y_test must hold integer class labels"),
+])
+def test_paper_fields_refuse_bad_labels_before_measuring(labels, message, monkeypatch):
+    net = fingerprint.probe_network()
+    x, _ = fingerprint.probe_images()
+    monkeypatch.setattr(measure, "top2_fields", lambda *a, **kw: pytest.fail("measured despite bad labels"))
+    with pytest.raises((TypeError, ValueError), match=message):
+        measure.paper_fields(net, x, labels, x)
 
 
 def test_measure_resumes_and_redoes_only_what_is_not_current(probe_data, tmp_path, monkeypatch):

@@ -18,7 +18,8 @@ network's entry in the unit's measure record as soon as it is done, so an interr
 """
 from __future__ import annotations
 
-import functools
+import contextlib
+import copy
 import math
 import os
 import time
@@ -29,7 +30,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from sepdtd import attribution, data, metrics, models, regularization, training, twoobject, utils
+from sepdtd import data, metrics, models, regularization, training, twoobject, utils
+from sepdtd.explain.explainer import Explainer
 from sepdtd.pipeline import store
 from sepdtd.pipeline.config import MeasureConfig
 
@@ -81,17 +83,34 @@ def _floats(x: torch.Tensor, model: nn.Module, dev: torch.device) -> torch.Tenso
     return x.to(dtype) / 255 if x.dtype == torch.uint8 else x.to(dtype)
 
 
+@contextlib.contextmanager
+def _exact():
+    """cuDNN's TF32 convolutions (on by default on GPUs) cost DTD about 1e-3 relative accuracy: measure in fp32."""
+    tf32 = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32 = tf32
+
+
 def _top2_heatmaps(method: str, model: nn.Module, x: torch.Tensor, dev: torch.device
-                   ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The top-1/top-2 heatmaps ``(B, 2, H, W)`` (float64, CPU) of a batch and all its logits ``(B, n)``."""
-    xb = _floats(x, model, dev)
-    with torch.no_grad():
-        logits = model(xb)
-    if logits.ndim != 2 or logits.shape[1] < 2:
-        raise ValueError(f"the model must return (B, n_classes >= 2) logits, got {tuple(logits.shape)}")
-    top2 = logits.topk(2, dim=1).indices
-    h = attribution.heatmap(method, model, xb, top2, low=0.0, high=1.0)
-    return h.detach().double().cpu(), logits.detach().double().cpu()
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The top-1/top-2 heatmaps ``(B, 2, H, W)`` of a batch, all its logits ``(B, n)`` (both float64, CPU)
+    and the two classes ``(B, 2)``, from the explanation's own forward pass."""
+    e = Explainer(model, method, low=0.0, high=1.0)(_floats(x, model, dev), target="top2")
+    return e.heatmap.double().cpu(), e.logits.double().cpu(), e.classes.cpu()
+
+
+def _logits(model: nn.Module, x: torch.Tensor, dev: torch.device, batch_size: int) -> torch.Tensor:
+    """``(N, n)`` float64 logits of ``x`` on the CPU, in batches; 4-D inputs run channels-last (faster on CPUs)."""
+    if x.ndim == 4:
+        model = copy.deepcopy(model).to(memory_format=torch.channels_last)
+    out = []
+    for sl in _batches(x.shape[0], batch_size):
+        xb = _floats(x[sl], model, dev)
+        out.append(model(xb.contiguous(memory_format=torch.channels_last) if xb.ndim == 4 else xb).double().cpu())
+    return torch.cat(out)
 
 
 #: Methods whose explanation starts at the logit, so that their heatmaps carry its sign (CLRP starts at
@@ -116,11 +135,20 @@ def top2_fields(method: str, model: nn.Module, x: torch.Tensor, dev: torch.devic
     Returns the fields (``diffusion`` per convention, ``cosine``, ``abs_cosine``, ``sc_cosine``: means
     over the images with no blank heatmap, ``blank``: the count of the others, ``logit_nonpositive``:
     the shares of top-1 / top-2 logits <= 0, ``n_eval``) and the per-image values behind them
-    (:func:`sepdtd.metrics.top2`).
+    (:func:`sepdtd.metrics.top2_values`). The classes and logits come from the explanation's own forward
+    pass, so each batch runs the network once.
     """
-    per = metrics.top2(model, x, low=0.0, high=1.0, batch_size=batch_size, device=dev,
-                       heatmap_fn=functools.partial(attribution.heatmap, method), conventions=conventions,
-                       starts_at_logit=method in LOGIT_STARTED)
+    if x.ndim != 4 or x.shape[0] == 0:
+        raise ValueError(f"x must be a non-empty (N, C, H, W) batch, got shape {tuple(x.shape)}")
+    model.to(dev)
+    parts: dict[str, list[torch.Tensor]] = {}
+    with _exact():
+        for sl in _batches(x.shape[0], batch_size):
+            h, logits, classes = _top2_heatmaps(method, model, x[sl], dev)
+            for k, v in metrics.top2_values(h, logits, classes, conventions=conventions,
+                                            starts_at_logit=method in LOGIT_STARTED).items():
+                parts.setdefault(k, []).append(v)
+    per = {k: torch.cat(v) for k, v in parts.items()}
     per["logit_nonpositive"] = (per.pop("logits") <= 0).double()
     fields = {"diffusion": {c: float(per[f"diffusion.{c}"].mean()) for c in conventions},
               **{k: _nanmean(per[k]) for k in ("cosine", "abs_cosine", "sc_cosine")},
@@ -167,11 +195,10 @@ def _ground_truth(method: str, model: nn.Module, tset: twoobject.TwoObjectSet, d
     parts: dict[str, list[torch.Tensor]] = {k: [] for k in (*names, "covered")}
     for sl in _batches(len(tset), batch_size):
         part = tset.subset(torch.arange(sl.start, sl.stop))
-        h, logits = _top2_heatmaps(method, model, part.images, dev)
-        top = logits.topk(2, dim=1)
+        h, logits, classes = _top2_heatmaps(method, model, part.images, dev)
         if method in LOGIT_STARTED:
-            h = metrics.sign_corrected(h, top.values)
-        own, other = part.regions(top.indices)
+            h = metrics.sign_corrected(h, logits.gather(1, classes))
+        own, other = part.regions(classes)
         flat = (h.flatten(0, 1), own.flatten(0, 1), other.flatten(0, 1))
         parts["mass"].append(metrics.relevance_mass_accuracy(*flat).view(-1, 2))
         parts["pointing"].append(metrics.pointing_game(*flat).view(-1, 2))
@@ -223,25 +250,22 @@ def paper_fields(model: nn.Module, x_test: torch.Tensor, y_test: torch.Tensor, x
     per_image : dict
         The per-image values behind the fields (flattened names, see :func:`flatten`).
     """
+    training.check_eval_data(model, x_test, y_test, "test")
     dev = utils.resolve_device(device)
     was = model.training
     model.to(dev).eval()
-    tf32 = torch.backends.cudnn.allow_tf32
-    torch.backends.cudnn.allow_tf32 = False  # TF32 convolutions cost DTD about 1e-3 relative accuracy
     try:
-        loss, acc = training.evaluate(model, x_test, y_test, device=dev, batch_size=batch_size)
-        logits = torch.cat([model(_floats(x_test[sl], model, dev)).double().cpu()
-                            for sl in _batches(x_test.shape[0], batch_size)])
-        with torch.enable_grad():
-            fields, per = top2_fields("dtd", model, x_eval, dev, batch_size, PAPER_CONVENTIONS)
+        with _exact():
+            logits = _logits(model, x_test, dev, batch_size)
+        fields, per = top2_fields("dtd", model, x_eval, dev, batch_size, PAPER_CONVENTIONS)
     finally:
-        torch.backends.cudnn.allow_tf32 = tf32
         model.train(was)
     per["accuracy"] = (logits.argmax(1) == y_test.cpu()).double()
     per["test_loss"] = torch.nn.functional.cross_entropy(logits, y_test.cpu().long(), reduction="none")
     inblock = regularization.inblock_share(model, n_blocks)
     per["inblock"] = torch.tensor(inblock, dtype=torch.float64)
-    return {"accuracy": float(acc), "test_loss": float(loss), "n_test": int(x_test.shape[0]), **fields,
+    return {"accuracy": float(per["accuracy"].mean()), "test_loss": float(per["test_loss"].mean()),
+            "n_test": int(x_test.shape[0]), **fields,
             "inblock": [v if math.isfinite(v) else None for v in inblock]}, per
 
 
@@ -294,8 +318,8 @@ def beyond_fields(model: nn.Module, x_eval: torch.Tensor, candidates: twoobject.
             "methods": {}}
         per: dict[str, torch.Tensor] = {"recognized": torch.tensor([shares["all"]], dtype=torch.float64)}
         for method in methods:
-            with torch.enable_grad():
-                f1, p1 = top2_fields(method, model, x_eval, dev, batch_size, BEYOND_CONVENTIONS)
+            f1, p1 = top2_fields(method, model, x_eval, dev, batch_size, BEYOND_CONVENTIONS)
+            with _exact():
                 f2, p2 = _ground_truth(method, model, scored, dev, batch_size)
             out["methods"][method] = {**f1, **f2}
             per.update({f"methods.{method}.{k}": v for k, v in {**p1, **p2}.items()})
@@ -380,29 +404,27 @@ def mechanism_fields(model: nn.Module, x_eval: torch.Tensor, candidates: twoobje
         per.setdefault(name, []).append(v.detach().double().cpu())
 
     try:
-        for sl in _batches(x_eval.shape[0], batch_size):
-            xb = _floats(x_eval[sl], model, dev)
-            logits = model(xb)
-            top = logits.topk(2, dim=1)
-            keep("logit_parts", _logit_parts(model, xb, top.indices, n_blocks))
-            centered = top.values - logits.mean(1, keepdim=True)
-            keep("logit_nonpositive", (top.values <= 0).double())
-            keep("centered_logit_nonpositive", (centered <= 0).double())
-            with torch.enable_grad():
-                h = attribution.heatmap("dtd", model, xb, top.indices, low=0.0, high=1.0).detach().double()
-            for name, v in top2_cosines(h, top.values, centered).items():
-                keep(name, v)
-        kept, _ = twoobject.select(candidates, model)
-        scored = kept.subset(torch.arange(min(len(kept), max_scored)))
-        for sl in _batches(len(scored), batch_size):
-            part = scored.subset(torch.arange(sl.start, sl.stop))
-            h, logits = _top2_heatmaps("dtd", model, part.images, dev)
-            top = logits.topk(2, dim=1)
-            own, other = (m[:, 1] for m in part.regions(top.indices))
-            centered = top.values - logits.mean(1, keepdim=True)
-            for name, hk in (("signed", h), ("corrected", metrics.sign_corrected(h, top.values)),
-                             ("centered", metrics.sign_corrected(h, centered * top.values.sign()))):
-                keep(f"pointing2.{name}", metrics.pointing_game(hk[:, 1], own, other))
+        with _exact():
+            for sl in _batches(x_eval.shape[0], batch_size):
+                h, logits, classes = _top2_heatmaps("dtd", model, x_eval[sl], dev)
+                values = logits.gather(1, classes)
+                keep("logit_parts", _logit_parts(model, _floats(x_eval[sl], model, dev), classes.to(dev), n_blocks))
+                centered = values - logits.mean(1, keepdim=True)
+                keep("logit_nonpositive", (values <= 0).double())
+                keep("centered_logit_nonpositive", (centered <= 0).double())
+                for name, v in top2_cosines(h, values, centered).items():
+                    keep(name, v)
+            kept, _ = twoobject.select(candidates, model)
+            scored = kept.subset(torch.arange(min(len(kept), max_scored)))
+            for sl in _batches(len(scored), batch_size):
+                part = scored.subset(torch.arange(sl.start, sl.stop))
+                h, logits, classes = _top2_heatmaps("dtd", model, part.images, dev)
+                values = logits.gather(1, classes)
+                own, other = (m[:, 1] for m in part.regions(classes))
+                centered = values - logits.mean(1, keepdim=True)
+                for name, hk in (("signed", h), ("corrected", metrics.sign_corrected(h, values)),
+                                 ("centered", metrics.sign_corrected(h, centered * values.sign()))):
+                    keep(f"pointing2.{name}", metrics.pointing_game(hk[:, 1], own, other))
     finally:
         model.train(was)
     out = {k: torch.cat(v) for k, v in per.items()}
