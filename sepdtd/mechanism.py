@@ -295,8 +295,8 @@ def parts_table(rows: Sequence[dict], *, which: str = "top2") -> tuple[list[str]
 
 
 def sweep_rows(results: Sequence[dict], *, convention: str | None = None) -> list[dict]:
-    """One row per (data set, seed, λ) of the sweep, the baseline first (λ = 0): accuracy, the mean
-    in-block share of the dense layers, |cos| and Eq. 7 under ``convention`` (default
+    """One row per (data set, seed, λ) of the sweep, the baseline first (λ = 0): the profile, accuracy, the
+    mean in-block share of the dense layers, |cos| and Eq. 7 under ``convention`` (default
     :data:`sepdtd.report.PRIMARY_CONVENTION`)."""
     from sepdtd import report
 
@@ -308,7 +308,8 @@ def sweep_rows(results: Sequence[dict], *, convention: str | None = None) -> lis
                 continue
             p = e["paper"]
             shares = [v for v in p["inblock"] if v is not None]
-            rows.append({"dataset": res["dataset"], "seed": res["seed"], "lam": e["lam"], "accuracy": p["accuracy"],
+            rows.append({"dataset": res["dataset"], "profile": res["profile"], "seed": res["seed"], "lam": e["lam"],
+                         "accuracy": p["accuracy"],
                          "inblock": sum(shares) / len(shares) if shares else None, "abs_cosine": p["abs_cosine"],
                          "d": p["diffusion"].get(convention), "convention": convention, "epochs": e["epochs"],
                          "stopped_early": e["stopped_early"]})

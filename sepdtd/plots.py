@@ -532,18 +532,21 @@ def claims_figure(rows: Sequence[Mapping[str, Any]], *, lam: float = 1.0) -> Fig
 
 def lambda_sweep(rows: Sequence[Mapping[str, Any]]) -> Figure:
     """Accuracy, in-block share and |cos| against λ (:func:`sepdtd.mechanism.sweep_rows`), one line per
-    data set; λ = 0 (the baseline) is drawn at the left edge."""
+    data set with a sweep; λ = 0 (the baseline) is drawn at the left edge. Where the rows come from more
+    than one profile, each label names its own."""
     from sepdtd.report import DATASET_LABELS
 
     fig, axes = plt.subplots(1, 3, figsize=(10, 3), squeeze=False)
-    datasets = list(dict.fromkeys(r["dataset"] for r in rows))
+    datasets = list(dict.fromkeys(r["dataset"] for r in rows if r["lam"] > 0))
+    mixed = len({r.get("profile") for r in rows if r["dataset"] in datasets}) > 1
     lams = sorted({r["lam"] for r in rows if r["lam"] > 0})
     left = min(lams) / 10 if lams else 1.0
     for ds in datasets:
         rs = sorted((r for r in rows if r["dataset"] == ds), key=lambda r: r["lam"])
         xs = [r["lam"] if r["lam"] > 0 else left for r in rs]
+        label = DATASET_LABELS.get(ds, ds) + (f" ({rs[0].get('profile')})" if mixed else "")
         for ax, key in zip(axes[0], ("accuracy", "inblock", "abs_cosine")):
-            ax.plot(xs, [r[key] for r in rs], "o-", label=DATASET_LABELS.get(ds, ds), ms=4)
+            ax.plot(xs, [r[key] for r in rs], "o-", label=label, ms=4)
     for ax, title in zip(axes[0], ("test accuracy", "in-block share of positive weight", "|cos| of top-1/top-2")):
         ax.set_xscale("log")
         ax.set_title(title, fontsize=9)

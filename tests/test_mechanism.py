@@ -110,6 +110,16 @@ def test_a_unit_without_its_ablations_and_sweep_is_read_with_what_is_missing(syn
     assert sorted(part["missing"]) == sorted(gone)
     assert [e["tag"] for e in part["networks"]] == [e["tag"] for e in res["networks"] if e["tag"] not in gone]
     assert mechanism.sweep_rows([part]) == [r for r in mechanism.sweep_rows([res]) if r["lam"] == 0.0]
+    import matplotlib.pyplot as plt
+
+    from sepdtd import plots
+
+    quick = [{**r, "dataset": "cifar10", "profile": "quick"} for r in mechanism.sweep_rows([res])]
+    fig = plots.lambda_sweep(mechanism.sweep_rows([part]) + quick)     # MNIST has no sweep: no line
+    assert [t.get_text() for t in fig.axes[0].get_legend().get_texts()] == ["CIFAR-10"]
+    fig = plots.lambda_sweep(mechanism.sweep_rows([res]) + quick)
+    assert [t.get_text() for t in fig.axes[0].get_legend().get_texts()] == ["MNIST (tiny)", "CIFAR-10 (quick)"]
+    plt.close("all")
     drop(["lam0.5"])
     assert mechanism.unit("tiny", "mnist", 0, results_dir=dirs["results_dir"]) is None   # a paper network is gone
 
