@@ -40,7 +40,8 @@ from sepdtd.models import clamp_biases_, dense_layers
 from sepdtd.regularization import PENALTY_LAYERS, PENALTY_REDUCTIONS, block_l1, block_mask
 from sepdtd.utils import atomic_torch_save, resolve_device, temporary_prefix
 
-__all__ = ["fit", "fit_stacked", "evaluate", "augment_batch", "EarlyStopping", "History", "NaNLossError", "OPTIMIZERS"]
+__all__ = ["fit", "fit_stacked", "evaluate", "check_eval_data", "augment_batch", "EarlyStopping", "History",
+           "NaNLossError", "OPTIMIZERS"]
 
 #: Optimizers :func:`fit` knows.
 OPTIMIZERS = ("adam", "sgd", "rmsprop")
