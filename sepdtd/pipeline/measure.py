@@ -406,9 +406,10 @@ def mechanism_fields(model: nn.Module, x_eval: torch.Tensor, candidates: twoobje
     try:
         with _exact():
             for sl in _batches(x_eval.shape[0], batch_size):
-                h, logits, classes = _top2_heatmaps("dtd", model, x_eval[sl], dev)
+                xb = _floats(x_eval[sl], model, dev)
+                h, logits, classes = _top2_heatmaps("dtd", model, xb, dev)
                 values = logits.gather(1, classes)
-                keep("logit_parts", _logit_parts(model, _floats(x_eval[sl], model, dev), classes.to(dev), n_blocks))
+                keep("logit_parts", _logit_parts(model, xb, classes.to(dev), n_blocks))
                 centered = values - logits.mean(1, keepdim=True)
                 keep("logit_nonpositive", (values <= 0).double())
                 keep("centered_logit_nonpositive", (centered <= 0).double())
